@@ -1,0 +1,64 @@
+# slac-dist: `make train TASK=hopper` and `make test` are all a fresh machine needs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+TASK   ?= cheetah_run
+PRESET ?= paper
+ARGS   ?=
+# Test tiers: pytest -m expressions, e.g. `make test MARK="not e2e"`.
+MARK   ?=
+
+# GPU machines take torch's default (CUDA) wheel; CPU machines must not pull ~2 GB of CUDA wheels:
+# use the local CPU wheel when this workplace provides one, else PyTorch's CPU index.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+ifeq ($(HAS_GPU),1)
+TORCH_FLAGS :=
+else
+TORCH_FLAGS := $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),,--index-url https://download.pytorch.org/whl/cpu)
+endif
+
+.PHONY: setup sysdeps test train bench lint clean
+
+setup: $(STAMP)
+
+sysdeps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	ldconfig -p | grep -q libOSMesa || missing="$$missing libosmesa6"; \
+	ldconfig -p | grep -q 'libEGL.so.1' || missing="$$missing libegl1"; \
+	ldconfig -p | grep -q 'libGL.so.1' || missing="$$missing libgl1"; \
+	if [ -n "$$missing" ]; then \
+	  echo "make setup: installing system packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | sysdeps
+	test -d $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0 $(TORCH_FLAGS)
+	$(PIP) install -q -e ".[dev]"
+	@if [ "$(HAS_GPU)" = 0 ] && $(PIP) list 2>/dev/null | grep -qi '^nvidia-'; then \
+	  echo "make setup: CUDA wheels were installed on a machine without a GPU" >&2; exit 1; fi
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q $(if $(MARK),-m "$(MARK)",)
+
+train: setup
+	$(PY) -m deploy.train $(PRESET) --run.task $(TASK) $(ARGS)
+
+bench: setup
+	$(PY) bench/learner.py --device cpu
+	$(PY) bench/replay.py
+	$(PY) bench/envs.py
+
+lint: setup
+	$(VENV)/bin/ruff check common learner actors replay_service deploy tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

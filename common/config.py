@@ -1,0 +1,341 @@
+"""Every knob of slac-dist, as one tree of frozen dataclasses.
+
+The defaults are the paper's (Lee et al., appendices B and C) and the official implementation's where
+the paper is silent; `PRESETS["debug"]` shrinks widths and counts so the whole system runs on a laptop
+in minutes (the tests use it). The command line overrides any field with dotted keys
+(`--sac.batch-size 128`) through tyro; `parse_cli` is the one way in. A config round-trips through
+JSON unchanged (`to_json` / `from_json`), which is how run directories and checkpoints record it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import tyro
+
+from common.tasks import resolve_task
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message names the field."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The sequential latent variable model of section 6 and appendix B."""
+
+    z1_dim: int = 32
+    """Size of the first latent layer z1 (appendix B)."""
+    z2_dim: int = 256
+    """Size of the second latent layer z2 (appendix B)."""
+    hidden_dim: int = 256
+    """Width of the two fully connected layers of every Gaussian head (appendix B)."""
+    conv_channels: tuple[int, int, int, int, int] = (32, 64, 128, 256, 256)
+    """Encoder conv filters (appendix B); the last is the feature size, the decoder mirrors them."""
+    pixel_variance: float = 0.1
+    """Fixed variance of each pixel of the decoder's Gaussian p(x|z) (appendix B)."""
+    sequence_length: int = 8
+    """tau: past observations the actor sees; replay windows hold tau + 1 frames (appendix C)."""
+    lr: float = 1e-4
+    """Adam learning rate of the model (appendix C)."""
+    batch_size: int = 32
+    """Sequences per model update (appendix C)."""
+    image_size: int = 64
+    """Observations are image_size x image_size RGB (section 7)."""
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of the encoder's output features (256 in the paper)."""
+        return self.conv_channels[-1]
+
+    @property
+    def pixel_std(self) -> float:
+        """Standard deviation matching `pixel_variance`."""
+        return math.sqrt(self.pixel_variance)
+
+    def __post_init__(self) -> None:
+        for name in ("z1_dim", "z2_dim", "hidden_dim", "sequence_length", "batch_size"):
+            _check(getattr(self, name) > 0, f"model.{name} must be positive, got {getattr(self, name)}")
+        _check(all(c > 0 for c in self.conv_channels), f"model.conv_channels must be positive: {self.conv_channels}")
+        _check(self.pixel_variance > 0, f"model.pixel_variance must be positive, got {self.pixel_variance}")
+        _check(self.lr > 0, f"model.lr must be positive, got {self.lr}")
+        _check(self.image_size == 64, f"model.image_size: the conv stack of appendix B needs 64, got {self.image_size}")
+
+
+@dataclass(frozen=True)
+class SacConfig:
+    """Twin soft Q critics and the tanh-Gaussian actor (section 5, SAC hyperparameters of appendix C)."""
+
+    hidden_dim: int = 256
+    """Width of the two fully connected layers of the critics and the actor (appendix B)."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor (appendix C)."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics (appendix C)."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of log alpha (SAC's default)."""
+    batch_size: int = 256
+    """Sequences per critic/actor update (appendix C)."""
+    gamma: float = 0.99
+    """Discount (SAC's default)."""
+    target_update_coef: float = 0.005
+    """EMA coefficient of the target critics after each critic step (Polyak, SAC's default)."""
+    auto_entropy: bool = True
+    """Tune the temperature alpha toward the target entropy (SAC v2)."""
+    init_alpha: float = 1.0
+    """Initial temperature (the official implementation starts log alpha at 0)."""
+    target_entropy: float | None = None
+    """Target entropy for alpha tuning; None means -|A|."""
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_dim", "batch_size"):
+            _check(getattr(self, name) > 0, f"sac.{name} must be positive, got {getattr(self, name)}")
+        for name in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha"):
+            _check(getattr(self, name) > 0, f"sac.{name} must be positive, got {getattr(self, name)}")
+        _check(0.0 <= self.gamma <= 1.0, f"sac.gamma must lie in [0, 1], got {self.gamma}")
+        _check(0.0 < self.target_update_coef <= 1.0,
+               f"sac.target_update_coef must lie in (0, 1], got {self.target_update_coef}")
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The Redis-backed sequence replay between actors and learner."""
+
+    url: str = ""
+    """redis://host:port/db of an existing server (a cluster); empty starts an embedded redis-server."""
+    port: int = 0
+    """Port of the embedded server; 0 picks a free one."""
+    capacity: int = 100_000
+    """Transitions kept, FIFO (appendix C: 100 000 steps, one frame each)."""
+    min_size: int = 1_000
+    """Transitions stored before the learner may sample."""
+    samples_per_insert: float = 1.0
+    """Target learner updates per inserted transition (appendix C: one gradient step per agent step)."""
+    spi_tolerance: float = 1_000.0
+    """How far (in transitions) inserts may run ahead of / behind the target ratio before blocking."""
+    writer_timeout_s: float = 60.0
+    """How long a blocked writer waits for the learner before raising."""
+    flush_every: int = 50
+    """Steps a writer buffers before a pipelined, atomic flush (and always at episode end)."""
+    compress: bool = True
+    """lz4-compress frames in Redis (saves memory; the mirror stays raw)."""
+    appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    """AOF fsync policy of the embedded server."""
+    connect_timeout_s: float = 5.0
+    """How long to wait for Redis before failing with a clear error."""
+
+    def __post_init__(self) -> None:
+        _check(self.capacity > 0, f"replay.capacity must be positive, got {self.capacity}")
+        _check(0 < self.min_size <= self.capacity,
+               f"replay.min_size must lie in (0, capacity={self.capacity}], got {self.min_size}")
+        _check(self.samples_per_insert > 0, f"replay.samples_per_insert must be positive, got {self.samples_per_insert}")
+        _check(self.spi_tolerance > 0, f"replay.spi_tolerance must be positive, got {self.spi_tolerance}")
+        _check(self.flush_every > 0, f"replay.flush_every must be positive, got {self.flush_every}")
+        _check(0 <= self.port < 65536, f"replay.port must be a TCP port, got {self.port}")
+        _check(self.url == "" or self.url.startswith(("redis://", "unix://")),
+               f"replay.url must look like redis://host:port/db, got {self.url!r}")
+
+
+@dataclass(frozen=True)
+class ActorsConfig:
+    """The Ray actor processes that step environments."""
+
+    num: int = 2
+    """Number of actor processes."""
+    envs_per_actor: int = 1
+    """Environments each actor steps, batching the policy forward over them."""
+    weight_sync_every: int = 100
+    """Agent steps between checks for newer policy weights."""
+    max_restarts: int = 10
+    """How often Ray restarts a crashed actor process."""
+    num_cpus: float = 1.0
+    """CPUs Ray reserves per actor."""
+
+    def __post_init__(self) -> None:
+        for name in ("num", "envs_per_actor", "weight_sync_every"):
+            _check(getattr(self, name) > 0, f"actors.{name} must be positive, got {getattr(self, name)}")
+        _check(self.max_restarts >= 0, f"actors.max_restarts must be >= 0, got {self.max_restarts}")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The learner process: phases, publication, checkpoints."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the networks and the replay mirror live; auto picks cuda when available."""
+    initial_collection_steps: int = 10_000
+    """Environment steps of uniform random actions before training (official SLAC: 10 000)."""
+    model_pretrain_steps: int = 100_000
+    """Model-only updates on the initial data before joint training (official SLAC: 100 000)."""
+    publish_every: int = 100
+    """Updates between actor-weight publications."""
+    checkpoint_every: int = 10_000
+    """Updates between checkpoints."""
+    log_every: int = 100
+    """Updates between scalar logs."""
+    figure_every: int = 10_000
+    """Updates between figure-7 style model sample grids."""
+
+    def __post_init__(self) -> None:
+        _check(self.initial_collection_steps >= 0,
+               f"learner.initial_collection_steps must be >= 0, got {self.initial_collection_steps}")
+        _check(self.model_pretrain_steps >= 0,
+               f"learner.model_pretrain_steps must be >= 0, got {self.model_pretrain_steps}")
+        for name in ("publish_every", "checkpoint_every", "log_every", "figure_every"):
+            _check(getattr(self, name) > 0, f"learner.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What to run and where to put it."""
+
+    task: str = "cheetah_run"
+    """One of the paper's eight tasks (or an alias such as `hopper`)."""
+    seed: int = 0
+    """Run seed; every actor and environment derives its own from it."""
+    env_steps: int = 1_000_000
+    """Environment steps to train for (the paper's x-axis: agent steps x action repeat)."""
+    eval_every: int = 10_000
+    """Environment steps between evaluations."""
+    eval_episodes: int = 10
+    """Episodes per evaluation, with the stochastic policy (appendix C)."""
+    dir: str = ""
+    """Run directory; empty means runs/<task>-<timestamp>."""
+    resume: str = ""
+    """Run directory to resume (same W&B run, counters and replay)."""
+    wandb_project: str = "slac-dist"
+    """W&B project."""
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """auto: online when WANDB_API_KEY or WANDB_MODE is set, else offline."""
+
+    def __post_init__(self) -> None:
+        # Canonicalise aliases so config.json and run names always carry the registry's name.
+        object.__setattr__(self, "task", resolve_task(self.task).name)
+        _check(self.env_steps > 0, f"run.env_steps must be positive, got {self.env_steps}")
+        _check(self.eval_every > 0, f"run.eval_every must be positive, got {self.eval_every}")
+        _check(self.eval_episodes >= 0, f"run.eval_episodes must be >= 0, got {self.eval_episodes}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The root config: one per run, written to the run directory and to W&B."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sac: SacConfig = field(default_factory=SacConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    actors: ActorsConfig = field(default_factory=ActorsConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.model.batch_size <= self.sac.batch_size,
+               f"model.batch_size ({self.model.batch_size}) must not exceed sac.batch_size "
+               f"({self.sac.batch_size}): the model batch is the first rows of the SAC batch")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples become lists), as written to config.json and W&B."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Rebuild a config, type-checking every value; unknown or mistyped keys raise ConfigError."""
+        return _build(cls, data, "")
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]}; "
+                          f"known keys of {prefix or 'config'}: {sorted(fields)}")
+    kwargs = {name: _coerce(hints[name], value, prefix + name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` (JSON lists become tuples)."""
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(option, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {typing.get_args(tp)}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null, got {value!r}")
+        return None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if type(value) is not tp:
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported annotation {tp}")
+
+
+def paper() -> Config:
+    """The paper's hyperparameters (appendices B and C): the default."""
+    return Config()
+
+
+def debug() -> Config:
+    """Tiny widths and counts: the whole system end to end in minutes on 2 CPU cores (and the tests)."""
+    return Config(
+        model=ModelConfig(z1_dim=4, z2_dim=8, hidden_dim=16, conv_channels=(4, 8, 8, 16, 16), batch_size=4),
+        sac=SacConfig(hidden_dim=16, batch_size=8),
+        replay=ReplayConfig(capacity=5_000, min_size=100, spi_tolerance=200.0, flush_every=25),
+        actors=ActorsConfig(num=2, weight_sync_every=20),
+        learner=LearnerConfig(initial_collection_steps=400, model_pretrain_steps=20, publish_every=10,
+                              checkpoint_every=100, log_every=10, figure_every=200),
+        run=RunConfig(env_steps=2_000, eval_every=1_000, eval_episodes=1),
+    )
+
+
+PRESETS: dict[str, tuple[str, Config]] = {
+    "paper": ("The paper's hyperparameters (appendices B and C).", paper()),
+    "debug": ("Tiny widths and counts; end to end in minutes on a laptop.", debug()),
+}
+
+
+def parse_cli(args: Sequence[str] | None = None) -> Config:
+    """Parse `<preset> [--group.field value ...]`; tyro type-checks and names unknown keys."""
+    return tyro.extras.overridable_config_cli(PRESETS, args=args)

@@ -1,0 +1,1 @@
+"""Redis-backed sequence replay (layout documented here once built)."""
