@@ -1,0 +1,97 @@
+"""Config: paper defaults, presets, CLI overrides and their errors, JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from common.config import PRESETS, Config, ConfigError, debug, paper, parse_cli
+
+
+def test_defaults_are_the_papers_values() -> None:
+    cfg = paper()
+    assert cfg == Config()
+    assert (cfg.model.z1_dim, cfg.model.z2_dim, cfg.model.hidden_dim, cfg.model.feature_dim) == (32, 256, 256, 256)
+    assert cfg.model.conv_channels == (32, 64, 128, 256, 256)
+    assert cfg.model.pixel_variance == 0.1
+    assert cfg.model.sequence_length == 8
+    assert (cfg.model.lr, cfg.model.batch_size) == (1e-4, 32)
+    assert (cfg.sac.actor_lr, cfg.sac.critic_lr, cfg.sac.batch_size) == (3e-4, 3e-4, 256)
+    assert (cfg.sac.gamma, cfg.sac.target_update_coef, cfg.sac.auto_entropy) == (0.99, 0.005, True)
+    assert cfg.replay.capacity == 100_000
+    assert cfg.replay.samples_per_insert == 1.0
+    assert (cfg.learner.initial_collection_steps, cfg.learner.model_pretrain_steps) == (10_000, 100_000)
+
+
+def test_debug_preset_is_tiny() -> None:
+    cfg = debug()
+    assert cfg.model.z2_dim < 32 and cfg.sac.batch_size <= 16 and cfg.run.env_steps <= 5_000
+
+
+def test_cli_overrides_with_dotted_keys() -> None:
+    cfg = parse_cli(["debug", "--sac.batch-size", "128", "--actors.num", "8", "--run.dir", "/tmp/run1",
+                     "--run.task", "hopper", "--model.conv-channels", "1", "2", "3", "4", "5"])
+    assert cfg.sac.batch_size == 128 and cfg.actors.num == 8 and cfg.run.dir == "/tmp/run1"
+    assert cfg.run.task == "hopper" and cfg.model.conv_channels == (1, 2, 3, 4, 5)
+    assert cfg.model.z1_dim == debug().model.z1_dim  # untouched fields keep the preset's values
+
+
+def test_cli_default_preset_is_paper() -> None:
+    assert parse_cli(["paper"]) == paper()
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["paper", "--sac.batch-sise", "3"], "batch-sise"),
+        (["paper", "--sac.batch-size", "many"], "batch-size"),
+        (["paper", "--replay.appendfsync", "sometimes"], "appendfsync"),
+        (["paper", "--run.task", "nonsense"], "nonsense"),
+        (["paper", "--sac.gamma", "1.5"], "sac.gamma"),
+        (["nopreset"], "nopreset"),
+    ],
+)
+def test_cli_errors_name_the_problem(args: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_cli(args)
+    assert exc.value.code != 0
+    captured = capsys.readouterr()
+    assert named in (captured.err + captured.out).replace("\n", "").replace("│", "").replace(" ", "")
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_json_round_trip(preset: str) -> None:
+    cfg = PRESETS[preset][1]
+    assert Config.from_json(cfg.to_json()) == cfg
+    assert json.loads(cfg.to_json()) == json.loads(json.dumps(cfg.to_dict()))
+
+
+def test_from_dict_rejects_unknown_keys_and_bad_types() -> None:
+    data = paper().to_dict()
+    data["sac"]["learning_rate"] = 1.0
+    with pytest.raises(ConfigError, match="sac.learning_rate"):
+        Config.from_dict(data)
+    data = paper().to_dict()
+    data["model"]["z1_dim"] = "32"
+    with pytest.raises(ConfigError, match="model.z1_dim"):
+        Config.from_dict(data)
+    data = paper().to_dict()
+    data["model"]["conv_channels"] = [1, 2]
+    with pytest.raises(ConfigError, match="model.conv_channels"):
+        Config.from_dict(data)
+    with pytest.raises(ConfigError, match="valid JSON"):
+        Config.from_json("{not json")
+
+
+def test_frozen_and_validated() -> None:
+    cfg = paper()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.sac.gamma = 0.5  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="model.batch_size"):
+        dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, batch_size=512))
+
+
+def test_task_aliases_are_canonicalised() -> None:
+    assert parse_cli(["debug", "--run.task", "cheetah"]).run.task == "cheetah_run"
