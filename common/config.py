@@ -32,6 +32,13 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_positive(group: Any, prefix: str, *names: str) -> None:
+    """Every named field of `group` must be > 0."""
+    for name in names:
+        value = getattr(group, name)
+        _check(value > 0, f"{prefix}.{name} must be positive, got {value}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The sequential latent variable model of section 6 and appendix B."""
@@ -66,11 +73,9 @@ class ModelConfig:
         return math.sqrt(self.pixel_variance)
 
     def __post_init__(self) -> None:
-        for name in ("z1_dim", "z2_dim", "hidden_dim", "sequence_length", "batch_size"):
-            _check(getattr(self, name) > 0, f"model.{name} must be positive, got {getattr(self, name)}")
+        _check_positive(self, "model", "z1_dim", "z2_dim", "hidden_dim", "sequence_length", "batch_size",
+                        "pixel_variance", "lr")
         _check(all(c > 0 for c in self.conv_channels), f"model.conv_channels must be positive: {self.conv_channels}")
-        _check(self.pixel_variance > 0, f"model.pixel_variance must be positive, got {self.pixel_variance}")
-        _check(self.lr > 0, f"model.lr must be positive, got {self.lr}")
         _check(self.image_size == 64, f"model.image_size: the conv stack of appendix B needs 64, got {self.image_size}")
 
 
@@ -100,10 +105,7 @@ class SacConfig:
     """Target entropy for alpha tuning; None means -|A|."""
 
     def __post_init__(self) -> None:
-        for name in ("hidden_dim", "batch_size"):
-            _check(getattr(self, name) > 0, f"sac.{name} must be positive, got {getattr(self, name)}")
-        for name in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha"):
-            _check(getattr(self, name) > 0, f"sac.{name} must be positive, got {getattr(self, name)}")
+        _check_positive(self, "sac", "hidden_dim", "batch_size", "actor_lr", "critic_lr", "alpha_lr", "init_alpha")
         _check(0.0 <= self.gamma <= 1.0, f"sac.gamma must lie in [0, 1], got {self.gamma}")
         _check(0.0 < self.target_update_coef <= 1.0,
                f"sac.target_update_coef must lie in (0, 1], got {self.target_update_coef}")
@@ -119,6 +121,8 @@ class ReplayConfig:
     """Port of the embedded server; 0 picks a free one."""
     capacity: int = 100_000
     """Transitions kept, FIFO (appendix C: 100 000 steps, one frame each)."""
+    frame_reserve: float = 0.05
+    """Extra frame slots for episodes' first frames, as a fraction of capacity (shorter episodes keep fewer steps)."""
     min_size: int = 1_000
     """Transitions stored before the learner may sample."""
     samples_per_insert: float = 1.0
@@ -142,6 +146,7 @@ class ReplayConfig:
                f"replay.min_size must lie in (0, capacity={self.capacity}], got {self.min_size}")
         _check(self.samples_per_insert > 0, f"replay.samples_per_insert must be positive, got {self.samples_per_insert}")
         _check(self.spi_tolerance > 0, f"replay.spi_tolerance must be positive, got {self.spi_tolerance}")
+        _check(0.0 <= self.frame_reserve <= 1.0, f"replay.frame_reserve must lie in [0, 1], got {self.frame_reserve}")
         _check(self.flush_every > 0, f"replay.flush_every must be positive, got {self.flush_every}")
         _check(0 <= self.port < 65536, f"replay.port must be a TCP port, got {self.port}")
         _check(self.url == "" or self.url.startswith(("redis://", "unix://")),
@@ -164,8 +169,7 @@ class ActorsConfig:
     """CPUs Ray reserves per actor."""
 
     def __post_init__(self) -> None:
-        for name in ("num", "envs_per_actor", "weight_sync_every"):
-            _check(getattr(self, name) > 0, f"actors.{name} must be positive, got {getattr(self, name)}")
+        _check_positive(self, "actors", "num", "envs_per_actor", "weight_sync_every")
         _check(self.max_restarts >= 0, f"actors.max_restarts must be >= 0, got {self.max_restarts}")
 
 
@@ -193,8 +197,7 @@ class LearnerConfig:
                f"learner.initial_collection_steps must be >= 0, got {self.initial_collection_steps}")
         _check(self.model_pretrain_steps >= 0,
                f"learner.model_pretrain_steps must be >= 0, got {self.model_pretrain_steps}")
-        for name in ("publish_every", "checkpoint_every", "log_every", "figure_every"):
-            _check(getattr(self, name) > 0, f"learner.{name} must be positive, got {getattr(self, name)}")
+        _check_positive(self, "learner", "publish_every", "checkpoint_every", "log_every", "figure_every")
 
 
 @dataclass(frozen=True)
@@ -223,8 +226,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         # Canonicalise aliases so config.json and run names always carry the registry's name.
         object.__setattr__(self, "task", resolve_task(self.task).name)
-        _check(self.env_steps > 0, f"run.env_steps must be positive, got {self.env_steps}")
-        _check(self.eval_every > 0, f"run.eval_every must be positive, got {self.eval_every}")
+        _check_positive(self, "run", "env_steps", "eval_every")
         _check(self.eval_episodes >= 0, f"run.eval_episodes must be >= 0, got {self.eval_episodes}")
 
 
@@ -312,6 +314,28 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported annotation {tp}")
 
 
+# Fields a resumed run must share with the run it continues: they shape the networks, the replay
+# contents or the meaning of the counters. Everything else (run length, actor count, logging) may change.
+_RESUME_KEYS = ("model", "sac.hidden_dim", "replay.capacity", "replay.frame_reserve", "run.task", "run.seed")
+
+
+def resume_conflicts(saved: Config, new: Config) -> list[str]:
+    """Describe each field that differs between a saved run's config and a resuming one's."""
+    conflicts = []
+    for key in _RESUME_KEYS:
+        old_value, new_value = saved, new
+        for part in key.split("."):
+            old_value, new_value = getattr(old_value, part), getattr(new_value, part)
+        if dataclasses.is_dataclass(old_value):
+            for f in dataclasses.fields(old_value):
+                a, b = getattr(old_value, f.name), getattr(new_value, f.name)
+                if a != b:
+                    conflicts.append(f"{key}.{f.name}: saved {a!r}, now {b!r}")
+        elif old_value != new_value:
+            conflicts.append(f"{key}: saved {old_value!r}, now {new_value!r}")
+    return conflicts
+
+
 def paper() -> Config:
     """The paper's hyperparameters (appendices B and C): the default."""
     return Config()
@@ -325,7 +349,7 @@ def debug() -> Config:
         replay=ReplayConfig(capacity=5_000, min_size=100, spi_tolerance=200.0, flush_every=25),
         actors=ActorsConfig(num=2, weight_sync_every=20),
         learner=LearnerConfig(initial_collection_steps=400, model_pretrain_steps=20, publish_every=10,
-                              checkpoint_every=100, log_every=10, figure_every=200),
+                              checkpoint_every=100, log_every=10, figure_every=50),
         run=RunConfig(env_steps=2_000, eval_every=1_000, eval_episodes=1),
     )
 

@@ -1,0 +1,55 @@
+"""Evaluation episodes in their own process, away from the training actors.
+
+Appendix C: SLAC evaluates with the same stochastic policy it behaves with. The evaluator never
+writes to replay; it returns the episodes' returns and, when asked, the frames of the first episode
+for the W&B video.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from actors.history import History
+from actors.worker import EnvFactory, default_env_factory, derive_seed
+from common.config import Config
+from common.policy import Policy
+
+
+class Evaluator:
+    """Runs whole evaluation episodes with a given weights blob."""
+
+    def __init__(self, cfg: Config, env_factory: EnvFactory | None = None) -> None:
+        torch.set_num_threads(1)
+        self.cfg = cfg
+        self.env_factory = env_factory or default_env_factory(cfg.run.task)
+
+    def evaluate(self, weights: dict[str, Any], episodes: int, seed: int, record_video: bool = False
+                 ) -> dict[str, Any]:
+        """Play `episodes` episodes; returns returns, lengths, env steps and optionally video frames."""
+        policy = Policy.from_weights(weights, seed=seed)
+        returns, lengths, env_steps, frames = [], [], [], []
+        for episode in range(episodes):
+            env = self.env_factory(derive_seed(seed, episode))
+            obs = env.reset()
+            history = History(self.cfg.model.sequence_length, env.action_dim)
+            history.reset(obs)
+            total, length, steps, done = 0.0, 0, 0, False
+            if record_video and episode == 0:
+                frames.append(obs)
+            while not done:
+                action = policy.act(history.obs[None], history.actions[None])[0]
+                obs, reward, terminated, truncated, info = env.step(action)
+                history.push(action, obs)
+                total, length, steps = total + reward, length + 1, steps + info["env_steps"]
+                done = terminated or truncated
+                if record_video and episode == 0:
+                    frames.append(obs)
+            env.close()
+            returns.append(total)
+            lengths.append(length)
+            env_steps.append(steps)
+        return {"version": policy.version, "returns": returns, "lengths": lengths, "env_steps": env_steps,
+                "video": np.stack(frames) if frames else None}

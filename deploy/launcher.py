@@ -1,0 +1,387 @@
+"""The composition root behind `make train`: Redis, Ray, learner, actors, evaluator, logging, stop.
+
+On one machine everything is embedded: a local Ray, a redis-server started in the run directory, W&B
+offline. On a cluster (`RAY_ADDRESS` set, or a running cluster found by `ray.init(address="auto")`)
+the processes are placed across its nodes and the replay URL must be reachable from all of them.
+The driver loop here only polls, logs and decides when to evaluate, checkpoint and stop; the work
+happens in the Ray processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from actors.evaluator import Evaluator
+from actors.worker import ActorWorker, EnvFactory
+from common.config import Config, ConfigError
+from common.envs import make_env, select_gl_backend
+from common.tasks import resolve_task
+from deploy.run_dir import RunDir, prepare_run_dir
+from deploy.run_logger import RunLogger
+from deploy.weights import BOARD_NAME, RayWeightPublisher, RayWeightSource, WeightBoard
+from learner.process import LearnerProcess
+from replay_service import RedisServer
+
+log = logging.getLogger(__name__)
+
+_RESTART_TIMEOUT_S = 120.0
+"""How long the driver waits for Ray to bring a crashed actor back before counting it lost."""
+
+
+@dataclass
+class RunState:
+    """Counters the driver owns; saved in every checkpoint's `extra`."""
+
+    env_steps: int = 0
+    episodes: int = 0
+    actor_restarts: int = 0
+    env_errors: int = 0
+    next_eval: int = 0
+    generation: int = 0
+    evals: int = 0
+    actor_base: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+def derived_config(cfg: Config) -> Config:
+    """Make the replay's minimum size cover the initial collection, or the actors would deadlock."""
+    repeat = resolve_task(cfg.run.task).action_repeat
+    needed = max(cfg.replay.min_size, math.ceil(cfg.learner.initial_collection_steps / repeat), cfg.sac.batch_size)
+    if needed > cfg.replay.capacity:
+        raise ConfigError(f"replay.capacity ({cfg.replay.capacity}) is smaller than the initial collection "
+                         f"({needed} transitions); raise --replay.capacity")
+    return dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, min_size=needed))
+
+
+def connect_ray(cfg: Config) -> bool:
+    """Join a cluster when there is one, else start a local Ray; returns True for a cluster."""
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return True
+    try:
+        ray.init(address="auto", log_to_driver=True)
+        return True
+    except (ConnectionError, RuntimeError):
+        pass
+    # Logical CPUs may exceed the physical ones: the actors, learner and evaluator mostly wait on
+    # each other, and the tests run them all on 2 cores.
+    wanted = cfg.actors.num * cfg.actors.num_cpus + 2
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False,
+             log_to_driver=True, configure_logging=False)
+    return False
+
+
+def gpu_available() -> bool:
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def train(cfg: Config, env_factory: EnvFactory | None = None,
+          on_started: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run SLAC end to end; returns the final summary. `env_factory` and `on_started` serve the tests."""
+    select_gl_backend()
+    cfg = derived_config(cfg)
+    run = prepare_run_dir(cfg)
+    cfg = run.cfg
+    probe = (env_factory or (lambda seed: make_env(cfg.run.task, seed)))(0)
+    action_dim = probe.action_dim
+    probe.close()
+    with ExitStack() as stack:
+        replay_url = cfg.replay.url
+        cluster = connect_ray(cfg)
+        stack.callback(ray.shutdown)
+        if not replay_url:
+            # On a cluster every node must reach the embedded server: listen on all interfaces and
+            # hand out this node's address (deploy/cluster.yaml also starts a standalone one).
+            host = "0.0.0.0" if cluster else "127.0.0.1"
+            server = stack.enter_context(RedisServer(run.path / "redis", cfg.replay, host=host))
+            replay_url = server.url
+            if cluster:
+                replay_url = replay_url.replace("127.0.0.1", ray.util.get_node_ip_address())
+        driver = Driver(cfg, run, replay_url, action_dim, env_factory)
+        stack.callback(driver.close)
+        if on_started is not None:
+            on_started({"run_dir": str(run.path), "replay_url": replay_url})
+        return driver.loop()
+
+
+class Driver:
+    """Starts the Ray processes and polls them; evaluation, checkpoints and stopping live here."""
+
+    def __init__(self, cfg: Config, run: RunDir, replay_url: str, action_dim: int,
+                 env_factory: EnvFactory | None) -> None:
+        self.cfg, self.run, self.replay_url = cfg, run, replay_url
+        resume = run.resume_state
+        self.state = RunState(**resume["extra"]["run_state"]) if resume else RunState()
+        if resume:
+            self.state.generation += 1
+            self.state.actor_base = {int(k): v for k, v in self.state.actor_base.items()}
+        self.logger = RunLogger(cfg, run.path, run_id=resume["extra"]["wandb_run_id"] if resume else None)
+        self.board = ray.remote(num_cpus=0)(WeightBoard).options(name=BOARD_NAME).remote()
+        use_gpu = cfg.learner.device != "cpu" and gpu_available()
+        if not use_gpu and cfg.learner.device != "cpu":
+            log.warning("no GPU in the Ray cluster: the learner runs on CPU")
+        learner_cls = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=1, max_concurrency=2)(LearnerProcess)
+        self.learner = learner_cls.options(name="slac-learner").remote(
+            cfg, action_dim, replay_url, RayWeightPublisher(BOARD_NAME), str(run.path), resume)
+        actor_cls = ray.remote(num_cpus=cfg.actors.num_cpus, max_restarts=cfg.actors.max_restarts,
+                               max_task_retries=0, max_concurrency=2)(ActorWorker)
+        source = RayWeightSource(BOARD_NAME)
+        self.actors = [actor_cls.options(name=f"slac-actor-{i}").remote(
+            cfg, i, replay_url, source, env_factory, self.state.generation) for i in range(cfg.actors.num)]
+        self.evaluator = ray.remote(num_cpus=1)(Evaluator).options(name="slac-evaluator").remote(cfg, env_factory)
+        self.lives = [0] * cfg.actors.num
+        self.alive = [True] * cfg.actors.num
+        self.restarting: dict[int, float] = {}
+        self.pids: dict[int, set[int]] = {}
+        self.restarts_before = self.state.actor_restarts  # from the run being resumed
+        self.actor_runs = {a.run.remote(0): i for i, a in enumerate(self.actors)}
+        self.learner_run = self.learner.run.remote()
+        self.last_seen: dict[int, dict[str, float]] = {}
+        self.eval_ref: tuple[Any, int, int] | None = None
+        self.pending_checkpoint: Any = None
+        self.last_checkpoint_updates = 0
+        self.learner_info: dict[str, Any] = {"counters": {"updates": 0, "pretrain_updates": 0, "version": 0}}
+        self.train_return: float | None = None
+        self.eval_return: float | None = None
+        self.started = time.monotonic()
+        self.closed = False
+
+    # --- main loop ----------------------------------------------------------------------------------
+    def loop(self) -> dict[str, Any]:
+        interrupted = False
+        try:
+            while self.state.env_steps < self.cfg.run.env_steps:
+                self._check_processes()
+                self._poll()
+                self._maybe_evaluate()
+                self._maybe_checkpoint()
+                time.sleep(0.5)  # pacing of the driver's poll, not synchronisation
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted: stopping the run and writing a checkpoint")
+        return self._finish(interrupted)
+
+    def _check_processes(self) -> None:
+        done, _ = ray.wait(list(self.actor_runs), num_returns=len(self.actor_runs), timeout=0)
+        for ref in done:
+            index = self.actor_runs.pop(ref)
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                self._actor_died(index, exc)
+        for index, since in list(self.restarting.items()):
+            self._resume_actor(index, since)
+        finished, _ = ray.wait([self.learner_run], timeout=0)
+        if finished:
+            ray.get(self.learner_run)  # raises the learner's exception with its traceback
+            raise RuntimeError("the learner stopped before the run finished")
+        if not any(self.alive):
+            raise RuntimeError("every actor died and exhausted its restarts; see the actor logs above")
+
+    def _actor_died(self, index: int, exc: Exception) -> None:
+        """Its `run` failed: Ray is restarting the process (or gave up); fold its counters into the base."""
+        seen = self.last_seen.pop(index, None)
+        if seen:  # so totals never go backwards when the new life starts from zero
+            base = self.state.actor_base.setdefault(index, {})
+            for key in ("env_steps", "steps", "env_errors"):
+                base[key] = base.get(key, 0) + seen.get(key, 0)
+        log.warning("actor %d stopped (%s); waiting for Ray to restart it", index, type(exc).__name__)
+        self.restarting.setdefault(index, time.monotonic())
+
+    def _resume_actor(self, index: int, since: float) -> None:
+        """Once the restarted actor answers, start a new life (fresh seeds) on it."""
+        try:
+            report = ray.get(self.actors[index].poll.remote(), timeout=1)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+            if time.monotonic() - since > _RESTART_TIMEOUT_S or isinstance(exc, ray.exceptions.ActorDiedError):
+                log.error("actor %d is gone for good (%s)", index, type(exc).__name__)
+                self.alive[index] = False
+                del self.restarting[index]
+            return
+        self._count_pid(index, report["pid"])
+        del self.restarting[index]
+        self.lives[index] += 1
+        self.actor_runs[self.actors[index].run.remote(self.lives[index])] = index
+
+    def _count_pid(self, index: int, pid: int) -> None:
+        """Restarts counted exactly: each new process id of an actor is one restart."""
+        pids = self.pids.setdefault(index, set())
+        if pid not in pids:
+            pids.add(pid)
+            self.state.actor_restarts = self.restarts_before + sum(len(p) - 1 for p in self.pids.values())
+
+    def _poll(self) -> None:
+        polls = [(i, a.poll.remote()) for i, a in enumerate(self.actors) if self.alive[i] and i not in self.restarting]
+        rates, lags, returns, lengths, errors, timeouts = [], [], [], [], 0, 0
+        for i, ref in polls:
+            try:
+                report = ray.get(ref, timeout=10)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                continue  # restarting; its run ref reports the death
+            counters = report["counters"]
+            self._count_pid(i, report["pid"])
+            self.last_seen[i] = counters
+            rates.append(counters["steps_per_s"] * resolve_task(self.cfg.run.task).action_repeat)
+            lags.append(counters["version_lag"])
+            timeouts += counters["limiter_timeouts"]
+            for episode in report["episodes"]:
+                returns.append(episode["return"])
+                lengths.append(episode["length"])
+        totals = {key: sum(self.state.actor_base.get(i, {}).get(key, 0) + self.last_seen.get(i, {}).get(key, 0)
+                           for i in range(len(self.actors))) for key in ("env_steps", "env_errors")}
+        self.state.env_steps = max(self.state.env_steps, int(totals["env_steps"]))
+        errors = int(totals["env_errors"])
+        self.state.env_errors = errors
+        self.state.episodes += len(returns)
+        info = ray.get(self.learner.poll.remote())
+        previous = self.learner_info["counters"]
+        self.learner_info = info
+        elapsed = max(time.monotonic() - getattr(self, "_last_poll", self.started), 1e-6)
+        self._last_poll = time.monotonic()
+        updates = info["counters"]["updates"] + info["counters"]["pretrain_updates"]
+        updates_before = previous["updates"] + previous["pretrain_updates"]
+        scalars: dict[str, float] = {f"learner/{k}" if "/" not in k else k: v for k, v in info["metrics"].items()}
+        scalars.update({f"replay/{k}": v for k, v in info["replay"].items()})
+        scalars.update({
+            "perf/updates_per_s": (updates - updates_before) / elapsed,
+            "perf/env_steps_per_s": sum(rates),
+            "counters/updates": info["counters"]["updates"],
+            "counters/pretrain_updates": info["counters"]["pretrain_updates"],
+            "counters/policy_version": info["counters"]["version"],
+            "counters/episodes": self.state.episodes,
+            "actors/restarts": self.state.actor_restarts,
+            "actors/env_errors": errors,
+            "actors/limiter_timeouts": timeouts,
+        })
+        for i, rate in enumerate(rates):
+            scalars[f"perf/env_steps_per_s_actor{i}"] = rate
+        if lags:
+            scalars["actors/version_lag"] = sum(lags) / len(lags)
+        if returns:
+            self.train_return = sum(returns) / len(returns)
+            scalars["train/return"] = self.train_return
+            scalars["train/episode_length"] = sum(lengths) / len(lengths)
+        self.logger.scalars(self.state.env_steps, scalars)
+        if info["figure"] is not None:
+            self.logger.image(self.state.env_steps, "model/samples", info["figure"],
+                              "rows: ground truth, posterior, conditional prior, prior")
+        self.logger.progress(self._progress_line(scalars))
+
+    def _progress_line(self, scalars: dict[str, float]) -> str:
+        total, done = self.cfg.run.env_steps, self.state.env_steps
+        rate = scalars["perf/env_steps_per_s"]
+        eta = (total - done) / rate if rate > 0 else float("nan")
+        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "--:--:--"
+        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        counters = self.learner_info["counters"]
+        return (f"[{self.learner_info.get('phase', '?')}] env {done:,}/{total:,} | upd {counters['updates']:,}"
+                f" (+{counters['pretrain_updates']:,} model) | ret {fmt(self.train_return)} | eval "
+                f"{fmt(self.eval_return)} | {rate:.0f} env/s | {scalars['perf/updates_per_s']:.1f} upd/s | ETA {eta_text}")
+
+    def _maybe_evaluate(self, wait: bool = False) -> None:
+        if self.eval_ref is not None:
+            ref, env_steps, updates = self.eval_ref
+            ready, _ = ray.wait([ref], timeout=None if wait else 0)
+            if not ready:
+                return
+            self.eval_ref = None
+            result = ray.get(ref)
+            self.eval_return = sum(result["returns"]) / len(result["returns"])
+            self.logger.evaluation(env_steps, updates, result["version"], result["returns"])
+            if result["video"] is not None:
+                self.logger.video(env_steps, "eval/video", result["video"])
+        due = self.state.env_steps >= self.state.next_eval
+        if self.cfg.run.eval_episodes == 0 or not due or self.eval_ref is not None:
+            return
+        latest = ray.get(self.board.latest.remote(0))
+        if latest is None:
+            return  # no policy published yet (initial collection or model pre-training)
+        _, (weights_ref,) = latest
+        self.state.evals += 1
+        ref = self.evaluator.evaluate.remote(weights_ref, self.cfg.run.eval_episodes,
+                                             self.cfg.run.seed * 7919 + self.state.evals, True)
+        self.eval_ref = (ref, self.state.env_steps, self.learner_info["counters"]["updates"])
+        self.state.next_eval = self.state.env_steps + self.cfg.run.eval_every
+
+    def _maybe_checkpoint(self) -> None:
+        counters = self.learner_info["counters"]
+        updates = counters["updates"] + counters["pretrain_updates"]
+        if self.pending_checkpoint is not None:
+            ready, _ = ray.wait([self.pending_checkpoint], timeout=0)
+            if ready:
+                log.info("checkpoint written: %s", ray.get(self.pending_checkpoint))
+                self.pending_checkpoint = None
+        if updates - self.last_checkpoint_updates >= self.cfg.learner.checkpoint_every and self.pending_checkpoint is None:
+            self.pending_checkpoint = self.learner.checkpoint.remote(self._extra())
+            self.last_checkpoint_updates = updates
+
+    def _extra(self) -> dict[str, Any]:
+        return {"wandb_run_id": self.logger.run_id, "run_state": dataclasses.asdict(self.state)}
+
+    # --- stopping -----------------------------------------------------------------------------------
+    def _finish(self, interrupted: bool) -> dict[str, Any]:
+        self._stop_processes()
+        if self.pending_checkpoint is not None:
+            ray.get(self.pending_checkpoint)
+        self._poll_learner_final()
+        checkpoint = ray.get(self.learner.checkpoint.remote(self._extra()))
+        if not interrupted and self.cfg.run.eval_episodes > 0 and self.eval_ref is not None:
+            self._maybe_evaluate(wait=True)
+        counters = self.learner_info["counters"]
+        summary = {"env_steps": self.state.env_steps, "updates": counters["updates"],
+                   "pretrain_updates": counters["pretrain_updates"], "policy_version": counters["version"],
+                   "episodes": self.state.episodes, "actor_restarts": self.state.actor_restarts,
+                   "env_errors": self.state.env_errors, "train_return": self.train_return,
+                   "eval_return": self.eval_return, "wall_clock_s": round(time.monotonic() - self.started, 1),
+                   "checkpoint": checkpoint, "run_dir": str(self.run.path), "interrupted": interrupted,
+                   "replay": self.learner_info.get("replay", {})}
+        self.logger.finish({k: v for k, v in summary.items() if isinstance(v, int | float | str)})
+        self.closed = True
+        return summary
+
+    def _stop_processes(self) -> None:
+        for actor in self.actors:
+            actor.stop.remote()
+        done, pending = ray.wait(list(self.actor_runs), num_returns=len(self.actor_runs), timeout=10)
+        for ref in pending:  # blocked on the rate limiter: nothing buffered there is stored yet
+            ray.kill(self.actors[self.actor_runs[ref]], no_restart=True)
+        self._poll_actors_quietly()
+        self.learner.stop.remote()
+        try:
+            ray.get(self.learner_run)
+        except ray.exceptions.RayTaskError:
+            log.exception("the learner failed while stopping")
+
+    def _poll_actors_quietly(self) -> None:
+        for i, actor in enumerate(self.actors):
+            try:
+                self.last_seen[i] = ray.get(actor.poll.remote(), timeout=5)["counters"]
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                continue
+        self.state.env_steps = max(self.state.env_steps, int(sum(
+            self.state.actor_base.get(i, {}).get("env_steps", 0) + self.last_seen.get(i, {}).get("env_steps", 0)
+            for i in range(len(self.actors)))))
+
+    def _poll_learner_final(self) -> None:
+        info = ray.get(self.learner.poll.remote())
+        self.learner_info = info
+
+    def close(self) -> None:
+        """Tear down the Ray processes even when the loop failed."""
+        for handle in [*self.actors, self.learner, self.evaluator, self.board]:
+            try:
+                ray.kill(handle, no_restart=True)
+            except Exception:  # noqa: BLE001 - best effort during teardown
+                pass
+        if not self.closed:
+            self.logger.finish({"failed": 1})

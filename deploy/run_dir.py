@@ -1,0 +1,56 @@
+"""One directory per run: config.json, checkpoints/, wandb/, eval.csv and the Redis data dir.
+
+`--run.resume <dir>` reopens such a directory: the config given now must agree with the saved one on
+everything that shapes networks and data (`common.config.resume_conflicts`), and the newest checkpoint
+supplies the learner state, the counters and the W&B run id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.config import Config, ConfigError, resume_conflicts
+from learner.checkpoint import CheckpointMismatchError, latest_checkpoint, load_checkpoint
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+    cfg: Config
+    resume_state: dict[str, Any] | None
+
+
+def prepare_run_dir(cfg: Config) -> RunDir:
+    """Create (or, for a resume, check and reopen) the run directory; write the resolved config.json."""
+    if cfg.run.resume:
+        return _reopen(cfg)
+    path = Path(cfg.run.dir or f"runs/{cfg.run.task}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if (path / "config.json").exists():
+        raise ConfigError(f"{path} already holds a run; resume it with --run.resume {path} or pick another --run.dir")
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(path)))
+    (path / "config.json").write_text(cfg.to_json())
+    return RunDir(path, cfg, None)
+
+
+def _reopen(cfg: Config) -> RunDir:
+    path = Path(cfg.run.resume).resolve()
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise ConfigError(f"--run.resume {path}: no config.json there; is it a run directory?")
+    saved = Config.from_json(config_file.read_text())
+    conflicts = resume_conflicts(saved, cfg)
+    if conflicts:
+        raise CheckpointMismatchError(f"cannot resume {path}: the config differs where it must not: "
+                                      + "; ".join(conflicts) + ". Use the original run's preset and overrides.")
+    checkpoint = latest_checkpoint(path / "checkpoints")
+    if checkpoint is None:
+        raise ConfigError(f"--run.resume {path}: no checkpoint in {path / 'checkpoints'}")
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(path), resume=str(path)))
+    state = load_checkpoint(checkpoint, cfg)
+    (path / "config.json").write_text(cfg.to_json())
+    return RunDir(path, cfg, state)

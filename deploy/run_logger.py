@@ -1,0 +1,98 @@
+"""The one logger of a run: W&B scalars and media, `eval.csv`, and the terminal progress line.
+
+W&B runs offline (files under `<run dir>/wandb/`) unless the user configured W&B (WANDB_API_KEY or
+WANDB_MODE set) or asked for a mode with `--run.wandb-mode`. Every scalar is plotted against
+`env_steps`, the paper's x-axis.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import imageio
+import numpy as np
+import wandb
+
+from common.config import Config
+
+log = logging.getLogger(__name__)
+
+EVAL_COLUMNS = ("env_steps", "updates", "policy_version", "return_mean", "return_std", "returns")
+
+
+def wandb_mode(requested: str) -> str:
+    """Resolve `run.wandb_mode=auto`: online only when the user has configured W&B."""
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+class RunLogger:
+    """W&B + eval.csv + progress line for one run directory."""
+
+    def __init__(self, cfg: Config, run_dir: Path, run_id: str | None = None) -> None:
+        self.cfg, self.run_dir = cfg, run_dir
+        mode = wandb_mode(cfg.run.wandb_mode)
+        self.run = wandb.init(project=cfg.run.wandb_project, dir=str(run_dir), mode=mode, id=run_id,
+                              resume="allow" if run_id else None, config=cfg.to_dict(),
+                              name=run_dir.name, settings=wandb.Settings(console="off", silent=True))
+        self.run.define_metric("env_steps")
+        self.run.define_metric("*", step_metric="env_steps")
+        self.eval_path = run_dir / "eval.csv"
+        if not self.eval_path.exists():
+            with self.eval_path.open("w", newline="") as f:
+                csv.writer(f).writerow(EVAL_COLUMNS)
+        self._tty = sys.stdout.isatty()
+        self._last_line = 0.0
+        log.info("W&B run %s (%s), files in %s", self.run.id, mode, run_dir / "wandb")
+
+    @property
+    def run_id(self) -> str:
+        return self.run.id
+
+    def scalars(self, env_steps: int, values: dict[str, float]) -> None:
+        self.run.log({"env_steps": env_steps, **values})
+
+    def image(self, env_steps: int, key: str, image: np.ndarray, caption: str) -> None:
+        self.run.log({"env_steps": env_steps, key: wandb.Image(image, caption=caption)})
+
+    def video(self, env_steps: int, key: str, frames: np.ndarray, fps: int = 15) -> None:
+        """Log uint8 frames [T, 3, H, W] as a GIF (no moviepy needed)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "episode.gif"
+            imageio.mimsave(path, list(frames.transpose(0, 2, 3, 1)), duration=1.0 / fps, loop=0)
+            self.run.log({"env_steps": env_steps, key: wandb.Video(str(path), format="gif")})
+
+    def evaluation(self, env_steps: int, updates: int, version: int, returns: list[float]) -> None:
+        mean, std = float(np.mean(returns)), float(np.std(returns))
+        with self.eval_path.open("a", newline="") as f:
+            csv.writer(f).writerow([env_steps, updates, version, f"{mean:.4f}", f"{std:.4f}",
+                                    " ".join(f"{r:.4f}" for r in returns)])
+        self.scalars(env_steps, {"eval/return": mean, "eval/return_std": std, "eval/policy_version": version})
+
+    def progress(self, line: str, force: bool = False) -> None:
+        """Rewrite one terminal line (every second), or print a line every 10 s when not a TTY."""
+        now = time.monotonic()
+        if self._tty and (force or now - self._last_line >= 1.0):
+            sys.stdout.write("\r\x1b[2K" + line)
+            sys.stdout.flush()
+            self._last_line = now
+        elif not self._tty and (force or now - self._last_line >= 10.0):
+            print(line, flush=True)
+            self._last_line = now
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if self._tty:
+            sys.stdout.write("\n")
+        for key, value in summary.items():
+            self.run.summary[key] = value
+        self.run.finish()

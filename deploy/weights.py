@@ -1,0 +1,81 @@
+"""Weight broadcast through the Ray object store: one `ray.put` per version, a board that names it.
+
+The learner puts each versioned blob into the object store once and posts the reference to a tiny
+`WeightBoard` actor. Actors ask the board whether a newer version exists and, if so, fetch the object
+from the store (from the nearest node holding a copy), never a copy sent per request by the learner.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+
+class WeightBoard:
+    """Holds the newest (version, [ObjectRef]); wrapping the ref in a list stops Ray resolving it."""
+
+    def __init__(self) -> None:
+        self._version = 0
+        self._ref: list[ray.ObjectRef] | None = None
+
+    def publish(self, version: int, ref: list[ray.ObjectRef]) -> None:
+        if version > self._version:
+            self._version, self._ref = version, ref
+
+    def latest(self, have_version: int) -> tuple[int, list[ray.ObjectRef]] | None:
+        if self._ref is None or self._version <= have_version:
+            return None
+        return self._version, self._ref
+
+    def version(self) -> int:
+        return self._version
+
+
+BOARD_NAME = "slac-weight-board"
+
+
+def _board(name: str) -> Any:
+    # Looked up by name inside each process: passing the handle as a constructor argument would
+    # pin it in the object store, which Ray warns makes restartable actors fragile.
+    return ray.get_actor(name)
+
+
+class RayWeightPublisher:
+    """The learner's side: `ray.put` runs in the learner process, which then owns the object."""
+
+    def __init__(self, board_name: str = BOARD_NAME) -> None:
+        self.board_name = board_name
+        self._current: ray.ObjectRef | None = None
+
+    @property
+    def board(self) -> Any:
+        return _board(self.board_name)
+
+    def publish(self, version: int, blob: dict[str, Any]) -> None:
+        self._current = ray.put(blob)  # keep a reference until the next version replaces it
+        ray.get(self.board.publish.remote(version, [self._current]))
+
+    def latest_ref(self) -> ray.ObjectRef | None:
+        return self._current
+
+
+class RayWeightSource:
+    """The actors' side: asks the board, fetches from the object store only when newer."""
+
+    def __init__(self, board_name: str = BOARD_NAME) -> None:
+        self.board_name = board_name
+        self._board: Any = None
+
+    @property
+    def board(self) -> Any:
+        if self._board is None:
+            self._board = _board(self.board_name)
+        return self._board
+
+    def latest(self, have_version: int) -> dict[str, Any] | None:
+        found = ray.get(self.board.latest.remote(have_version))
+        if found is None:
+            return None
+        _, (ref,) = found
+        return ray.get(ref)

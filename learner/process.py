@@ -1,0 +1,172 @@
+"""The learner process: sync the replay mirror, sample, update, publish weights, checkpoint.
+
+Phases follow the official SLAC implementation: (1) wait for the initial random collection
+(`learner.initial_collection_steps` environment steps), (2) pre-train the model alone for
+`learner.model_pretrain_steps` updates, (3) publish the first policy and train model, critics and actor
+jointly, one update per inserted transition (the replay's rate limiter enforces the ratio). The driver
+(deploy/) wraps this class in `ray.remote(num_gpus=..., max_concurrency=2)` so `poll`, `checkpoint` and
+`stop` answer while `run` loops; a lock keeps a checkpoint from interleaving with an update.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from common.config import Config
+from common.tasks import resolve_task
+from learner.checkpoint import save_checkpoint
+from learner.learner import Learner
+from replay_service import SequenceReplay
+
+log = logging.getLogger(__name__)
+
+_SYNC_EVERY = 10
+"""Updates between replay syncs during pre-training (joint training syncs before every update)."""
+
+
+class WeightPublisher(Protocol):
+    """Makes a weights blob available to every actor (deploy passes a Ray object-store one)."""
+
+    def publish(self, version: int, blob: dict[str, Any]) -> None: ...
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("learner.device=cuda but torch sees no CUDA device; use --learner.device cpu")
+    return torch.device(requested)
+
+
+class LearnerProcess:
+    """Owns the `Learner` and the replay mirror; runs SLAC's three phases until stopped."""
+
+    def __init__(self, cfg: Config, action_dim: int, replay_url: str, publisher: WeightPublisher,
+                 run_dir: str, resume_state: dict[str, Any] | None = None) -> None:
+        self.cfg, self.publisher, self.run_dir = cfg, publisher, Path(run_dir)
+        self.device = resolve_device(cfg.learner.device)
+        if self.device.type == "cpu":
+            log.warning("learner running on CPU: paper-size updates take about a second each")
+        self.learner = Learner(cfg, action_dim, device=self.device, seed=cfg.run.seed)
+        self.replay = SequenceReplay(replay_url, cfg.replay, cfg.run.task, action_dim,
+                                     cfg.model.sequence_length, device=self.device)
+        self.action_repeat = resolve_task(cfg.run.task).action_repeat
+        self.counters: dict[str, int] = {"pretrain_updates": 0, "updates": 0, "version": 0}
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(cfg.run.seed)
+        if resume_state is not None:
+            self.learner.load_state_dict(resume_state["learner"])
+            self.counters.update(resume_state["counters"])
+            self._generator.set_state(resume_state["sample_generator"].to(self._generator.get_state().device))
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._sums: dict[str, float] = defaultdict(float)
+        self._counts: dict[str, int] = defaultdict(int)
+        self._figure: np.ndarray | None = None
+        self._phase = "collect"
+        self._started = time.monotonic()
+
+    # --- called from the driver while `run` loops -------------------------------------------------
+    def poll(self) -> dict[str, Any]:
+        """Mean metrics since the last poll, counters, phase, replay stats and any new figure."""
+        with self._lock:
+            metrics = {k: self._sums[k] / self._counts[k] for k in self._sums}
+            self._sums.clear()
+            self._counts.clear()
+            figure, self._figure = self._figure, None
+            counters = dict(self.counters)
+        return {"metrics": metrics, "counters": counters, "phase": self._phase, "figure": figure,
+                "replay": self.replay.stats(current_version=counters["version"])}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def checkpoint(self, extra: dict[str, Any]) -> str:
+        """Write an atomic checkpoint (learner, counters, config, replay snapshot and `extra`)."""
+        with self._lock:
+            state = {"learner": self.learner.state_dict(), "counters": dict(self.counters),
+                     "config": self.cfg.to_dict(), "extra": extra,
+                     "sample_generator": self._generator.get_state(),
+                     "replay_snapshot": self.replay.snapshot()}
+            updates = self.counters["pretrain_updates"] + self.counters["updates"]
+            return str(save_checkpoint(self.run_dir / "checkpoints", updates, state))
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, int]:
+        """Run the phases until `stop()`; returns the final counters."""
+        try:
+            if self._wait_for_initial_collection():
+                self._pretrain_model()
+            self._publish()  # the first policy, or the resumed one for the fresh actor processes
+            self._train_jointly()
+        finally:
+            # A last look at Redis so the final stats count the actors' last flushes. The connection
+            # stays open: the driver's final checkpoint still snapshots the replay through it.
+            self.replay.sync()
+            self.replay.can_sample()
+        return dict(self.counters)
+
+    def _wait_for_initial_collection(self) -> bool:
+        self._phase = "collect"
+        needed = max(self.cfg.learner.initial_collection_steps // self.action_repeat, self.cfg.sac.batch_size, 1)
+        while not self._stop.is_set():
+            self.replay.sync()
+            if self.replay.size >= needed:
+                return True
+            self._stop.wait(0.1)
+        return False
+
+    def _pretrain_model(self) -> None:
+        """Model-only updates on the initial data (no `record_samples`: actors stay held back)."""
+        self._phase = "pretrain"
+        while self.counters["pretrain_updates"] < self.cfg.learner.model_pretrain_steps and not self._stop.is_set():
+            if self.counters["pretrain_updates"] % _SYNC_EVERY == 0:
+                self.replay.sync()
+            batch = self.replay.sample(self.cfg.model.batch_size, generator=self._generator)
+            with self._lock:
+                metrics = self.learner.update_model(batch)
+                self.counters["pretrain_updates"] += 1
+                self._accumulate(metrics)
+            self._maybe_figure(batch, self.counters["pretrain_updates"])
+
+    def _train_jointly(self) -> None:
+        self._phase = "train"
+        while not self._stop.is_set():
+            self.replay.sync()
+            if not self.replay.wait_for_sample(timeout_s=0.2):
+                continue  # the actors are behind the samples-per-insert target: wait for inserts
+            batch = self.replay.sample(self.cfg.sac.batch_size, generator=self._generator)
+            with self._lock:
+                metrics = self.learner.update(batch.head(self.cfg.model.batch_size), batch)
+                self.replay.record_samples(1)
+                self.counters["updates"] += 1
+                self._accumulate(metrics)
+            updates = self.counters["updates"]
+            if updates % self.cfg.learner.publish_every == 0:
+                self._publish()
+            self._maybe_figure(batch, updates)
+
+    def _publish(self) -> None:
+        with self._lock:
+            self.counters["version"] += 1
+            blob = self.learner.actor_weights(self.counters["version"])
+        self.publisher.publish(blob["version"], blob)
+
+    def _accumulate(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self._sums[key] += value
+            self._counts[key] += 1
+
+    def _maybe_figure(self, batch: Any, updates: int) -> None:
+        if updates % self.cfg.learner.figure_every == 0:
+            figure = self.learner.figure(batch)
+            with self._lock:
+                self._figure = figure

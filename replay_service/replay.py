@@ -1,0 +1,208 @@
+"""SequenceReplay: the learner's side of the replay (incremental sync, sampling, rate limit, snapshots)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import redis
+import torch
+
+from common.batch import Batch
+from common.config import ReplayConfig
+from replay_service.limiter import RateLimit, poll_until
+from replay_service.mirror import DeviceRing
+from replay_service.schema import (
+    FRAME_SHAPE,
+    META,
+    STATE,
+    decode_rows,
+    describe,
+    ensure_schema,
+    frame_capacity,
+    row_key,
+)
+from replay_service.server import connect
+
+SYNC_CHUNK = 128
+"""Rows per MGET during sync (~1.6 MB per reply with raw frames)."""
+
+
+class SequenceReplay:
+    """Mirror of the Redis replay on `device`, sampled as common/batch.py windows of sequence_length + 1 frames.
+
+    `sync()` pulls rows new since the last sync (each frame crosses the wire and the host-device link
+    once); `sample()` touches only device tensors. The learner owns the rate limiter's settings: it
+    records them in Redis on connect, and `record_samples()` advances the shared `sampled` counter.
+    """
+
+    def __init__(self, url: str, cfg: ReplayConfig, task: str, action_dim: int, sequence_length: int,
+                 device: str | torch.device = "cpu") -> None:
+        if sequence_length < 1:
+            raise ValueError(f"SequenceReplay: sequence_length must be >= 1, got {sequence_length}")
+        self.url, self.cfg, self.task, self.action_dim = url, cfg, task, action_dim
+        self.sequence_length = sequence_length
+        self.device = torch.device(device)
+        self.limit = RateLimit.from_config(cfg)
+        self._client = connect(url, cfg.connect_timeout_s, name="replay-mirror")
+        meta = ensure_schema(self._client, cfg, task, action_dim)
+        self._client.hset(META, mapping={"min_size": str(cfg.min_size),
+                                         "samples_per_insert": repr(float(cfg.samples_per_insert)),
+                                         "spi_tolerance": repr(float(cfg.spi_tolerance))})
+        self._run_id = meta["run_id"]
+        self.ring = DeviceRing(frame_capacity(cfg), action_dim, sequence_length, self.device)
+        self._staging = np.empty((SYNC_CHUNK, *FRAME_SHAPE), np.uint8)
+        if self.device.type == "cuda":  # pinned staging makes the host-to-device copy direct
+            self._staging = torch.empty((SYNC_CHUNK, *FRAME_SHAPE), dtype=torch.uint8).pin_memory().numpy()
+        self._inserted = 0
+        self._sampled = 0
+        self._synced_rows = 0
+        self._sync_s = 0.0
+        self._resyncs = 0
+
+    # --- sync -------------------------------------------------------------------------------------
+    def sync(self) -> int:
+        """Pull rows written since the last sync into the mirror; returns how many rows were new."""
+        t0 = time.perf_counter()
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hmget(STATE, "head", "tail", "inserted", "sampled")
+        pipe.hget(META, "run_id")
+        (head, tail, inserted, sampled), run_id = pipe.execute()
+        head, tail = int(head or 0), int(tail or 0)
+        self._inserted, self._sampled = int(inserted or 0), int(sampled or 0)
+        ring = self.ring
+        run_id = run_id.decode() if run_id else None
+        if run_id != self._run_id:  # the database was flushed and re-created: start over
+            ensure_schema(self._client, self.cfg, self.task, self.action_dim)
+            self._run_id = self._client.hget(META, "run_id").decode()
+            ring.reset()
+            self._resyncs += 1
+            return self.sync()
+        if head < ring.head:
+            # Redis came back with fewer rows than we saw (an older snapshot, or a power loss under
+            # appendfsync everysec); rows from head on will be rewritten with other content. Rare:
+            # start over rather than patch the mirror.
+            ring.reset()
+            self._resyncs += 1
+            return self.sync()
+        if head == ring.head and tail <= ring.tail:
+            return 0  # nothing new and nothing evicted: the sampling index stands
+        start = max(ring.head, tail, head - ring.R)
+        for lo in range(start, head, SYNC_CHUNK):
+            hi = min(lo + SYNC_CHUNK, head)
+            blobs = self._client.mget([row_key(i) for i in range(lo, hi)])
+            ring.write(decode_rows(lo, blobs, self.action_dim, self._staging))
+        if head > start:
+            tail = int(self._client.hget(STATE, "tail") or 0)  # rows evicted while we read
+        ring.head = max(ring.head, head)
+        ring.link(start, tail)
+        self._synced_rows += max(head - start, 0)
+        self._sync_s += time.perf_counter() - t0
+        return max(head - start, 0)
+
+    # --- sampling ---------------------------------------------------------------------------------
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        """B windows (common/batch.py), last transition uniform over the sampleable transitions.
+
+        A transition is sampleable when every frame its window needs is still stored: near the FIFO
+        tail, windows whose earlier frames were evicted are skipped rather than padded.
+        """
+        return self.ring.sample(batch_size, generator)
+
+    @property
+    def size(self) -> int:
+        """Transitions in the mirror (as of the last sync)."""
+        return self.ring.transitions
+
+    @property
+    def sampleable(self) -> int:
+        """Transitions whose whole window is in the mirror (as of the last sync)."""
+        return self.ring.sampleable
+
+    @property
+    def num_inserted(self) -> int:
+        """Transitions ever inserted by all writers (read from Redis)."""
+        return int(self._client.hget(STATE, "inserted") or 0)
+
+    def can_sample(self) -> bool:
+        """Whether the rate limiter lets the learner sample now and the mirror has something to sample."""
+        inserted, sampled = self._client.hmget(STATE, "inserted", "sampled")
+        self._inserted, self._sampled = int(inserted or 0), int(sampled or 0)
+        return self.ring.sampleable > 0 and self.limit.can_sample(self._inserted, self._sampled)
+
+    def wait_for_sample(self, timeout_s: float) -> bool:
+        """Sync until `can_sample()` (below min size, or too far ahead of inserts: wait); False on timeout."""
+        def ready() -> bool:
+            self.sync()
+            return self.can_sample()
+
+        return poll_until(ready, timeout_s)
+
+    def record_samples(self, n: int = 1) -> None:
+        """Count n learner updates against the samples-per-insert ratio (shared with all writers)."""
+        self._sampled = int(self._client.hincrby(STATE, "sampled", n))
+
+    # --- reporting and checkpoints ----------------------------------------------------------------
+    def stats(self, current_version: int | None = None) -> dict[str, float]:
+        """Sizes, counters, the samples-per-insert ratio and policy-version staleness (always the same keys).
+
+        size/frames/sampleable: the mirror as of the last sync; inserted/sampled: the shared counters;
+        stored_version_mean: over stored transitions; sampled_version_mean: over the last transitions
+        of windows sampled since the previous stats() call (NaN if none); staleness_* = current_version
+        minus those means (only with current_version).
+        """
+        ring = self.ring
+        out = {
+            "size": float(ring.transitions), "frames": float(ring.head - ring.tail), "sampleable": float(ring.sampleable),
+            "inserted": float(self._inserted), "sampled": float(self._sampled),
+            "samples_per_insert": self._sampled / max(self._inserted, 1),
+            "synced_rows": float(self._synced_rows), "sync_s": self._sync_s, "resyncs": float(self._resyncs),
+            "stored_version_mean": ring.version_mean,
+        }
+        out["sampled_version_mean"] = ring.take_sampled_version_mean()  # since the last stats(); NaN if none
+        if current_version is not None:
+            out["staleness_stored"] = current_version - ring.version_mean
+            out["staleness_sampled"] = current_version - out["sampled_version_mean"]
+        return out
+
+    def snapshot(self, copy_to: str | Path | None = None, timeout_s: float = 600.0) -> str:
+        """BGSAVE and wait for it; returns the RDB path (on the server's host), or `copy_to` after copying.
+
+        `RedisServer(data_dir, cfg, restore_from=path)` starts a server on that snapshot.
+        """
+        saves = self._client.info("persistence")["rdb_saves"]
+        try:
+            self._client.bgsave()
+        except redis.ResponseError:  # an AOF rewrite or a save is running: save as soon as it ends
+            self._client.bgsave(schedule=True)
+        done = poll_until(lambda: self._bgsave_done(saves), timeout_s, max_delay_s=0.2)
+        info = self._client.info("persistence")
+        if not done or info.get("rdb_last_bgsave_status") != "ok":
+            raise RuntimeError(f"replay snapshot: BGSAVE on {describe(self._client)} did not succeed within "
+                               f"{timeout_s} s (status {info.get('rdb_last_bgsave_status')}); check the server's "
+                               "log and free disk space")
+        conf = self._client.config_get("dir")
+        conf.update(self._client.config_get("dbfilename"))
+        path = Path(conf["dir"]) / conf["dbfilename"]
+        if copy_to is None:
+            return str(path)
+        copy_to = Path(copy_to)
+        tmp = copy_to.with_name(copy_to.name + ".tmp")
+        shutil.copyfile(path, tmp)
+        tmp.replace(copy_to)
+        return str(copy_to)
+
+    def _bgsave_done(self, saves_before: int) -> bool:
+        info = self._client.info("persistence")
+        return info["rdb_saves"] > saves_before and info["rdb_bgsave_in_progress"] == 0
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> SequenceReplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,90 @@
+"""Units of the distributed layer that need no cluster: history padding, seeds, weight board,
+checkpoint files and resume checks, the cluster YAML, the W&B reader."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from actors.history import History, stack_histories
+from actors.worker import derive_seed
+from common.config import debug, resume_conflicts
+from deploy.weights import WeightBoard
+from learner.checkpoint import (CheckpointMismatchError, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                save_checkpoint)
+
+CLUSTER_YAML = Path(__file__).resolve().parents[1] / "deploy" / "cluster.yaml"
+
+
+def _frame(value: int) -> np.ndarray:
+    return np.full((3, 64, 64), value, dtype=np.uint8)
+
+
+def test_history_pads_with_first_frame_and_zero_actions() -> None:
+    history = History(sequence_length=4, action_dim=2)
+    history.reset(_frame(7))
+    assert (history.obs == 7).all() and (history.actions == 0).all()
+    history.push(np.array([0.5, -0.5], np.float32), _frame(8))
+    assert [int(f[0, 0, 0]) for f in history.obs] == [7, 7, 7, 8]
+    np.testing.assert_array_equal(history.actions, [[0, 0], [0, 0], [0.5, -0.5]])
+    for t in range(9, 12):
+        history.push(np.full(2, t / 10, np.float32), _frame(t))
+    assert [int(f[0, 0, 0]) for f in history.obs] == [8, 9, 10, 11]
+    np.testing.assert_allclose(history.actions[:, 0], [0.9, 1.0, 1.1])  # a[t] sits between x[t] and x[t+1]
+    obs, actions = stack_histories([history, history])
+    assert obs.shape == (2, 4, 3, 64, 64) and actions.shape == (2, 3, 2)
+
+
+def test_seeds_are_distinct_per_actor_life_and_generation() -> None:
+    seeds = {derive_seed(0, actor, life, gen) for actor in range(8) for life in range(4) for gen in range(3)}
+    assert len(seeds) == 8 * 4 * 3
+    assert derive_seed(1, 2, 3) == derive_seed(1, 2, 3)
+
+
+def test_weight_board_only_moves_forward() -> None:
+    board = WeightBoard()
+    assert board.latest(0) is None
+    board.publish(2, ["ref2"])
+    assert board.latest(0) == (2, ["ref2"]) and board.latest(2) is None
+    board.publish(1, ["stale"])
+    assert board.latest(1) == (2, ["ref2"])
+
+
+def test_checkpoints_are_atomic_pruned_and_checked(tmp_path: Path) -> None:
+    cfg = debug()
+    for updates in (10, 20, 30, 40):
+        save_checkpoint(tmp_path, updates, {"config": cfg.to_dict(), "x": torch.tensor(updates)}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_0000000030.pt", "ckpt_0000000040.pt"]
+    assert not list(tmp_path.glob(".tmp-*"))
+    latest = latest_checkpoint(tmp_path)
+    assert latest is not None and int(load_checkpoint(latest, cfg)["x"]) == 40
+    other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, z2_dim=99))
+    with pytest.raises(CheckpointMismatchError, match="model.z2_dim: saved 8, now 99"):
+        load_checkpoint(latest, other)
+
+
+def test_resume_may_change_run_length_but_not_the_task() -> None:
+    cfg = debug()
+    longer = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, env_steps=10**6),
+                                 actors=dataclasses.replace(cfg.actors, num=7))
+    assert resume_conflicts(cfg, longer) == []
+    other_task = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, task="hopper"))
+    assert resume_conflicts(cfg, other_task) == ["run.task: saved 'cheetah_run', now 'hopper'"]
+
+
+def test_cluster_yaml_validates_and_bad_yaml_is_rejected() -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = yaml.safe_load(CLUSTER_YAML.read_text())
+    validate_config(prepare_config(copy.deepcopy(cfg)))
+    assert any("redis-server" in c for c in cfg["head_start_ray_commands"])
+    bad = copy.deepcopy(cfg)
+    bad["max_workerz"] = 3
+    with pytest.raises(Exception, match="max_workerz"):
+        validate_config(prepare_config(bad))

@@ -1,0 +1,200 @@
+"""End to end on CPU: real Ray, real redis-server, real rendering, W&B offline, tiny networks.
+
+The cheetah run goes through the real entry point (`python -m deploy.train`, what `make train` runs)
+and is then resumed; the hopper run is driven in-process so the test can kill an actor mid-run and
+inject an environment that raises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import ray
+
+from common.config import debug, parse_cli
+from common.envs import make_env
+from deploy.wandb_reader import find_offline_runs, read_config, read_history
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _train_cli(args: list[str], timeout: int = 600) -> dict[str, Any]:
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "deploy.train", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"training failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return json.loads(proc.stdout[proc.stdout.index('{\n  "summary"'):])["summary"]
+
+
+def _history(run_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for run in find_offline_runs(run_dir):
+        rows += read_history(run)
+    return rows
+
+
+def _values(rows: list[dict[str, Any]], key: str) -> list[Any]:
+    return [row[key] for row in rows if key in row]
+
+
+def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
+    run_dir = tmp_path / "cheetah"
+    common = ["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--actors.num", "2",
+              "--learner.checkpoint-every", "50", "--replay.samples-per-insert", "0.25"]
+    # Two cheetah episodes (1000 env steps each) per actor; a quarter update per insert keeps it quick.
+    summary = _train_cli([*common, "--run.env-steps", "4400"])
+    cfg = parse_cli(common[:1] + common[5:])
+
+    # The run reached its length, through all three phases.
+    assert summary["env_steps"] >= 4400 and not summary["interrupted"]
+    assert summary["pretrain_updates"] == cfg.learner.model_pretrain_steps
+    assert summary["updates"] > 0 and summary["policy_version"] >= 1
+    # Replay holds the steps the actors wrote (cheetah repeats each action 4 times)...
+    replay = summary["replay"]
+    assert abs(replay["inserted"] * 4 - summary["env_steps"]) <= 4 * cfg.replay.flush_every * 2
+    # ...and the learner did one update per inserted transition beyond the initial collection,
+    # within the limiter's tolerance (plus one flush per writer in flight).
+    min_size = max(cfg.replay.min_size, cfg.learner.initial_collection_steps // 4, cfg.sac.batch_size)
+    expected = (replay["inserted"] - min_size) * cfg.replay.samples_per_insert
+    slack = cfg.replay.spi_tolerance + 2 * cfg.replay.flush_every
+    assert abs(summary["updates"] - expected) <= slack, (summary["updates"], expected)
+
+    # The run directory holds everything a run should leave behind.
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["run"]["task"] == "cheetah_run" and saved["model"]["z1_dim"] == cfg.model.z1_dim
+    assert (run_dir / "redis").is_dir()
+    eval_rows = (run_dir / "eval.csv").read_text().splitlines()
+    assert eval_rows[0].startswith("env_steps,updates") and len(eval_rows) >= 2
+    checkpoints = sorted((run_dir / "checkpoints").glob("ckpt_*.pt"))
+    assert checkpoints, "no checkpoint written"
+
+    # W&B offline files: read the metrics back.
+    runs = find_offline_runs(run_dir)
+    assert len(runs) == 1
+    rows = read_history(runs[0])
+    for key in ("model/loss", "model/reconstruction", "model/kl", "critic/loss", "actor/loss", "alpha/value",
+                "train/return", "eval/return", "perf/updates_per_s", "perf/env_steps_per_s",
+                "replay/size", "actors/restarts", "counters/updates"):
+        values = _values(rows, key)
+        assert values, f"{key} never logged"
+        assert all(np.isfinite(v) for v in values), f"{key} has non-finite values"
+    # Training rows advance along env steps; eval rows carry the env step their evaluation started at.
+    env_steps = [row["env_steps"] for row in rows if "counters/updates" in row]
+    assert env_steps == sorted(env_steps) and env_steps[-1] >= 4400
+    assert any("eval/video" in "".join(row) for row in rows) and any("model/samples" in "".join(r) for r in rows)
+    assert read_config(runs[0])["model"]["z1_dim"] == cfg.model.z1_dim
+
+    # Resume: same W&B run id, counters continue, same replay data.
+    resumed = _train_cli([*common, "--run.resume", str(run_dir), "--run.env-steps", "5200"])
+    assert resumed["env_steps"] >= 5200 and resumed["updates"] > summary["updates"]
+    assert resumed["pretrain_updates"] == summary["pretrain_updates"]  # no second pre-training
+    assert resumed["replay"]["inserted"] > replay["inserted"]
+    runs = find_offline_runs(run_dir)
+    assert len(runs) == 2 and len({r.name.split("-")[-1] for r in runs}) == 1, runs
+    assert min(_values(read_history(runs[1]), "env_steps")) >= summary["env_steps"] - 200
+
+
+def test_resume_with_incompatible_config_is_a_clear_error(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(debug().to_json())
+    env = dict(os.environ, WANDB_MODE="offline")
+    proc = subprocess.run([sys.executable, "-m", "deploy.train", "debug", "--run.resume", str(run_dir),
+                           "--model.z2-dim", "12"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "model.z2_dim: saved 8, now 12" in proc.stderr
+
+
+class FlakyEnv:
+    """A real hopper env that raises on every `fail_every`-th step, like a MuJoCo instability."""
+
+    def __init__(self, seed: int, fail_every: int = 97) -> None:
+        self._env = make_env("hopper", seed)
+        self.spec, self.action_dim = self._env.spec, self._env.action_dim
+        self._fail_every, self._steps = fail_every, 0
+
+    def reset(self) -> np.ndarray:
+        return self._env.reset()
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        self._steps += 1
+        if self._steps % self._fail_every == 0:
+            raise RuntimeError("simulated MuJoCo instability: mj_step produced NaN qacc")
+        return self._env.step(action)
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def _kill_first_actor_mid_run(info: dict[str, Any], killed: threading.Event) -> None:
+    def kill() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                actor = ray.get_actor("slac-actor-0")
+                counters = ray.get(actor.poll.remote(), timeout=10)["counters"]
+            except Exception:  # noqa: BLE001 - the actor may not exist yet
+                time.sleep(0.5)
+                continue
+            if counters["steps"] >= 150:
+                ray.kill(actor, no_restart=False)
+                killed.set()
+                return
+            time.sleep(0.5)
+
+    threading.Thread(target=kill, daemon=True).start()
+
+
+def test_hopper_survives_a_killed_actor_and_a_raising_env(tmp_path: Path) -> None:
+    import ray.cloudpickle
+
+    from deploy.launcher import train
+    from replay_service import RedisServer, SequenceReplay
+    from common.batch import padding_mask
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship FlakyEnv to the Ray workers
+    cfg = parse_cli(["debug", "--run.task", "hopper", "--run.dir", str(tmp_path / "hopper"),
+                     "--actors.num", "2", "--run.env-steps", "1600", "--run.eval-episodes", "1"])
+    killed = threading.Event()
+    summary = train(cfg, env_factory=FlakyEnv, on_started=lambda info: _kill_first_actor_mid_run(info, killed))
+    assert killed.is_set(), "the test never got to kill the actor"
+    assert summary["env_steps"] >= 1600 and not summary["interrupted"]
+    assert summary["actor_restarts"] >= 1
+    assert summary["env_errors"] >= 1
+
+    # No sampled window is torn: every window sits inside one episode, padded correctly at its start.
+    with RedisServer(tmp_path / "hopper" / "redis", cfg.replay) as server:
+        replay = SequenceReplay(server.url, cfg.replay, "hopper", 3, cfg.model.sequence_length)
+        replay.sync()
+        assert replay.size == min(replay.num_inserted, cfg.replay.capacity) >= summary["replay"]["inserted"]
+        for _ in range(20):
+            batch = replay.sample(64)
+            pad = padding_mask(batch.first)
+            assert (batch.first.sum(1) <= 1).all()
+            start = batch.first.float().argmax(1)
+            for b in np.flatnonzero(pad.any(1).numpy()):
+                s = int(start[b])
+                assert (batch.obs[b, :s] == batch.obs[b, s]).all(), "padding is not the first frame"
+                assert (batch.action[b, :s] == 0).all() and (batch.reward[b, :s] == 0).all()
+            assert (batch.terminated[:, :-1] == 0).all(), "a window runs past a terminal step"
+        replay.close()
+
+
+def test_make_train_with_an_unknown_task_fails_at_once() -> None:
+    start = time.monotonic()
+    proc = subprocess.run(["make", "-s", "train", "TASK=nonsense"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    output = (proc.stdout + proc.stderr).replace("\n", " ").replace("│", " ")
+    assert "nonsense" in output and "cheetah_run" in output and "hopper" in output
+    assert time.monotonic() - start < 60
