@@ -16,8 +16,13 @@ from actors.history import History, stack_histories
 from actors.worker import derive_seed
 from common.config import debug, resume_conflicts
 from deploy.weights import WeightBoard
-from learner.checkpoint import (CheckpointMismatchError, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                save_checkpoint)
+from learner.checkpoint import (
+    CheckpointMismatchError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 CLUSTER_YAML = Path(__file__).resolve().parents[1] / "deploy" / "cluster.yaml"
 

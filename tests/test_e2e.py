@@ -158,9 +158,9 @@ def _kill_first_actor_mid_run(info: dict[str, Any], killed: threading.Event) -> 
 def test_hopper_survives_a_killed_actor_and_a_raising_env(tmp_path: Path) -> None:
     import ray.cloudpickle
 
+    from common.batch import padding_mask
     from deploy.launcher import train
     from replay_service import RedisServer, SequenceReplay
-    from common.batch import padding_mask
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship FlakyEnv to the Ray workers
     cfg = parse_cli(["debug", "--run.task", "hopper", "--run.dir", str(tmp_path / "hopper"),
