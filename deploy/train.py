@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 
 from common.config import Config, ConfigError, parse_cli
@@ -18,6 +19,9 @@ def _slow_on_this_machine(cfg: Config) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C must reach the driver as KeyboardInterrupt (it stops the run and checkpoints), even when a
+    # parent shell started us with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse_cli(argv)
     if _slow_on_this_machine(cfg):

@@ -144,8 +144,11 @@ class RedisServer:
         for _attempt in range(5):
             if pick_port:
                 self.port = _free_port()
+            # Own session: a Ctrl-C in the terminal must reach the launcher, which checkpoints and then
+            # stops this server itself, not kill the server under the still-running actors.
             self.process = subprocess.Popen(self._args(appendonly=not restoring), stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
             if self._wait_ready() or not pick_port:
                 break
         # An owner that exits without stop() must not leave an orphan server holding the port.
