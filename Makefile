@@ -56,6 +56,7 @@ bench: setup
 	$(PY) bench/learner.py --device cpu
 	$(PY) bench/replay.py
 	$(PY) bench/envs.py
+	$(PY) bench/system.py
 
 lint: setup
 	$(VENV)/bin/ruff check common learner actors replay_service deploy tests bench
