@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
+import ray
 import torch
 
 from actors.history import History, stack_histories
@@ -66,6 +67,7 @@ class ActorWorker:
                                              "version_lag": 0, "policy_version": 0}
         self._episodes: list[dict[str, float]] = []
         self._rate_mark = (time.monotonic(), 0)
+        self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
     # --- called from the driver while `run` loops (max_concurrency=2) -----------------------------
     def poll(self) -> dict[str, Any]:
@@ -77,7 +79,8 @@ class ActorWorker:
         mark_time, mark_steps = self._rate_mark
         self._rate_mark = (now, steps)
         counters["steps_per_s"] = (steps - mark_steps) / max(now - mark_time, 1e-6)
-        return {"index": self.index, "pid": os.getpid(), "counters": counters, "episodes": episodes}
+        return {"index": self.index, "pid": os.getpid(), "node_id": self._node_id, "counters": counters,
+                "episodes": episodes}
 
     def stop(self) -> None:
         self._stop.set()

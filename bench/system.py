@@ -48,6 +48,7 @@ def run_once(task: str, actors: int, env_steps: int, spi: float) -> dict[str, fl
 
 
 def main() -> None:
+    os.environ.setdefault("RAY_ADDRESS", "local")  # measure this machine, never a cluster that happens to run
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", default="cheetah_run")
     parser.add_argument("--actors", default="1,2")

@@ -31,6 +31,7 @@ from deploy.run_logger import RunLogger
 from deploy.weights import BOARD_NAME, RayWeightPublisher, RayWeightSource, WeightBoard
 from learner.process import LearnerProcess
 from replay_service import RedisServer
+from replay_service.server import redact
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +64,22 @@ def derived_config(cfg: Config) -> Config:
 
 
 def connect_ray(cfg: Config) -> bool:
-    """Join a cluster when there is one, else start a local Ray; returns True for a cluster."""
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
+    """Join a cluster when there is one, else start a local Ray; returns True for a cluster.
+
+    RAY_ADDRESS=<host:port> or `auto` joins that cluster; RAY_ADDRESS=local always starts a private
+    local Ray (what the tests use, so they never join a cluster that happens to be running).
+    """
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address and address != "local":
         ray.init(address=address, log_to_driver=True)
         return True
-    try:
-        ray.init(address="auto", log_to_driver=True)
-        return True
-    except (ConnectionError, RuntimeError):
-        pass
+    if not address:
+        try:
+            ray.init(address="auto", log_to_driver=True)
+            return True
+        except (ConnectionError, RuntimeError):
+            pass
+    os.environ.pop("RAY_ADDRESS", None)  # ray.init would otherwise read "local" back
     # Logical CPUs may exceed the physical ones: the actors, learner and evaluator mostly wait on
     # each other, and the tests run them all on 2 cores.
     wanted = cfg.actors.num * cfg.actors.num_cpus + 2
@@ -133,8 +140,9 @@ class Driver:
         learner_cls = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=1, max_concurrency=2)(LearnerProcess)
         self.learner = learner_cls.options(name="slac-learner").remote(
             cfg, action_dim, replay_url, RayWeightPublisher(BOARD_NAME), str(run.path), resume)
+        # SPREAD: on a cluster the actors go to as many nodes as possible, not all onto the head.
         actor_cls = ray.remote(num_cpus=cfg.actors.num_cpus, max_restarts=cfg.actors.max_restarts,
-                               max_task_retries=0, max_concurrency=2)(ActorWorker)
+                               max_task_retries=0, max_concurrency=2, scheduling_strategy="SPREAD")(ActorWorker)
         source = RayWeightSource(BOARD_NAME)
         self.actors = [actor_cls.options(name=f"slac-actor-{i}").remote(
             cfg, i, replay_url, source, env_factory, self.state.generation) for i in range(cfg.actors.num)]
@@ -144,6 +152,7 @@ class Driver:
         self.restarting: dict[int, float] = {}
         self.pids: dict[int, set[int]] = {}
         self.restarts_before = self.state.actor_restarts  # from the run being resumed
+        self.actor_nodes: dict[int, str] = {}
         self.actor_runs = {a.run.remote(0): i for i, a in enumerate(self.actors)}
         self.learner_run = self.learner.run.remote()
         self.last_seen: dict[int, dict[str, float]] = {}
@@ -230,6 +239,7 @@ class Driver:
                 continue  # restarting; its run ref reports the death
             counters = report["counters"]
             self._count_pid(i, report["pid"])
+            self.actor_nodes[i] = report["node_id"]
             self.last_seen[i] = counters
             rates.append(counters["steps_per_s"] * resolve_task(self.cfg.run.task).action_repeat)
             lags.append(counters["version_lag"])
@@ -344,6 +354,7 @@ class Driver:
                    "env_errors": self.state.env_errors, "train_return": self.train_return,
                    "eval_return": self.eval_return, "wall_clock_s": round(time.monotonic() - self.started, 1),
                    "checkpoint": checkpoint, "run_dir": str(self.run.path), "interrupted": interrupted,
+                   "actor_nodes": len(set(self.actor_nodes.values())), "replay_url": redact(self.replay_url),
                    "replay": self.learner_info.get("replay", {})}
         self.logger.finish({k: v for k, v in summary.items() if isinstance(v, int | float | str)})
         self.closed = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -40,6 +42,11 @@ def maxmemory_bytes(cfg: ReplayConfig) -> int:
     return _BASE_MEMORY + frame_capacity(cfg) * _BYTES_PER_ROW_BOUND
 
 
+def redact(url: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    return re.sub(r"//([^@/]*):[^@/]*@", r"//\1:***@", url)
+
+
 def connect(url: str, timeout_s: float, name: str | None = None) -> redis.Redis:
     """A client for `url` once the server answers PING; ReplayConnectionError after `timeout_s`.
 
@@ -67,7 +74,7 @@ def connect(url: str, timeout_s: float, name: str | None = None) -> redis.Redis:
                 probe.close()
         if time.monotonic() + 0.05 >= deadline:
             raise ReplayConnectionError(
-                f"cannot reach the replay Redis at {url} within {timeout_s:.1f} s ({last_error}). Start the "
+                f"cannot reach the replay Redis at {redact(url)} within {timeout_s:.1f} s ({last_error}). Start the "
                 "server (an empty replay.url makes `make train` start an embedded one), check the host and "
                 "port in replay.url, or raise replay.connect_timeout_s.")
         time.sleep(0.05)  # the server is not up yet; nothing to wait on but time
@@ -105,6 +112,9 @@ class RedisServer:
                 "this), or point replay.url at a running server.")
         self.executable = found
         self.port: int | None = cfg.port or None
+        # Listening beyond loopback (a cluster): require a random password, carried in `url`, instead
+        # of turning Redis's protected mode off on the network.
+        self.password = secrets.token_hex(16) if host not in ("127.0.0.1", "localhost") else None
         self.process: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize | None = None
 
@@ -112,7 +122,8 @@ class RedisServer:
     def url(self) -> str:
         if self.port is None:
             raise RuntimeError("RedisServer.url: the server has no port yet; call start() first")
-        return f"redis://{'127.0.0.1' if self.host in ('0.0.0.0', '') else self.host}:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{'127.0.0.1' if self.host in ('0.0.0.0', '') else self.host}:{self.port}/0"
 
     @property
     def log_path(self) -> Path:
@@ -127,7 +138,8 @@ class RedisServer:
                 "--appendonly", "yes" if appendonly else "no", "--appendfsync", self.cfg.appendfsync,
                 "--appenddirname", AOF_DIR, "--dbfilename", RDB_FILE, "--save", "",
                 "--maxmemory", str(maxmemory_bytes(self.cfg)), "--maxmemory-policy", "noeviction",
-                "--daemonize", "no", "--logfile", str(self.log_path.resolve())]
+                "--daemonize", "no", "--logfile", str(self.log_path.resolve()),
+                *(["--requirepass", self.password] if self.password else [])]
 
     def start(self) -> RedisServer:
         """Start the child process and wait until it answers (after loading its AOF)."""
@@ -195,8 +207,8 @@ class RedisServer:
             return
         if self.process.poll() is None:
             try:
-                client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout_s,
-                                     retry=Retry(NoBackoff(), 0))
+                client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
+                                     socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
                 client.shutdown()
             except redis.RedisError:
                 self.process.terminate()

@@ -30,7 +30,7 @@ from replay_service.schema import (
     encode_row,
     ensure_schema,
 )
-from replay_service.server import connect
+from replay_service.server import connect, redact
 
 # Atomically: drop a replayed flush (same writer token and seq: its reply was lost), refuse it whole
 # if the rate limiter says inserts are too far ahead, else append its rows at `head`, count its
@@ -203,7 +203,7 @@ class ReplayWriter:
                 written += self._send(self._queue[0], deadline)
             except redis.OutOfMemoryError as exc:
                 raise ReplayFullError(
-                    f"ReplayWriter {self.writer_id}: Redis at {self.url} refused the flush: used_memory is over "
+                    f"ReplayWriter {self.writer_id}: Redis at {redact(self.url)} refused the flush: used_memory is over "
                     f"its maxmemory ({exc}). Eviction keeps the replay within capacity, so another program is "
                     "using this database or maxmemory is too low for replay.capacity. The steps stay "
                     "buffered; free memory or raise maxmemory, then call flush() again.") from exc

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _train_cli(args: list[str], timeout: int = 600) -> dict[str, Any]:
-    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
     proc = subprocess.run([sys.executable, "-m", "deploy.train", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"training failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
@@ -155,7 +155,7 @@ def _kill_first_actor_mid_run(info: dict[str, Any], killed: threading.Event) -> 
     threading.Thread(target=kill, daemon=True).start()
 
 
-def test_hopper_survives_a_killed_actor_and_a_raising_env(tmp_path: Path) -> None:
+def test_hopper_survives_a_killed_actor_and_a_raising_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ray.cloudpickle
 
     from common.batch import padding_mask
@@ -163,6 +163,7 @@ def test_hopper_survives_a_killed_actor_and_a_raising_env(tmp_path: Path) -> Non
     from replay_service import RedisServer, SequenceReplay
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship FlakyEnv to the Ray workers
+    monkeypatch.setenv("RAY_ADDRESS", "local")
     cfg = parse_cli(["debug", "--run.task", "hopper", "--run.dir", str(tmp_path / "hopper"),
                      "--actors.num", "2", "--run.env-steps", "1600", "--run.eval-episodes", "1"])
     killed = threading.Event()
@@ -198,3 +199,26 @@ def test_make_train_with_an_unknown_task_fails_at_once() -> None:
     output = (proc.stdout + proc.stderr).replace("\n", " ").replace("│", " ")
     assert "nonsense" in output and "cheetah_run" in output and "hopper" in output
     assert time.monotonic() - start < 60
+
+
+def test_two_node_cluster_spreads_actors_and_shares_the_replay(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real multi-node Ray cluster (two raylets): the launcher joins it through RAY_ADDRESS, starts
+    Redis on all interfaces under this node's address, and spreads the actors over both nodes."""
+    from ray.cluster_utils import Cluster
+
+    from deploy.launcher import train
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    try:
+        cfg = parse_cli(["debug", "--run.task", "finger_spin", "--run.dir", str(tmp_path / "cluster"),
+                         "--actors.num", "2", "--run.env-steps", "1200", "--run.eval-episodes", "0"])
+        summary = train(cfg)
+    finally:
+        cluster.shutdown()
+    assert summary["env_steps"] >= 1200 and summary["updates"] > 0
+    assert summary["actor_nodes"] == 2, "SPREAD should put the two actors on different nodes"
+    assert not summary["replay_url"].startswith("redis://127.0.0.1"), summary["replay_url"]
