@@ -187,8 +187,8 @@ class LearnerConfig:
     """Updates between actor-weight publications."""
     checkpoint_every: int = 10_000
     """Updates between checkpoints."""
-    log_every: int = 100
-    """Updates between scalar logs."""
+    log_every_s: float = 1.0
+    """Seconds between the driver's polls of every process, i.e. between W&B scalar rows."""
     figure_every: int = 10_000
     """Updates between figure-7 style model sample grids."""
 
@@ -197,7 +197,7 @@ class LearnerConfig:
                f"learner.initial_collection_steps must be >= 0, got {self.initial_collection_steps}")
         _check(self.model_pretrain_steps >= 0,
                f"learner.model_pretrain_steps must be >= 0, got {self.model_pretrain_steps}")
-        _check_positive(self, "learner", "publish_every", "checkpoint_every", "log_every", "figure_every")
+        _check_positive(self, "learner", "publish_every", "checkpoint_every", "log_every_s", "figure_every")
 
 
 @dataclass(frozen=True)
@@ -349,7 +349,7 @@ def debug() -> Config:
         replay=ReplayConfig(capacity=5_000, min_size=100, spi_tolerance=200.0, flush_every=25),
         actors=ActorsConfig(num=2, weight_sync_every=20),
         learner=LearnerConfig(initial_collection_steps=400, model_pretrain_steps=20, publish_every=10,
-                              checkpoint_every=100, log_every=10, figure_every=50),
+                              checkpoint_every=100, log_every_s=0.5, figure_every=50),
         run=RunConfig(env_steps=2_000, eval_every=1_000, eval_episodes=1),
     )
 

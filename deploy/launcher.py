@@ -170,11 +170,13 @@ class Driver:
         interrupted = False
         try:
             while self.state.env_steps < self.cfg.run.env_steps:
+                tick = time.monotonic()
                 self._check_processes()
                 self._poll()
                 self._maybe_evaluate()
                 self._maybe_checkpoint()
-                time.sleep(0.5)  # pacing of the driver's poll, not synchronisation
+                # Pacing of the driver's poll (one W&B row per tick), not synchronisation.
+                time.sleep(max(0.0, self.cfg.learner.log_every_s - (time.monotonic() - tick)))
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: stopping the run and writing a checkpoint")
