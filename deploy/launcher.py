@@ -297,7 +297,7 @@ class Driver:
         fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
         counters = self.learner_info["counters"]
         return (f"[{self.learner_info.get('phase', '?')}] env {done:,}/{total:,} | upd {counters['updates']:,}"
-                f" (+{counters['pretrain_updates']:,} model) | ret {fmt(self.train_return)} | eval "
+                f" (+{counters['pretrain_updates']:,}/{self.cfg.learner.model_pretrain_steps:,} model) | ret {fmt(self.train_return)} | eval "
                 f"{fmt(self.eval_return)} | {rate:.0f} env/s | {scalars['perf/updates_per_s']:.1f} upd/s | ETA {eta_text}")
 
     def _maybe_evaluate(self, wait: bool = False) -> None:

@@ -105,7 +105,8 @@ class LearnerProcess:
         try:
             if self._wait_for_initial_collection():
                 self._pretrain_model()
-            self._publish()  # the first policy, or the resumed one for the fresh actor processes
+            if not self._stop.is_set():
+                self._publish()  # the first policy, or the resumed one for the fresh actor processes
             self._train_jointly()
         finally:
             # A last look at Redis so the final stats count the actors' last flushes. The connection
