@@ -9,7 +9,6 @@ frames > frame capacity; a transition is sampleable iff every frame of its windo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -28,7 +27,6 @@ from replay_fixtures import (
     frame,
     frame_uids,
     reward_for,
-    serve,
     uid_of,
     write_episode,
 )
@@ -38,18 +36,6 @@ from replay_service import RedisServer, ReplayWriter, SequenceReplay, connect, f
 from replay_service.schema import STATE
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    yield from serve(tmp_path_factory)
-
-
-@pytest.fixture
-def url(redis_server: RedisServer) -> str:
-    """The module's server, emptied for this test."""
-    flush_db(redis_server.url)
-    return redis_server.url
 
 
 @dataclass

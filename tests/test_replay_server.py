@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,10 +17,8 @@ from replay_fixtures import (
     TASK,
     action_for,
     check_windows,
-    flush_db,
     frame,
     reward_for,
-    serve,
     uid_of,
     write_episode,
 )
@@ -43,18 +40,6 @@ from replay_service import (
 from replay_service.schema import HEADER, STATE
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    yield from serve(tmp_path_factory)
-
-
-@pytest.fixture
-def url(redis_server: RedisServer) -> str:
-    """The module's server, emptied for this test."""
-    flush_db(redis_server.url)
-    return redis_server.url
 
 
 def _closed_port() -> int:

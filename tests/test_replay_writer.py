@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
@@ -17,33 +16,19 @@ from replay_fixtures import (
     TASK,
     action_for,
     check_windows,
-    flush_db,
     frame,
     frame_uids,
     reward_for,
-    serve,
     uid_of,
     write_episode,
     writer_process,
 )
 
-from replay_service import RateLimit, RateLimitTimeout, RedisServer, ReplayWriter, SequenceReplay, connect
+from replay_service import RateLimit, RateLimitTimeout, ReplayWriter, SequenceReplay, connect
 from replay_service.limiter import poll_until
 from replay_service.schema import ROW, STATE, decode_rows, row_key
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    yield from serve(tmp_path_factory)
-
-
-@pytest.fixture
-def url(redis_server: RedisServer) -> str:
-    """The module's server, emptied for this test."""
-    flush_db(redis_server.url)
-    return redis_server.url
 
 
 GOOD_ACTION = np.zeros(ACTION_DIM, np.float32)
