@@ -44,6 +44,10 @@ $(STAMP): pyproject.toml | sysdeps
 	$(PIP) install -q -e ".[dev]"
 	@if [ "$(HAS_GPU)" = 0 ] && $(PIP) list 2>/dev/null | grep -qi '^nvidia-'; then \
 	  echo "make setup: CUDA wheels were installed on a machine without a GPU" >&2; exit 1; fi
+	@if [ "$(HAS_GPU)" = 1 ] && ! $(PY) -c "import torch, sys; sys.exit(torch.version.cuda is None)"; then \
+	  echo "make setup: WARNING: this machine has a GPU but pip installed a CPU build of torch (a local" \
+	       "+cpu wheel in pip's find-links wins); the learner will run on CPU. Fix: $(PIP) install" \
+	       "--force-reinstall torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126" >&2; fi
 	touch $(STAMP)
 
 test: setup
