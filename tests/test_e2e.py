@@ -222,3 +222,34 @@ def test_two_node_cluster_spreads_actors_and_shares_the_replay(tmp_path: Path,
     assert summary["env_steps"] >= 1200 and summary["updates"] > 0
     assert summary["actor_nodes"] == 2, "SPREAD should put the two actors on different nodes"
     assert not summary["replay_url"].startswith("redis://127.0.0.1"), summary["replay_url"]
+
+
+def test_ctrl_c_stops_everything_and_writes_a_checkpoint(tmp_path: Path) -> None:
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, mid joint training."""
+    import signal
+
+    run_dir, log = tmp_path / "run", tmp_path / "stdout.log"
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.train", "debug", "--run.task", "finger",
+                                 "--run.dir", str(run_dir), "--run.env-steps", "1000000", "--run.eval-episodes", "0"],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while "[train]" not in log.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.5)
+            assert "[train]" in log.read_text(), "never reached joint training"
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    summary = json.loads(text[text.index('{\n  "summary"'):])["summary"]
+    assert summary["interrupted"] is True and summary["updates"] > 0
+    assert Path(summary["checkpoint"]).exists()
+    from replay_service import ReplayConnectionError, connect
+
+    with pytest.raises(ReplayConnectionError):  # the embedded redis-server must not outlive the run
+        connect(summary["replay_url"], timeout_s=1.0)
