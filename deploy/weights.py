@@ -28,9 +28,6 @@ class WeightBoard:
             return None
         return self._version, self._ref
 
-    def version(self) -> int:
-        return self._version
-
 
 BOARD_NAME = "slac-weight-board"
 
@@ -55,9 +52,6 @@ class RayWeightPublisher:
     def publish(self, version: int, blob: dict[str, Any]) -> None:
         self._current = ray.put(blob)  # keep a reference until the next version replaces it
         ray.get(self.board.publish.remote(version, [self._current]))
-
-    def latest_ref(self) -> ray.ObjectRef | None:
-        return self._current
 
 
 class RayWeightSource:

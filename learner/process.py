@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -72,7 +71,6 @@ class LearnerProcess:
         self._counts: dict[str, int] = defaultdict(int)
         self._figure: np.ndarray | None = None
         self._phase = "collect"
-        self._started = time.monotonic()
 
     # --- called from the driver while `run` loops -------------------------------------------------
     def poll(self) -> dict[str, Any]:
@@ -141,8 +139,7 @@ class LearnerProcess:
     def _train_jointly(self) -> None:
         self._phase = "train"
         while not self._stop.is_set():
-            self.replay.sync()
-            if not self.replay.wait_for_sample(timeout_s=0.2):
+            if not self.replay.wait_for_sample(timeout_s=0.2):  # syncs the mirror while it waits
                 continue  # the actors are behind the samples-per-insert target: wait for inserts
             batch = self.replay.sample(self.cfg.sac.batch_size, generator=self._generator)
             with self._lock:
