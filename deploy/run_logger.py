@@ -51,7 +51,8 @@ class RunLogger:
         if not self.eval_path.exists():
             with self.eval_path.open("w", newline="") as f:
                 csv.writer(f).writerow(EVAL_COLUMNS)
-        self._tty = sys.stdout.isatty()
+        # Progress goes to stderr, leaving stdout to results (the JSON summary, bench output).
+        self._tty = sys.stderr.isatty()
         self._last_line = 0.0
         log.info("W&B run %s (%s), files in %s", self.run.id, mode, run_dir / "wandb")
 
@@ -83,16 +84,16 @@ class RunLogger:
         """Rewrite one terminal line (every second), or print a line every 10 s when not a TTY."""
         now = time.monotonic()
         if self._tty and (force or now - self._last_line >= 1.0):
-            sys.stdout.write("\r\x1b[2K" + line)
-            sys.stdout.flush()
+            sys.stderr.write("\r\x1b[2K" + line)
+            sys.stderr.flush()
             self._last_line = now
         elif not self._tty and (force or now - self._last_line >= 10.0):
-            print(line, flush=True)
+            print(line, file=sys.stderr, flush=True)
             self._last_line = now
 
     def finish(self, summary: dict[str, Any]) -> None:
         if self._tty:
-            sys.stdout.write("\n")
+            sys.stderr.write("\n")
         for key, value in summary.items():
             self.run.summary[key] = value
         self.run.finish()
