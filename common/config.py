@@ -246,6 +246,13 @@ class Config:
                f"model.batch_size ({self.model.batch_size}) must not exceed sac.batch_size "
                f"({self.sac.batch_size}): the model batch is the first rows of the SAC batch")
 
+    @property
+    def initial_collection_size(self) -> int:
+        """Transitions the initial random collection stores (its env steps over the task's action repeat),
+        and at least one SAC batch: what the learner waits for before pre-training the model."""
+        repeat = resolve_task(self.run.task).action_repeat
+        return max(math.ceil(self.learner.initial_collection_steps / repeat), self.sac.batch_size)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples become lists), as written to config.json and W&B."""
         return dataclasses.asdict(self)

@@ -55,8 +55,7 @@ class RunState:
 
 def derived_config(cfg: Config) -> Config:
     """Make the replay's minimum size cover the initial collection, or the actors would deadlock."""
-    repeat = resolve_task(cfg.run.task).action_repeat
-    needed = max(cfg.replay.min_size, math.ceil(cfg.learner.initial_collection_steps / repeat), cfg.sac.batch_size)
+    needed = max(cfg.replay.min_size, cfg.initial_collection_size)
     if needed > cfg.replay.capacity:
         raise ConfigError(f"replay.capacity ({cfg.replay.capacity}) is smaller than the initial collection "
                          f"({needed} transitions); raise --replay.capacity")
@@ -162,7 +161,8 @@ class Driver:
         self.learner_info: dict[str, Any] = {"counters": {"updates": 0, "pretrain_updates": 0, "version": 0}}
         self.train_return: float | None = None
         self.eval_return: float | None = None
-        self.started = time.monotonic()
+        self.action_repeat = resolve_task(cfg.run.task).action_repeat
+        self.started = self.last_poll = time.monotonic()
         self.closed = False
 
     # --- main loop ----------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ class Driver:
 
     def _poll(self) -> None:
         polls = [(i, a.poll.remote()) for i, a in enumerate(self.actors) if self.alive[i] and i not in self.restarting]
-        rates, lags, returns, lengths, errors, timeouts = [], [], [], [], 0, 0
+        rates, lags, returns, lengths, timeouts = [], [], [], [], 0
         for i, ref in polls:
             try:
                 report = ray.get(ref, timeout=10)
@@ -243,23 +243,19 @@ class Driver:
             self._count_pid(i, report["pid"])
             self.actor_nodes[i] = report["node_id"]
             self.last_seen[i] = counters
-            rates.append(counters["steps_per_s"] * resolve_task(self.cfg.run.task).action_repeat)
+            rates.append(counters["steps_per_s"] * self.action_repeat)
             lags.append(counters["version_lag"])
             timeouts += counters["limiter_timeouts"]
             for episode in report["episodes"]:
                 returns.append(episode["return"])
                 lengths.append(episode["length"])
-        totals = {key: sum(self.state.actor_base.get(i, {}).get(key, 0) + self.last_seen.get(i, {}).get(key, 0)
-                           for i in range(len(self.actors))) for key in ("env_steps", "env_errors")}
-        self.state.env_steps = max(self.state.env_steps, int(totals["env_steps"]))
-        errors = int(totals["env_errors"])
-        self.state.env_errors = errors
+        self._update_totals()
         self.state.episodes += len(returns)
         info = ray.get(self.learner.poll.remote())
         previous = self.learner_info["counters"]
         self.learner_info = info
-        elapsed = max(time.monotonic() - getattr(self, "_last_poll", self.started), 1e-6)
-        self._last_poll = time.monotonic()
+        elapsed = max(time.monotonic() - self.last_poll, 1e-6)
+        self.last_poll = time.monotonic()
         updates = info["counters"]["updates"] + info["counters"]["pretrain_updates"]
         updates_before = previous["updates"] + previous["pretrain_updates"]
         scalars: dict[str, float] = {f"learner/{k}" if "/" not in k else k: v for k, v in info["metrics"].items()}
@@ -272,7 +268,7 @@ class Driver:
             "counters/policy_version": info["counters"]["version"],
             "counters/episodes": self.state.episodes,
             "actors/restarts": self.state.actor_restarts,
-            "actors/env_errors": errors,
+            "actors/env_errors": self.state.env_errors,
             "actors/limiter_timeouts": timeouts,
         })
         for i, rate in enumerate(rates):
@@ -345,7 +341,7 @@ class Driver:
         self._stop_processes()
         if self.pending_checkpoint is not None:
             ray.get(self.pending_checkpoint)
-        self._poll_learner_final()
+        self.learner_info = ray.get(self.learner.poll.remote())
         checkpoint = ray.get(self.learner.checkpoint.remote(self._extra()))
         if not interrupted and self.cfg.run.eval_episodes > 0 and self.eval_ref is not None:
             self._maybe_evaluate(wait=True)
@@ -381,13 +377,16 @@ class Driver:
                 self.last_seen[i] = ray.get(actor.poll.remote(), timeout=5)["counters"]
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                 continue
-        self.state.env_steps = max(self.state.env_steps, int(sum(
-            self.state.actor_base.get(i, {}).get("env_steps", 0) + self.last_seen.get(i, {}).get("env_steps", 0)
-            for i in range(len(self.actors)))))
+        self._update_totals()
 
-    def _poll_learner_final(self) -> None:
-        info = ray.get(self.learner.poll.remote())
-        self.learner_info = info
+    def _update_totals(self) -> None:
+        """Env steps and env errors over every life of every actor (dead lives live in actor_base)."""
+        def total(key: str) -> int:
+            return int(sum(self.state.actor_base.get(i, {}).get(key, 0) + self.last_seen.get(i, {}).get(key, 0)
+                           for i in range(len(self.actors))))
+
+        self.state.env_steps = max(self.state.env_steps, total("env_steps"))
+        self.state.env_errors = total("env_errors")
 
     def close(self) -> None:
         """Tear down the Ray processes even when the loop failed."""

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from common.config import Config
-from common.tasks import resolve_task
 from learner.checkpoint import save_checkpoint
 from learner.learner import Learner
 from replay_service import SequenceReplay
@@ -57,7 +56,6 @@ class LearnerProcess:
         self.learner = Learner(cfg, action_dim, device=self.device, seed=cfg.run.seed)
         self.replay = SequenceReplay(replay_url, cfg.replay, cfg.run.task, action_dim,
                                      cfg.model.sequence_length, device=self.device)
-        self.action_repeat = resolve_task(cfg.run.task).action_repeat
         self.counters: dict[str, int] = {"pretrain_updates": 0, "updates": 0, "version": 0}
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(cfg.run.seed)
@@ -115,10 +113,9 @@ class LearnerProcess:
 
     def _wait_for_initial_collection(self) -> bool:
         self._phase = "collect"
-        needed = max(self.cfg.learner.initial_collection_steps // self.action_repeat, self.cfg.sac.batch_size, 1)
         while not self._stop.is_set():
             self.replay.sync()
-            if self.replay.size >= needed:
+            if self.replay.size >= self.cfg.initial_collection_size:
                 return True
             self._stop.wait(0.1)
         return False

@@ -95,3 +95,11 @@ def test_frozen_and_validated() -> None:
 
 def test_task_aliases_are_canonicalised() -> None:
     assert parse_cli(["debug", "--run.task", "cheetah"]).run.task == "cheetah_run"
+
+
+def test_initial_collection_size_counts_transitions() -> None:
+    # 10 000 environment steps of random collection are 2 500 transitions at cheetah's repeat of 4,
+    # 5 000 at hopper's 2; never less than one SAC batch.
+    assert paper().initial_collection_size == 2_500
+    assert parse_cli(["paper", "--run.task", "hopper"]).initial_collection_size == 5_000
+    assert parse_cli(["debug", "--learner.initial-collection-steps", "0"]).initial_collection_size == 8

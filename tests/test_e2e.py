@@ -64,7 +64,7 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
     assert abs(replay["inserted"] * 4 - summary["env_steps"]) <= 4 * cfg.replay.flush_every * 2
     # ...and the learner did one update per inserted transition beyond the initial collection,
     # within the limiter's tolerance (plus one flush per writer in flight).
-    min_size = max(cfg.replay.min_size, cfg.learner.initial_collection_steps // 4, cfg.sac.batch_size)
+    min_size = max(cfg.replay.min_size, cfg.initial_collection_size)
     expected = (replay["inserted"] - min_size) * cfg.replay.samples_per_insert
     slack = cfg.replay.spi_tolerance + 2 * cfg.replay.flush_every
     assert abs(summary["updates"] - expected) <= slack, (summary["updates"], expected)
