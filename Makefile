@@ -6,7 +6,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
-TASK   ?= cheetah_run
+# Empty TASK means the preset's own task (paper: cheetah_run; cpu: finger_spin).
+TASK   ?=
+SEEDS  ?= 1
 PRESET ?= paper
 ARGS   ?=
 # Test tiers: pytest -m expressions, e.g. `make test MARK="not e2e"`.
@@ -21,7 +23,7 @@ else
 TORCH_FLAGS := $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),,--index-url https://download.pytorch.org/whl/cpu)
 endif
 
-.PHONY: setup sysdeps test train bench lint clean
+.PHONY: setup sysdeps test train reproduce bench lint clean
 
 setup: $(STAMP)
 
@@ -53,8 +55,14 @@ $(STAMP): pyproject.toml | sysdeps
 test: setup
 	$(PY) -m pytest -q $(if $(MARK),-m "$(MARK)",)
 
+TASK_ARG = $(if $(TASK),--run.task $(TASK),)
+
 train: setup
-	$(PY) -m deploy.train $(PRESET) --run.task $(TASK) $(ARGS)
+	$(PY) -m deploy.train $(PRESET) $(TASK_ARG) $(ARGS)
+
+# SEEDS runs of the paper's evaluation protocol -> results/<task>/<preset>/{returns.csv,returns.png}.
+reproduce: setup
+	$(PY) -m deploy.reproduce $(PRESET) $(TASK_ARG) --seeds $(SEEDS) $(ARGS)
 
 bench: setup
 	$(PY) bench/learner.py --device cpu

@@ -1,8 +1,10 @@
 """Evaluation episodes in their own process, away from the training actors.
 
-Appendix C: SLAC evaluates with the same stochastic policy it behaves with. The evaluator never
-writes to replay; it returns the episodes' returns and, when asked, the frames of the first episode
-for the W&B video.
+Appendix C: SLAC evaluates with the same stochastic policy it behaves with. Before the learner has
+published a policy the agent acts uniformly at random (the initial collection), and that is what an
+evaluation then measures: the paper's step-0 point, and the random-policy baseline under the same
+protocol. The evaluator never writes to replay; it returns the episodes' returns and, when asked, the
+frames of the first episode for the W&B video.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ class Evaluator:
         self.cfg = cfg
         self.env_factory = env_factory or default_env_factory(cfg.run.task)
 
-    def evaluate(self, weights: dict[str, Any], episodes: int, seed: int, record_video: bool = False
+    def evaluate(self, weights: dict[str, Any] | None, episodes: int, seed: int, record_video: bool = False
                  ) -> dict[str, Any]:
-        """Play `episodes` episodes; returns returns, lengths, env steps and optionally video frames."""
-        policy = Policy.from_weights(weights, seed=seed)
+        """Play `episodes` episodes; returns returns, lengths, env steps and optionally video frames.
+
+        `weights` None plays uniform random actions in [-1, 1] (policy version 0), seeded by `seed`.
+        """
+        policy = Policy.from_weights(weights, seed=seed) if weights is not None else None
+        uniform = np.random.default_rng(seed)
         returns, lengths, env_steps, frames = [], [], [], []
         for episode in range(episodes):
             env = self.env_factory(derive_seed(seed, episode))
@@ -40,7 +46,10 @@ class Evaluator:
             if record_video and episode == 0:
                 frames.append(obs)
             while not done:
-                action = policy.act(history.obs[None], history.actions[None])[0]
+                if policy is None:
+                    action = uniform.uniform(-1.0, 1.0, env.action_dim).astype(np.float32)
+                else:
+                    action = policy.act(history.obs[None], history.actions[None])[0]
                 obs, reward, terminated, truncated, info = env.step(action)
                 history.push(action, obs)
                 total, length, steps = total + reward, length + 1, steps + info["env_steps"]
@@ -51,5 +60,5 @@ class Evaluator:
             returns.append(total)
             lengths.append(length)
             env_steps.append(steps)
-        return {"version": policy.version, "returns": returns, "lengths": lengths, "env_steps": env_steps,
+        return {"version": policy.version if policy is not None else 0, "returns": returns, "lengths": lengths, "env_steps": env_steps,
                 "video": np.stack(frames) if frames else None}

@@ -10,6 +10,7 @@ Keras defaults the official implementation ran with.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -23,6 +24,14 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 _LOG_2PI = math.log(2.0 * math.pi)
 # NHWC convolutions: on this project's CPUs the encoder runs ~1.6x faster forward, ~1.2x with backward.
 _CONV_FORMAT = torch.channels_last
+# Negative slope of every leaky ReLU of the model (encoder, decoder, Gaussian and reward heads): both the
+# official implementation (tf.nn.leaky_relu's default) and the PyTorch port use 0.2, not PyTorch's 0.01.
+LEAKY_RELU_SLOPE = 0.2
+
+
+def leaky_relu() -> nn.Module:
+    """The model's activation (appendix B: leaky ReLU), with the reference implementations' slope 0.2."""
+    return nn.LeakyReLU(LEAKY_RELU_SLOPE)
 
 
 class Gaussian(NamedTuple):
@@ -64,7 +73,8 @@ def _init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def mlp(in_dim: int, hidden_dim: int, out_dim: int, activation: type[nn.Module] = nn.LeakyReLU) -> nn.Sequential:
+def mlp(in_dim: int, hidden_dim: int, out_dim: int,
+        activation: Callable[[], nn.Module] = leaky_relu) -> nn.Sequential:
     """Two hidden fully connected layers and a linear output (appendix B)."""
     net = nn.Sequential(nn.Linear(in_dim, hidden_dim), activation(), nn.Linear(hidden_dim, hidden_dim),
                         activation(), nn.Linear(hidden_dim, out_dim))
@@ -88,11 +98,11 @@ class Encoder(nn.Module):
         super().__init__()
         c0, c1, c2, c3, c4 = conv_channels
         self.net = nn.Sequential(
-            nn.Conv2d(3, c0, 5, 2, 2), nn.LeakyReLU(),
-            nn.Conv2d(c0, c1, 3, 2, 1), nn.LeakyReLU(),
-            nn.Conv2d(c1, c2, 3, 2, 1), nn.LeakyReLU(),
-            nn.Conv2d(c2, c3, 3, 2, 1), nn.LeakyReLU(),
-            nn.Conv2d(c3, c4, 4, 1, 0), nn.LeakyReLU(),
+            nn.Conv2d(3, c0, 5, 2, 2), leaky_relu(),
+            nn.Conv2d(c0, c1, 3, 2, 1), leaky_relu(),
+            nn.Conv2d(c1, c2, 3, 2, 1), leaky_relu(),
+            nn.Conv2d(c2, c3, 3, 2, 1), leaky_relu(),
+            nn.Conv2d(c3, c4, 4, 1, 0), leaky_relu(),
         )
         self.feature_dim = c4
         self.apply(_init)
@@ -117,10 +127,10 @@ class Decoder(nn.Module):
         super().__init__()
         c0, c1, c2, c3, _ = conv_channels
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(z_dim, c3, 4, 1, 0), nn.LeakyReLU(),
-            nn.ConvTranspose2d(c3, c2, 3, 2, 1, output_padding=1), nn.LeakyReLU(),
-            nn.ConvTranspose2d(c2, c1, 3, 2, 1, output_padding=1), nn.LeakyReLU(),
-            nn.ConvTranspose2d(c1, c0, 3, 2, 1, output_padding=1), nn.LeakyReLU(),
+            nn.ConvTranspose2d(z_dim, c3, 4, 1, 0), leaky_relu(),
+            nn.ConvTranspose2d(c3, c2, 3, 2, 1, output_padding=1), leaky_relu(),
+            nn.ConvTranspose2d(c2, c1, 3, 2, 1, output_padding=1), leaky_relu(),
+            nn.ConvTranspose2d(c1, c0, 3, 2, 1, output_padding=1), leaky_relu(),
             nn.ConvTranspose2d(c0, 3, 5, 2, 2, output_padding=1),
         )
         self.apply(_init)

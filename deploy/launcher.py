@@ -44,10 +44,12 @@ class RunState:
     """Counters the driver owns; saved in every checkpoint's `extra`."""
 
     env_steps: int = 0
+    agent_steps: int = 0
     episodes: int = 0
     actor_restarts: int = 0
     env_errors: int = 0
     next_eval: int = 0
+    last_eval_scheduled: int = -1
     generation: int = 0
     evals: int = 0
     actor_base: dict[int, dict[str, float]] = field(default_factory=dict)
@@ -263,6 +265,8 @@ class Driver:
         scalars.update({
             "perf/updates_per_s": (updates - updates_before) / elapsed,
             "perf/env_steps_per_s": sum(rates),
+            "counters/env_steps": self.state.env_steps,
+            "counters/agent_steps": self.state.agent_steps,
             "counters/updates": info["counters"]["updates"],
             "counters/pretrain_updates": info["counters"]["pretrain_updates"],
             "counters/policy_version": info["counters"]["version"],
@@ -292,34 +296,51 @@ class Driver:
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "--:--:--"
         fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
         counters = self.learner_info["counters"]
-        return (f"[{self.learner_info.get('phase', '?')}] env {done:,}/{total:,} | upd {counters['updates']:,}"
+        phase = self.learner_info.get("phase", "?")
+        # Agent steps are policy decisions (env steps / action repeat): the unit of the initial collection.
+        agent = (f"agent {self.state.agent_steps:,}/{self.cfg.initial_collection_size:,}" if phase == "collect"
+                 else f"agent {self.state.agent_steps:,}")
+        return (f"[{phase}] env {done:,}/{total:,} | {agent} | upd {counters['updates']:,}"
                 f" (+{counters['pretrain_updates']:,}/{self.cfg.learner.model_pretrain_steps:,} model) | ret {fmt(self.train_return)} | eval "
                 f"{fmt(self.eval_return)} | {rate:.0f} env/s | {scalars['perf/updates_per_s']:.1f} upd/s | ETA {eta_text}")
 
-    def _maybe_evaluate(self, wait: bool = False) -> None:
+    def _maybe_evaluate(self, wait: bool = False, final: bool = False) -> None:
+        """Collect a finished evaluation; start the next one when the schedule says so.
+
+        Evaluations sit on the paper's grid of environment steps (0, eval_every, 2 eval_every, ...), each
+        labelled with its grid point (`scheduled`); `final` adds one at the run's length.
+        """
         if self.eval_ref is not None:
-            ref, env_steps, updates = self.eval_ref
+            ref, env_steps, scheduled, updates = self.eval_ref
             ready, _ = ray.wait([ref], timeout=None if wait else 0)
             if not ready:
                 return
             self.eval_ref = None
             result = ray.get(ref)
             self.eval_return = sum(result["returns"]) / len(result["returns"])
-            self.logger.evaluation(env_steps, updates, result["version"], result["returns"])
+            self.logger.evaluation(env_steps, scheduled, updates, result["version"], result["returns"])
             if result["video"] is not None:
                 self.logger.video(env_steps, "eval/video", result["video"])
-        due = self.state.env_steps >= self.state.next_eval
+        every, length = self.cfg.run.eval_every, self.cfg.run.env_steps
+        if final:
+            due, scheduled = self.state.last_eval_scheduled < length, length
+        else:
+            due = self.state.env_steps >= self.state.next_eval and self.state.next_eval < length
+            scheduled = self.state.env_steps // every * every  # a grid point skipped while busy is not redone
         if self.cfg.run.eval_episodes == 0 or not due or self.eval_ref is not None:
             return
         latest = ray.get(self.board.latest.remote(0))
-        if latest is None:
-            return  # no policy published yet (initial collection or model pre-training)
-        _, (weights_ref,) = latest
+        # Before the first publication (initial collection, model pre-training) the agent acts uniformly
+        # at random: the evaluator measures exactly that (weights None), as the paper's curves start at 0.
+        weights_ref = latest[1][0] if latest is not None else None
         self.state.evals += 1
         ref = self.evaluator.evaluate.remote(weights_ref, self.cfg.run.eval_episodes,
                                              self.cfg.run.seed * 7919 + self.state.evals, True)
-        self.eval_ref = (ref, self.state.env_steps, self.learner_info["counters"]["updates"])
-        self.state.next_eval = self.state.env_steps + self.cfg.run.eval_every
+        self.eval_ref = (ref, self.state.env_steps, scheduled, self.learner_info["counters"]["updates"])
+        self.state.last_eval_scheduled = scheduled
+        self.state.next_eval = scheduled + every
+        if wait:
+            self._maybe_evaluate(wait=True)
 
     def _maybe_checkpoint(self) -> None:
         counters = self.learner_info["counters"]
@@ -343,15 +364,19 @@ class Driver:
             ray.get(self.pending_checkpoint)
         self.learner_info = ray.get(self.learner.poll.remote())
         checkpoint = ray.get(self.learner.checkpoint.remote(self._extra()))
-        if not interrupted and self.cfg.run.eval_episodes > 0 and self.eval_ref is not None:
-            self._maybe_evaluate(wait=True)
+        if not interrupted and self.cfg.run.eval_episodes > 0:
+            self._maybe_evaluate(wait=True)  # the one in flight
+            if self.state.env_steps >= self.cfg.run.env_steps:
+                self._maybe_evaluate(wait=True, final=True)  # the curve's last point, at the run's length
         counters = self.learner_info["counters"]
-        summary = {"env_steps": self.state.env_steps, "updates": counters["updates"],
+        summary = {"env_steps": self.state.env_steps, "agent_steps": self.state.agent_steps,
+                   "updates": counters["updates"],
                    "pretrain_updates": counters["pretrain_updates"], "policy_version": counters["version"],
                    "episodes": self.state.episodes, "actor_restarts": self.state.actor_restarts,
                    "env_errors": self.state.env_errors, "train_return": self.train_return,
                    "eval_return": self.eval_return, "wall_clock_s": round(time.monotonic() - self.started, 1),
-                   "checkpoint": checkpoint, "run_dir": str(self.run.path), "interrupted": interrupted,
+                   "checkpoint": checkpoint, "run_dir": str(self.run.path),
+                   "wandb_run_id": self.logger.run_id, "interrupted": interrupted,
                    "actor_nodes": len(set(self.actor_nodes.values())), "replay_url": redact(self.replay_url),
                    "replay": self.learner_info.get("replay", {})}
         self.logger.finish({k: v for k, v in summary.items() if isinstance(v, int | float | str)})
@@ -386,6 +411,7 @@ class Driver:
                            for i in range(len(self.actors))))
 
         self.state.env_steps = max(self.state.env_steps, total("env_steps"))
+        self.state.agent_steps = max(self.state.agent_steps, total("steps"))
         self.state.env_errors = total("env_errors")
 
     def close(self) -> None:

@@ -24,7 +24,10 @@ from common.config import Config
 
 log = logging.getLogger(__name__)
 
-EVAL_COLUMNS = ("env_steps", "updates", "policy_version", "return_mean", "return_std", "returns")
+EVAL_COLUMNS = ("env_steps", "scheduled_env_steps", "updates", "policy_version", "return_mean", "return_std",
+                "returns")
+"""eval.csv: env_steps when the evaluation started; scheduled_env_steps, its point on the evaluation grid
+(0, run.eval_every, ..., run.env_steps), which is what curves over seeds align on."""
 
 
 def wandb_mode(requested: str) -> str:
@@ -73,10 +76,11 @@ class RunLogger:
             imageio.mimsave(path, list(frames.transpose(0, 2, 3, 1)), duration=1.0 / fps, loop=0)
             self.run.log({"env_steps": env_steps, key: wandb.Video(str(path), format="gif")})
 
-    def evaluation(self, env_steps: int, updates: int, version: int, returns: list[float]) -> None:
+    def evaluation(self, env_steps: int, scheduled: int, updates: int, version: int, returns: list[float]) -> None:
+        """One row of eval.csv and the eval/ scalars; version 0 is the uniform random policy."""
         mean, std = float(np.mean(returns)), float(np.std(returns))
         with self.eval_path.open("a", newline="") as f:
-            csv.writer(f).writerow([env_steps, updates, version, f"{mean:.4f}", f"{std:.4f}",
+            csv.writer(f).writerow([env_steps, scheduled, updates, version, f"{mean:.4f}", f"{std:.4f}",
                                     " ".join(f"{r:.4f}" for r in returns)])
         self.scalars(env_steps, {"eval/return": mean, "eval/return_std": std, "eval/policy_version": version})
 

@@ -18,6 +18,14 @@ def _slow_on_this_machine(cfg: Config) -> bool:
     return cfg.learner.device != "cuda" and not torch.cuda.is_available() and cfg.model.z2_dim >= 256
 
 
+def known_errors() -> tuple[type[Exception], ...]:
+    """Failures with a message that says what to do: printed as a paragraph, never as a traceback."""
+    from replay_service import RedisNotInstalledError, ReplayConnectionError, ReplaySchemaError
+
+    return (ConfigError, CheckpointMismatchError, RenderingUnavailableError, RedisNotInstalledError,
+            ReplayConnectionError, ReplaySchemaError)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Ctrl-C must reach the driver as KeyboardInterrupt (it stops the run and checkpoints), even when a
     # parent shell started us with SIGINT ignored.
@@ -29,12 +37,10 @@ def main(argv: list[str] | None = None) -> int:
                         "100 000 model pre-training updates first); to see the whole system work in minutes "
                         "run `make train TASK=%s PRESET=debug`", cfg.run.task)
     from deploy.launcher import train  # imports Ray; kept out of the CLI's --help path
-    from replay_service import RedisNotInstalledError, ReplayConnectionError, ReplaySchemaError
 
     try:
         summary = train(cfg)
-    except (ConfigError, CheckpointMismatchError, RenderingUnavailableError, RedisNotInstalledError,
-            ReplayConnectionError, ReplaySchemaError) as exc:
+    except known_errors() as exc:
         logging.error("%s", exc)
         return 2
     print(json.dumps({"summary": summary}, indent=2, default=str))

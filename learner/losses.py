@@ -44,20 +44,26 @@ class LatentTransition(NamedTuple):
     """[B] 1 where x[tau+1] is a true terminal state."""
     z_next: torch.Tensor
     """[B, Z] z[tau+1], drawn from the same posterior sequence as z[tau]."""
+    history: torch.Tensor
+    """[B, H] actor input of x[1..tau] and a[1..tau-1]: the history pi acted on when it chose a[tau]."""
     history_next: torch.Tensor
-    """[B, H] actor input of x[2..tau+1] and a[2..tau]."""
+    """[B, H] actor input of x[2..tau+1] and a[2..tau]: pi's history at x[tau+1], for the critic's target."""
 
 
 def latent_transition(batch: Batch, features: torch.Tensor, posterior_z: torch.Tensor) -> LatentTransition:
-    """Build eq. 10's (z[tau], a[tau], r[tau], z[tau+1]) and the actor's history x[2..tau+1], a[2..tau].
+    """Build eq. 10's (z[tau], a[tau], r[tau], z[tau+1]) and the actor's histories at x[tau] and x[tau+1].
 
     features [B, T, F] and posterior_z [B, T, Z] come from one posterior pass; both are detached here:
     the critic and actor objectives never train the model or its conv layers (section 5, appendix B).
+    The actor trains on (z[tau], x[1..tau], a[1..tau-1]) as in the official implementation: a window
+    whose last transition leaves an episode's first frame then gives pi the all-first-frame history it
+    acts on at t = 0 of every episode (x[2..tau+1] never is one: x[tau+1] is never a first frame).
     """
     features, posterior_z = features.detach(), posterior_z.detach()
     return LatentTransition(
         z=posterior_z[:, -2], action=batch.action[:, -1], reward=batch.reward[:, -1],
         terminated=batch.terminated[:, -1], z_next=posterior_z[:, -1],
+        history=actor_input(features[:, :-1], batch.action[:, :-1]),
         history_next=actor_input(features[:, 1:], batch.action[:, 1:]),
     )
 
@@ -136,14 +142,14 @@ def critic_loss(nets: SacNetworks, batch: LatentTransition, cfg: SacConfig,
 
 def actor_loss(nets: SacNetworks, batch: LatentTransition, cfg: SacConfig,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, Metrics]:
-    """Eq. 11: alpha log pi(a | x[2..tau+1], a[2..tau]) - min_i Q_theta_i(z[tau+1], a), a ~ pi reparameterised.
+    """Eq. 11: alpha log pi(a | x[1..tau], a[1..tau-1]) - min_i Q_theta_i(z[tau], a), a ~ pi reparameterised.
 
     Trains the actor alone: alpha is detached (it has its own loss) and the critics are called with
     detached parameters, so eq. 11 neither fills their gradients nor changes theta; the actor's input is
     already detached from the encoder (`latent_transition`).
     """
-    action, log_pi = nets.actor.sample(batch.history_next, generator)
-    q1, q2 = functional_call(nets.critic, _frozen(nets.critic), (batch.z_next, action))
+    action, log_pi = nets.actor.sample(batch.history, generator)
+    q1, q2 = functional_call(nets.critic, _frozen(nets.critic), (batch.z, action))
     alpha = nets.log_alpha.detach().exp()
     loss = (alpha * log_pi - torch.minimum(q1, q2)).mean()
     return loss, {"actor/loss": loss.detach(), "actor/entropy": -log_pi.detach().mean()}
@@ -151,13 +157,13 @@ def actor_loss(nets: SacNetworks, batch: LatentTransition, cfg: SacConfig,
 
 def alpha_loss(nets: SacNetworks, batch: LatentTransition, cfg: SacConfig,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, Metrics]:
-    """SAC's temperature loss: -log_alpha (log pi(a | history) + target_entropy), a ~ pi; target -|A| by default.
+    """SAC's temperature loss: -log_alpha (log pi(a | x[1..tau], a[1..tau-1]) + target_entropy), a ~ pi; target -|A| by default.
 
     Its gradient raises alpha while the policy's entropy is below the target and lowers it above. The
     log-probabilities are a fixed input here (no gradient into the actor).
     """
     target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -float(batch.action.shape[-1])
     with torch.no_grad():
-        _, log_pi = nets.actor.sample(batch.history_next, generator)
+        _, log_pi = nets.actor.sample(batch.history, generator)
     loss = -(nets.log_alpha * (log_pi + target_entropy)).mean()
     return loss, {"alpha/loss": loss.detach(), "alpha/value": nets.log_alpha.detach().exp()}

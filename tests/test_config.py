@@ -22,7 +22,7 @@ def test_defaults_are_the_papers_values() -> None:
     assert (cfg.sac.gamma, cfg.sac.target_update_coef, cfg.sac.auto_entropy) == (0.99, 0.005, True)
     assert cfg.replay.capacity == 100_000
     assert cfg.replay.samples_per_insert == 1.0
-    assert (cfg.learner.initial_collection_steps, cfg.learner.model_pretrain_steps) == (10_000, 100_000)
+    assert (cfg.learner.initial_collection_agent_steps, cfg.learner.model_pretrain_steps) == (10_000, 100_000)
 
 
 def test_debug_preset_is_tiny() -> None:
@@ -97,9 +97,12 @@ def test_task_aliases_are_canonicalised() -> None:
     assert parse_cli(["debug", "--run.task", "cheetah"]).run.task == "cheetah_run"
 
 
-def test_initial_collection_size_counts_transitions() -> None:
-    # 10 000 environment steps of random collection are 2 500 transitions at cheetah's repeat of 4,
-    # 5 000 at hopper's 2; never less than one SAC batch.
-    assert paper().initial_collection_size == 2_500
-    assert parse_cli(["paper", "--run.task", "hopper"]).initial_collection_size == 5_000
-    assert parse_cli(["debug", "--learner.initial-collection-steps", "0"]).initial_collection_size == 8
+def test_initial_collection_counts_agent_steps() -> None:
+    # Both reference implementations collect 10 000 agent steps (40 000 environment steps on cheetah_run)
+    # whatever the action repeat; one transition per agent step; never less than one SAC batch.
+    assert paper().initial_collection_size == 10_000
+    assert parse_cli(["paper", "--run.task", "hopper"]).initial_collection_size == 10_000
+    assert parse_cli(["paper", "--run.task", "half_cheetah"]).initial_collection_size == 10_000
+    assert parse_cli(["debug", "--learner.initial-collection-agent-steps", "0"]).initial_collection_size == 8
+    with pytest.raises(SystemExit):  # the old, unit-less name is gone
+        parse_cli(["paper", "--learner.initial-collection-steps", "40000"])

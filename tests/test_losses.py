@@ -164,8 +164,8 @@ def test_critic_and_actor_losses_match_hand_computation() -> None:
 
     loss, metrics = actor_loss(nets, tr, CFG.sac, torch.Generator().manual_seed(3))
     with torch.no_grad():
-        a, log_pi = nets.actor.sample(tr.history_next, torch.Generator().manual_seed(3))
-        q1, q2 = nets.critic(tr.z_next, a)
+        a, log_pi = nets.actor.sample(tr.history, torch.Generator().manual_seed(3))
+        q1, q2 = nets.critic(tr.z, a)
     assert loss.item() == pytest.approx((0.3 * log_pi - torch.minimum(q1, q2)).mean().item(), rel=1e-5)
     assert metrics["actor/entropy"].item() == pytest.approx(-log_pi.mean().item(), rel=1e-6)
 
@@ -230,7 +230,7 @@ def test_alpha_loss_pushes_toward_target_entropy(log_std: float, alpha_should: s
         last.bias[A:] = log_std
     tr = _transition(model, _batch(8))
     loss, metrics = alpha_loss(nets, tr, CFG.sac)
-    entropy = -nets.actor.sample(tr.history_next)[1].mean().item()
+    entropy = -nets.actor.sample(tr.history)[1].mean().item()
     assert (entropy < -A) == (alpha_should == "rise")
     loss.backward()
     log_alpha = nets.log_alpha.detach()

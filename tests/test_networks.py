@@ -146,3 +146,14 @@ def test_tanh_gaussian_density_integrates_to_one() -> None:
     log_density = Gaussian(dist.mean[:, 0], dist.std[:, 0]).log_prob(u) - tanh_log_det_jacobian(u)
     mass = torch.trapezoid(log_density.exp(), grid, dim=0)
     torch.testing.assert_close(mass, torch.ones(3, dtype=torch.float64), atol=2e-3, rtol=0)
+
+
+def test_every_model_leaky_relu_has_the_references_slope() -> None:
+    # Both reference implementations use leaky ReLU with slope 0.2 (tf.nn.leaky_relu's default), not
+    # PyTorch's 0.01: encoder (5 layers), decoder (4), and two hidden layers of each of the 6 Gaussian heads.
+    model = LatentModel(paper().model, action_dim=2)
+    slopes = [m.negative_slope for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert len(slopes) == 5 + 4 + 6 * 2
+    assert set(slopes) == {0.2}
+    x = torch.tensor([-1.0, 2.0])
+    assert torch.equal(model.encoder.net[1](x), torch.tensor([-0.2, 2.0]))

@@ -1,0 +1,101 @@
+"""`make reproduce`: the merge and figure of learning curves (unit), and the harness end to end (e2e)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploy.returns_plot import (
+    RETURNS_COLUMNS,
+    curve,
+    plot_returns,
+    random_baseline,
+    read_evaluations,
+    write_returns,
+)
+from deploy.run_logger import EVAL_COLUMNS
+from deploy.wandb_reader import find_offline_runs, read_history
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _eval_csv(path: Path, rows: list[tuple[int, int, int, list[float]]]) -> Path:
+    """eval.csv rows (env_steps, scheduled, policy_version, returns) in the run logger's format."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(EVAL_COLUMNS)
+        for env_steps, scheduled, version, returns in rows:
+            writer.writerow([env_steps, scheduled, 0, version, np.mean(returns), np.std(returns),
+                             " ".join(str(r) for r in returns)])
+    return path
+
+
+def test_curves_align_on_the_grid_and_the_baseline_is_the_random_policy(tmp_path: Path) -> None:
+    a = read_evaluations(_eval_csv(tmp_path / "a.csv", [(0, 0, 0, [1.0, 3.0]), (10_040, 10_000, 0, [0.0, 2.0]),
+                                                         (20_100, 20_000, 5, [10.0, 20.0]),
+                                                         (20_300, 20_000, 6, [30.0, 30.0])]), seed=0)
+    b = read_evaluations(_eval_csv(tmp_path / "b.csv", [(0, 0, 0, [5.0, 5.0]), (10_010, 10_000, 2, [7.0, 9.0]),
+                                                         (20_020, 20_000, 7, [50.0, 50.0])]), seed=1)
+    assert [e.env_steps for e in a] == [0, 10_000, 20_000]
+    assert a[-1].returns == (30.0, 30.0)  # a repeated grid point (a resumed run) keeps its newest row
+    # Only the uniform random policy's episodes (version 0) form the baseline: 1, 3, 0, 2 and 5, 5.
+    mean, std, episodes = random_baseline(a + b)
+    assert episodes == 6 and mean == pytest.approx(16 / 6) and std == pytest.approx(np.std([1, 3, 0, 2, 5, 5]))
+    steps, mean, low, high, seeds = curve(a + b)
+    assert steps.tolist() == [0, 10_000, 20_000] and seeds.tolist() == [2, 2, 2]
+    assert mean.tolist() == [3.5, 4.5, 40.0] and low.tolist() == [2.0, 1.0, 30.0] and high.tolist() == [5.0, 8.0, 50.0]
+
+    write_returns(a + b, tmp_path / "returns.csv")
+    rows = list(csv.reader((tmp_path / "returns.csv").open()))
+    assert tuple(rows[0]) == RETURNS_COLUMNS
+    assert rows[1:3] == [["0", "0", "2.0000", "1.0000"], ["0", "1", "5.0000", "0.0000"]]
+    for task in ("finger_spin", "hopper"):  # with and without published points
+        plot_returns(a + b, task, "cpu", tmp_path / f"{task}.png")
+        assert (tmp_path / f"{task}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_empty_eval_csv_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no evaluation"):
+        read_evaluations(_eval_csv(tmp_path / "e.csv", []), seed=0)
+
+
+@pytest.mark.e2e
+def test_make_reproduce_two_seeds_end_to_end(tmp_path: Path) -> None:
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
+    args = [sys.executable, "-m", "deploy.reproduce", "debug", "--run.task", "cheetah_run", "--seeds", "2",
+            "--run.env-steps", "1200", "--run.eval-episodes", "2", "--results", str(tmp_path / "results"),
+            "--runs", str(tmp_path / "runs")]
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"reproduce failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    out = tmp_path / "results" / "cheetah_run" / "debug"
+    # Per seed: an evaluation at step 0 by the uniform random policy, and one at the run's length.
+    for seed in (0, 1):
+        rows = list(csv.DictReader((out / f"seed{seed}" / "eval.csv").open()))
+        assert [int(r["scheduled_env_steps"]) for r in rows] == [0, 1_200]
+        assert rows[0]["policy_version"] == "0" and int(rows[1]["policy_version"]) >= 1
+        assert int(rows[1]["env_steps"]) >= 1_200 and len(rows[1]["returns"].split()) == 2
+    merged = list(csv.reader((out / "returns.csv").open()))
+    assert tuple(merged[0]) == RETURNS_COLUMNS
+    assert [(r[0], r[1]) for r in merged[1:]] == [("0", "0"), ("0", "1"), ("1200", "0"), ("1200", "1")]
+    assert (out / "returns.png").stat().st_size > 10_000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["random_policy"]["episodes"] == 4 and summary["machine"]["cores"] == os.cpu_count()
+    assert summary["command"].startswith("make reproduce TASK=cheetah_run SEEDS=2 PRESET=debug")
+    assert all(s["updates_per_s"] > 0 for s in summary["seeds"])
+    # The figure went to every seed's W&B run.
+    for seed in (0, 1):
+        history = [row for run in find_offline_runs(tmp_path / "runs" / "cheetah_run" / "debug" / f"seed{seed}")
+                   for row in read_history(run)]
+        assert any(row.get("reproduce/returns/_type") == "image-file" for row in history)
+    # Running it again skips the finished seeds and rebuilds the same curve.
+    before = (out / "returns.csv").read_text()
+    again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already finished" in again.stderr
+    assert (out / "returns.csv").read_text() == before
