@@ -1,7 +1,7 @@
 """The learner process: sync the replay mirror, sample, update, publish weights, checkpoint.
 
 Phases follow the official SLAC implementation: (1) wait for the initial random collection
-(`learner.initial_collection_steps` environment steps), (2) pre-train the model alone for
+(`learner.initial_collection_agent_steps` agent steps, one stored transition each), (2) pre-train the model alone for
 `learner.model_pretrain_steps` updates, (3) publish the first policy and train model, critics and actor
 jointly, one update per inserted transition (the replay's rate limiter enforces the ratio). The driver
 (deploy/) wraps this class in `ray.remote(num_gpus=..., max_concurrency=2)` so `poll`, `checkpoint` and

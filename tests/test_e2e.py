@@ -7,6 +7,7 @@ inject an environment that raises.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -91,6 +92,15 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
     # Training rows advance along env steps; eval rows carry the env step their evaluation started at.
     env_steps = [row["env_steps"] for row in rows if "counters/updates" in row]
     assert env_steps == sorted(env_steps) and env_steps[-1] >= 4400
+    # Both step counts: agent steps are policy decisions, env steps = agent steps x cheetah's repeat of 4.
+    last = [row for row in rows if "counters/agent_steps" in row][-1]
+    assert last["counters/env_steps"] == 4 * last["counters/agent_steps"] == last["env_steps"]
+    assert summary["env_steps"] == 4 * summary["agent_steps"]
+    # The evaluation grid: the uniform random policy at step 0 (version 0), then a point every eval_every.
+    evals = list(csv.DictReader((run_dir / "eval.csv").open()))
+    assert evals[0]["scheduled_env_steps"] == "0" and evals[0]["policy_version"] == "0"
+    scheduled = [int(r["scheduled_env_steps"]) for r in evals]
+    assert scheduled == sorted(scheduled) and all(s % cfg.run.eval_every == 0 or s == 4400 for s in scheduled)
     assert any("eval/video" in "".join(row) for row in rows) and any("model/samples" in "".join(r) for r in rows)
     assert read_config(runs[0])["model"]["z1_dim"] == cfg.model.z1_dim
 

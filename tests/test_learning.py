@@ -1,0 +1,50 @@
+"""The `learning` tier: slac-dist must learn, not just run.
+
+One seeded training of the `cpu` preset on cartpole_swingup through the real entry point (what `make
+train` runs), bounded to about 15 minutes on 2 cores, under the paper's evaluation protocol (10
+episodes of the stochastic policy). Its last evaluation must beat the uniform random policy, measured
+in the same run with the same protocol (the evaluations before the first policy is published), by
+MARGIN. The margin comes from runs of this exact test on this project's 2-core machines; see
+results/cartpole_swingup/cpu/learning_test_seeds.csv for what they reached.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.learning
+REPO = Path(__file__).resolve().parents[1]
+
+ENV_STEPS = 160_000
+"""20 000 agent steps at cartpole's action repeat of 8."""
+MARGIN = 100.0
+"""Return the last evaluation must add to the random policy's (which scores about 140 +- 70 per episode)."""
+
+
+def test_cpu_preset_learns_cartpole_swingup(tmp_path: Path) -> None:
+    run_dir = tmp_path / "learning"
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
+    args = ["cpu", "--run.task", "cartpole_swingup", "--run.seed", "0", "--run.env-steps", str(ENV_STEPS),
+            "--run.eval-every", "80000", "--run.dir", str(run_dir)]
+    proc = subprocess.run([sys.executable, "-m", "deploy.train", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=20 * 60)
+    assert proc.returncode == 0, f"training failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    summary = json.loads(proc.stdout[proc.stdout.index('{\n  "summary"'):])["summary"]
+    rows = list(csv.DictReader((run_dir / "eval.csv").open()))
+    random_returns = [float(r) for row in rows if row["policy_version"] == "0" for r in row["returns"].split()]
+    last = rows[-1]
+    assert int(last["scheduled_env_steps"]) == ENV_STEPS and int(last["policy_version"]) > 0, rows
+    assert len(random_returns) >= 10, "no evaluation of the random policy at step 0"
+    learned, random = float(last["return_mean"]), float(np.mean(random_returns))
+    report = (f"last evaluation {learned:.1f} vs random {random:.1f} (margin {MARGIN}); "
+              f"{summary['updates']} updates in {summary['wall_clock_s']} s")
+    print(report)
+    assert learned >= random + MARGIN, report
