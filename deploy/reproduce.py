@@ -132,7 +132,10 @@ def publish(evaluations: list, cfg: Config, preset: str, out: Path, png: Path, r
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=True)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Every other argument is a preset and config overrides, exactly as for `python -m deploy.train` "
+               "(`python -m deploy.train paper --help` lists them).")
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds (run.seed, run.seed + 1, ...)")
     parser.add_argument("--results", default="results", help="where results/<task>/<preset>/ goes")
     parser.add_argument("--runs", default="runs/reproduce", help="where the seeds' run directories go")
@@ -152,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     user_args = [a for i, a in enumerate(rest) if i > 0 and a != "--run.task" and rest[i - 1] != "--run.task"]
     command = "make reproduce " + shlex.join([f"TASK={task}", f"SEEDS={ours.seeds}", f"PRESET={preset}"]
                                               + ([f"ARGS={shlex.join(user_args)}"] if user_args else []))
+    code = commit()  # recorded before the seeds run: the code they run is the code at the start
     runs, evaluations = [], []
     for k in range(ours.seeds):
         seed = base.run.seed + k
@@ -180,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     random_mean, random_std, episodes = random_baseline(evaluations)
     plot_returns(evaluations, task, preset, out / "returns.png", note=f"preset {preset}")
     publish(evaluations, base, preset, out, out / "returns.png", runs)
-    summary = {"command": command, "commit": commit(), "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+    summary = {"command": command, "commit": code, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
                "task": task, "preset": preset, "config": base.to_dict(),
                "random_policy": {"return_mean": random_mean, "return_std": random_std, "episodes": episodes},
                "final_return_mean": {r["seed"]: next(e.mean for e in reversed(evaluations) if e.seed == r["seed"])

@@ -52,7 +52,7 @@ class LearnerProcess:
         self.cfg, self.publisher, self.run_dir = cfg, publisher, Path(run_dir)
         self.device = resolve_device(cfg.learner.device)
         if self.device.type == "cpu":
-            log.warning("learner running on CPU: paper-size updates take about a second each")
+            log.warning("learner running on CPU (torch sees no CUDA device)")
         self.learner = Learner(cfg, action_dim, device=self.device, seed=cfg.run.seed)
         self.replay = SequenceReplay(replay_url, cfg.replay, cfg.run.task, action_dim,
                                      cfg.model.sequence_length, device=self.device)
