@@ -75,7 +75,7 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
     assert saved["run"]["task"] == "cheetah_run" and saved["model"]["z1_dim"] == cfg.model.z1_dim
     assert (run_dir / "redis").is_dir()
     eval_rows = (run_dir / "eval.csv").read_text().splitlines()
-    assert eval_rows[0].startswith("env_steps,updates") and len(eval_rows) >= 2
+    assert eval_rows[0].startswith("env_steps,scheduled_env_steps,updates") and len(eval_rows) >= 2
     checkpoints = sorted((run_dir / "checkpoints").glob("ckpt_*.pt"))
     assert checkpoints, "no checkpoint written"
 
