@@ -60,5 +60,5 @@ class Evaluator:
             returns.append(total)
             lengths.append(length)
             env_steps.append(steps)
-        return {"version": policy.version if policy is not None else 0, "returns": returns, "lengths": lengths, "env_steps": env_steps,
-                "video": np.stack(frames) if frames else None}
+        return {"version": policy.version if policy is not None else 0, "returns": returns, "lengths": lengths,
+                "env_steps": env_steps, "video": np.stack(frames) if frames else None}

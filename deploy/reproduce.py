@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 class SeedFailed(RuntimeError):
     """A seed's training run did not finish; the message says how to continue."""
 
+
 PAPER_EVAL_EVERY = 10_000
 PAPER_EVAL_EPISODES = 10
 
@@ -116,7 +117,7 @@ def run_seed(preset_args: list[str], cfg: Config, run_dir: Path) -> dict[str, An
     return summary
 
 
-def publish(evaluations: list, cfg: Config, preset: str, out: Path, png: Path, runs: list[dict[str, Any]]) -> None:
+def publish(png: Path, caption: str, runs: list[dict[str, Any]]) -> None:
     """Log the figure to every seed's W&B run (reopened by id), at the run's last environment step."""
     from deploy.run_logger import RunLogger
 
@@ -125,8 +126,7 @@ def publish(evaluations: list, cfg: Config, preset: str, out: Path, png: Path, r
         run_dir = Path(entry["run_dir"])
         run_cfg = Config.from_json((run_dir / "config.json").read_text())
         logger = RunLogger(run_cfg, run_dir, run_id=entry["wandb_run_id"])
-        logger.image(int(entry["env_steps"]), "reproduce/returns", image[..., :3],
-                     f"{cfg.run.task}, preset {preset}: {len(runs)} seeds")
+        logger.image(int(entry["env_steps"]), "reproduce/returns", image[..., :3], caption)
         logger.finish({})
 
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     write_returns(evaluations, out / "returns.csv")
     random_mean, random_std, episodes = random_baseline(evaluations)
     plot_returns(evaluations, task, preset, out / "returns.png", note=f"preset {preset}")
-    publish(evaluations, base, preset, out, out / "returns.png", runs)
+    publish(out / "returns.png", f"{task}, preset {preset}: {len(runs)} seeds", runs)
     summary = {"command": command, "commit": code, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
                "task": task, "preset": preset, "config": base.to_dict(),
                "random_policy": {"return_mean": random_mean, "return_std": random_std, "episodes": episodes},
