@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from actors.history import History
+from actors.history import FeatureRing
 from actors.worker import EnvFactory, default_env_factory, derive_seed
 from common.config import Config
 from common.policy import Policy
@@ -40,8 +40,8 @@ class Evaluator:
         for episode in range(episodes):
             env = self.env_factory(derive_seed(seed, episode))
             obs = env.reset()
-            history = History(self.cfg.model.sequence_length, env.action_dim)
-            history.reset(obs)
+            ring = FeatureRing(1, self.cfg.model.sequence_length, env.action_dim, self.cfg.model.feature_dim)
+            ring.reset(0, obs)
             total, length, steps, done = 0.0, 0, 0, False
             if record_video and episode == 0:
                 frames.append(obs)
@@ -49,9 +49,9 @@ class Evaluator:
                 if policy is None:
                     action = uniform.uniform(-1.0, 1.0, env.action_dim).astype(np.float32)
                 else:
-                    action = policy.act(history.obs[None], history.actions[None])[0]
+                    action = ring.act(policy)[0]
                 obs, reward, terminated, truncated, info = env.step(action)
-                history.push(action, obs)
+                ring.push(0, action, obs)
                 total, length, steps = total + reward, length + 1, steps + info["env_steps"]
                 done = terminated or truncated
                 if record_video and episode == 0:

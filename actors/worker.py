@@ -2,7 +2,9 @@
 
 Algorithm 1's inner loop, one process per actor: a[t] ~ pi(a | x[t-tau+1..t], a[t-tau+1..t-1]) with
 the stochastic policy (appendix C), uniform random actions until the learner publishes its first
-weights (the initial collection), newer weights pulled every `actors.weight_sync_every` steps. An
+weights (the initial collection), newer weights pulled every `actors.weight_sync_every` steps. The
+policy acts through a `FeatureRing`, which encodes each frame once (and the stored frames again after
+a weight refresh) instead of all tau frames at every step. An
 environment that raises (MuJoCo instability) is rebuilt and counted; it never kills the process.
 deploy/ wraps this class in `ray.remote(max_restarts=..., max_concurrency=2)` so `poll` and `stop`
 answer while `run` loops; a restarted process gets `run(life + 1)` and therefore fresh seeds.
@@ -22,7 +24,7 @@ import numpy as np
 import ray
 import torch
 
-from actors.history import History, stack_histories
+from actors.history import FeatureRing
 from common.config import Config
 from common.envs import PixelEnv, make_env
 from common.policy import Policy
@@ -63,8 +65,11 @@ class ActorWorker:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._policy: Policy | None = None
+        # *_s: seconds spent acting (policy and feature ring), stepping and rendering envs, writing replay
+        # (including waits on the rate limiter), and in the whole loop: where an actor's time goes.
         self._counters: dict[str, float] = {"steps": 0, "env_steps": 0, "env_errors": 0, "limiter_timeouts": 0,
-                                             "version_lag": 0, "policy_version": 0}
+                                             "version_lag": 0, "policy_version": 0, "policy_s": 0.0, "env_s": 0.0,
+                                             "replay_s": 0.0, "loop_s": 0.0}
         self._episodes: list[dict[str, float]] = []
         self._rate_mark = (time.monotonic(), 0)
         self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
@@ -86,8 +91,9 @@ class ActorWorker:
         self._stop.set()
 
     # --- the loop ---------------------------------------------------------------------------------
-    def run(self, life: int = 0) -> dict[str, float]:
-        """Act until `stop()`; returns the final counters. `life` counts restarts of this actor."""
+    def run(self, life: int = 0, max_steps: int | None = None) -> dict[str, float]:
+        """Act until `stop()` (or `max_steps` policy steps, for benchmarks and tests); returns the final
+        counters. `life` counts restarts of this actor."""
         seed = derive_seed(self.cfg.run.seed, self.index, life, self.generation)
         self._seed = seed
         self._rng = np.random.default_rng(seed)
@@ -97,22 +103,25 @@ class ActorWorker:
         self._writers = [ReplayWriter(self.replay_url, self.cfg.replay, self.cfg.run.task, action_dim,
                                       writer_id=f"actor{self.index}-env{k}-life{life}-gen{self.generation}")
                          for k in range(k_envs)]
-        self._histories = [History(self.cfg.model.sequence_length, action_dim) for _ in range(k_envs)]
+        self._ring = FeatureRing(k_envs, self.cfg.model.sequence_length, action_dim, self.cfg.model.feature_dim)
         self._returns = [0.0] * k_envs
         self._lengths = [0] * k_envs
         self._env_steps = [0] * k_envs
         for k in range(k_envs):
             self._begin_episode(k, self._envs[k].reset())
-        step = 0
+        step, loop_start = 0, time.perf_counter()
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and (max_steps is None or step < max_steps):
                 if step % self.cfg.actors.weight_sync_every == 0:
                     self._refresh_weights()
+                start = time.perf_counter()
                 actions = self._act(action_dim)
+                self._add_time("policy_s", start)
                 for k in range(k_envs):
                     self._step(k, actions[k])
                 step += 1
         finally:
+            self._add_time("loop_s", loop_start)
             for env in self._envs:
                 env.close()
             for writer in self._writers:
@@ -136,18 +145,24 @@ class ActorWorker:
     def _act(self, action_dim: int) -> np.ndarray:
         if self._policy is None:  # initial collection: uniform random actions
             return self._rng.uniform(-1.0, 1.0, size=(len(self._envs), action_dim)).astype(np.float32)
-        obs, actions = stack_histories(self._histories)
-        return self._policy.act(obs, actions)
+        return self._ring.act(self._policy)
+
+    def _add_time(self, key: str, start: float) -> None:
+        elapsed = time.perf_counter() - start
+        with self._lock:
+            self._counters[key] += elapsed
 
     def _step(self, k: int, action: np.ndarray) -> None:
+        start = time.perf_counter()
         try:
             obs, reward, terminated, truncated, info = self._envs[k].step(action)
         except Exception as exc:  # noqa: BLE001 - any env failure (e.g. MuJoCo instability) must not kill the actor
             self._recover_env(k, exc)
             return
+        self._add_time("env_s", start)
         version = self._policy.version if self._policy else 0
         self._write(k, lambda w: w.add(action, reward, obs, terminated, truncated, version))
-        self._histories[k].push(action, obs)
+        self._ring.push(k, action, obs)
         self._returns[k] += reward
         self._lengths[k] += 1
         self._env_steps[k] += info["env_steps"]
@@ -162,12 +177,16 @@ class ActorWorker:
 
     def _write(self, k: int, op: Callable[[ReplayWriter], None]) -> None:
         """Run a writer operation; while the rate limiter holds us back, keep flushing until it lets go."""
+        start = time.perf_counter()
         try:
             op(self._writers[k])
             return
         except RateLimitTimeout:
             pass
+        finally:
+            self._add_time("replay_s", start)
         while not self._stop.is_set():  # the step is buffered; only the flush is pending
+            start = time.perf_counter()
             with self._lock:
                 self._counters["limiter_timeouts"] += 1
             try:
@@ -175,10 +194,12 @@ class ActorWorker:
                 return
             except RateLimitTimeout:
                 continue
+            finally:
+                self._add_time("replay_s", start)
 
     def _begin_episode(self, k: int, first_obs: np.ndarray) -> None:
         self._write(k, lambda w: w.begin_episode(first_obs))
-        self._histories[k].reset(first_obs)
+        self._ring.reset(k, first_obs)
         self._returns[k], self._lengths[k], self._env_steps[k] = 0.0, 0, 0
 
     def _recover_env(self, k: int, exc: Exception) -> None:
