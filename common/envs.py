@@ -171,6 +171,12 @@ class GymnasiumEnv(_RepeatedActionEnv):
         return float(reward), bool(terminated), bool(truncated)
 
     def render(self) -> np.ndarray:
+        # gymnasium's offscreen viewer draws into whichever GL context is current: with several envs in
+        # one process (actors.envs_per_actor > 1) that is the newest env's, and after one is closed there
+        # is none, so frames come out black. Make this env's own context current first.
+        viewer = self._env.unwrapped.mujoco_renderer._viewers.get("rgb_array")
+        if viewer is not None:
+            viewer.make_context_current()
         return np.ascontiguousarray(self._env.render().transpose(2, 0, 1))
 
     def close(self) -> None:

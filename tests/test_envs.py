@@ -151,3 +151,19 @@ def test_action_repeats_match_table_1() -> None:
     assert repeats == {"cheetah_run": 4, "walker_walk": 2, "ball_in_cup_catch": 4, "finger_spin": 2,
                        "half_cheetah": 1, "walker2d": 4, "hopper": 2, "ant": 4,
                        "cartpole_swingup": 8}  # not the paper's: PlaNet's repeat for its quick-check task
+
+
+@pytest.mark.parametrize("task", ["hopper", "cheetah_run"])
+def test_each_env_renders_its_own_frames_beside_others(task: str) -> None:
+    """Several envs in one process (actors.envs_per_actor > 1): closing one must not blank the others' frames."""
+    a, b = make_env(task, seed=0), make_env(task, seed=1)
+    a.reset()
+    b.reset()
+    a.step(np.zeros(a.action_dim))
+    frame = a.render()
+    assert not np.array_equal(frame, b.render())
+    b.close()
+    after = a.render()
+    a.close()
+    assert after.max() > 0, "a frame came out black after another env was closed"
+    np.testing.assert_array_equal(after, frame)
