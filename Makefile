@@ -68,6 +68,7 @@ bench: setup
 	$(PY) bench/learner.py --device cpu
 	$(PY) bench/replay.py
 	$(PY) bench/envs.py
+	$(PY) bench/actor.py
 	$(PY) bench/system.py
 
 lint: setup
