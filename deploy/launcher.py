@@ -27,7 +27,7 @@ from common.config import Config, ConfigError
 from common.envs import make_env, select_gl_backend
 from common.tasks import resolve_task
 from deploy.run_dir import RunDir, prepare_run_dir
-from deploy.run_logger import RunLogger
+from deploy.run_logger import RunLogger, format_eta
 from deploy.weights import BOARD_NAME, RayWeightPublisher, RayWeightSource, WeightBoard
 from learner.process import LearnerProcess
 from replay_service import RedisServer
@@ -292,8 +292,7 @@ class Driver:
     def _progress_line(self, scalars: dict[str, float]) -> str:
         total, done = self.cfg.run.env_steps, self.state.env_steps
         rate = scalars["perf/env_steps_per_s"]
-        eta = (total - done) / rate if rate > 0 else float("nan")
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "--:--:--"
+        eta_text = format_eta((total - done) / rate if rate > 0 else float("nan"))
         fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
         counters = self.learner_info["counters"]
         phase = self.learner_info.get("phase", "?")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -28,6 +29,15 @@ EVAL_COLUMNS = ("env_steps", "scheduled_env_steps", "updates", "policy_version",
                 "returns")
 """eval.csv: env_steps when the evaluation started; scheduled_env_steps, its point on the evaluation grid
 (0, run.eval_every, ..., run.env_steps), which is what curves over seeds align on."""
+
+
+def format_eta(seconds: float) -> str:
+    """Time left as H:MM:SS for the progress line: 0:00:00 once a run has passed its length (the last
+    polls overshoot it), hours past 24 kept whole, --:--:-- while no rate is known yet."""
+    if not math.isfinite(seconds):
+        return "--:--:--"
+    whole = max(0, round(seconds))
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 def wandb_mode(requested: str) -> str:

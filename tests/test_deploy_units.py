@@ -1,5 +1,5 @@
 """Units of the distributed layer that need no cluster: history padding, seeds, weight board,
-checkpoint files and resume checks, the cluster YAML, the W&B reader."""
+checkpoint files and resume checks, the cluster YAML, the W&B reader, the progress line's ETA."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import yaml
 from actors.history import History, stack_histories
 from actors.worker import derive_seed
 from common.config import debug, resume_conflicts
+from deploy.run_logger import format_eta
 from deploy.weights import WeightBoard
 from learner.checkpoint import (
     CheckpointMismatchError,
@@ -93,3 +94,11 @@ def test_cluster_yaml_validates_and_bad_yaml_is_rejected() -> None:
     bad["max_workerz"] = 3
     with pytest.raises(Exception, match="max_workerz"):
         validate_config(prepare_config(bad))
+
+
+def test_eta_is_zero_past_the_run_length_and_counts_whole_hours() -> None:
+    assert format_eta(-12.7) == "0:00:00"  # the last polls overshoot run.env_steps; gmtime showed 23:59:59
+    assert format_eta(0.0) == "0:00:00"
+    assert format_eta(3_725.4) == "1:02:05"
+    assert format_eta(30 * 3600 + 61) == "30:01:01"  # gmtime wrapped days: 06:01:01
+    assert format_eta(float("nan")) == "--:--:--"
