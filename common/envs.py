@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -25,14 +26,35 @@ class RenderingUnavailableError(RuntimeError):
     """No headless OpenGL backend works; the message names the apt package to install."""
 
 
-def select_gl_backend() -> str:
-    """Pick MuJoCo's headless GL backend (EGL when usable, else OSMesa) and export it as MUJOCO_GL.
+def nvidia_gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU: /dev/nvidia0 exists or `nvidia-smi -L` succeeds."""
+    if os.path.exists("/dev/nvidia0"):
+        return True
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
-    MUJOCO_GL, when already set, wins. The probe runs in a subprocess because MuJoCo binds its GL
-    backend once per process; exporting the choice lets child processes (Ray workers) skip the probe.
+
+def preferred_gl_backend(environ: Mapping[str, str], has_nvidia_gpu: Callable[[], bool]) -> str | None:
+    """The backend to use without probing: MUJOCO_GL when set, else egl on an NVIDIA machine (renders
+    on the GPU instead of in software on the CPU cores the actors need), else None (probe)."""
+    if environ.get("MUJOCO_GL"):
+        return environ["MUJOCO_GL"]
+    return "egl" if has_nvidia_gpu() else None
+
+
+def select_gl_backend() -> str:
+    """Pick MuJoCo's headless GL backend and export it as MUJOCO_GL (see `preferred_gl_backend`).
+
+    Without a choice made, probe EGL, then OSMesa. The probe runs in a subprocess because MuJoCo binds
+    its GL backend once per process; exporting the choice lets child processes (Ray workers) skip it.
     """
-    chosen = os.environ.get("MUJOCO_GL")
-    if chosen:
+    chosen = preferred_gl_backend(os.environ, nvidia_gpu_present)
+    if chosen is not None:
+        if not os.environ.get("MUJOCO_GL"):  # ours, not the user's: export it with its PyOpenGL platform
+            os.environ["MUJOCO_GL"] = chosen
+            os.environ.setdefault("PYOPENGL_PLATFORM", chosen)
         return chosen
     errors = []
     for backend in ("egl", "osmesa"):

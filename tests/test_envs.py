@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -167,3 +168,28 @@ def test_each_env_renders_its_own_frames_beside_others(task: str) -> None:
     a.close()
     assert after.max() > 0, "a frame came out black after another env was closed"
     np.testing.assert_array_equal(after, frame)
+
+
+def test_gl_backend_choice_prefers_egl_on_nvidia_machines() -> None:
+    from common.envs import preferred_gl_backend
+
+    def no_gpu() -> bool:
+        return False
+
+    def gpu() -> bool:
+        return True
+
+    assert preferred_gl_backend({}, gpu) == "egl"
+    assert preferred_gl_backend({}, no_gpu) is None  # no preference: probe EGL, then OSMesa, as before
+    assert preferred_gl_backend({"MUJOCO_GL": "osmesa"}, gpu) == "osmesa"  # the user's choice wins
+    assert preferred_gl_backend({"MUJOCO_GL": ""}, gpu) == "egl"
+
+
+def test_select_gl_backend_exports_egl_on_an_nvidia_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    import common.envs
+
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)
+    monkeypatch.setattr(common.envs, "nvidia_gpu_present", lambda: True)
+    assert common.envs.select_gl_backend() == "egl"
+    assert os.environ["MUJOCO_GL"] == "egl" and os.environ["PYOPENGL_PLATFORM"] == "egl"
