@@ -196,12 +196,22 @@ class GymnasiumEnv(_RepeatedActionEnv):
         # gymnasium's offscreen viewer draws into whichever GL context is current: with several envs in
         # one process (actors.envs_per_actor > 1) that is the newest env's, and after one is closed there
         # is none, so frames come out black. Make this env's own context current first.
-        viewer = self._env.unwrapped.mujoco_renderer._viewers.get("rgb_array")
+        viewer = self._viewer()
         if viewer is not None:
             viewer.make_context_current()
         return np.ascontiguousarray(self._env.render().transpose(2, 0, 1))
 
+    def _viewer(self) -> Any:
+        return self._env.unwrapped.mujoco_renderer._viewers.get("rgb_array")
+
     def close(self) -> None:
+        # Free MuJoCo's render context with its own GL context current. Left to the garbage collector,
+        # it deletes its GL objects by id in whichever context is current then: another env's, whose
+        # frames are black from then on.
+        viewer = self._viewer()
+        if viewer is not None:
+            viewer.make_context_current()
+            viewer.con.free()
         self._env.close()
 
 
