@@ -204,6 +204,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    source = {"commit": commit(), "dirty": dirty()}  # before the run: the code that was measured
     backend = select_gl_backend()
     cfg = PRESETS[args.preset][1]
     # Nobody samples here: lift the rate limiter so writes never wait for a learner.
@@ -215,7 +216,7 @@ def main() -> None:
     report = {"bench": "actor", "preset": args.preset, "steps": args.steps, "repeats": args.repeats,
               "envs_per_actor": cfg.actors.envs_per_actor, "gl_backend": backend,
               "host": socket.gethostname(), "cpu": cpu_name(), "cpus": os.cpu_count(), "torch_threads": 1,
-              "commit": commit(), "dirty": dirty(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+              **source, "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tasks": tasks}
     text = json.dumps(report, indent=2)
     print(text)
