@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -136,33 +137,43 @@ def actor_rate(cfg: Config, url: str, blob: dict[str, Any], steps: int, full_his
             "ms_per_agent_step": {key: round(1e3 * v / n, 2) for key, v in ms.items()}}
 
 
-def bench_task(cfg: Config, url: str, task: str, steps: int, envs_per_actor: list[int], repeats: int
-               ) -> dict[str, Any]:
+def bench_task(cfg: Config, url: str, task: str, steps: int, envs_per_actor: list[int], repeats: int,
+               sweep_only: bool = False) -> dict[str, Any]:
     """Raw, before and after (and each K of `envs_per_actor`), interleaved `repeats` times; the fastest
-    run of each is kept, since other processes on the machine only ever slow a run down."""
+    run of each is kept, since other processes on the machine only ever slow a run down. The K sweep
+    alternates its order between repeats and also reports the median of the paired ratios to the first
+    K, the sturdier comparison on a busy machine. `sweep_only` skips raw, before and after."""
     probe = make_env(task, seed=0)
     action_dim = probe.action_dim
     probe.close()
     cfg = replace(cfg, run=replace(cfg.run, task=task))
     blob = Learner(cfg, action_dim, device="cpu").actor_weights(1)
     runs: dict[str, list[dict[str, Any]]] = {}
-    for _ in range(repeats):
-        runs.setdefault("raw", []).append(raw_rate(task, steps))
-        runs.setdefault("before", []).append(actor_rate(cfg, url, blob, steps, full_history=True))
-        runs.setdefault("after", []).append(actor_rate(cfg, url, blob, steps, full_history=False))
-        for k in envs_per_actor:
+    for repeat in range(repeats):
+        if not sweep_only:
+            runs.setdefault("raw", []).append(raw_rate(task, steps))
+            runs.setdefault("before", []).append(actor_rate(cfg, url, blob, steps, full_history=True))
+            runs.setdefault("after", []).append(actor_rate(cfg, url, blob, steps, full_history=False))
+        for k in envs_per_actor if repeat % 2 == 0 else envs_per_actor[::-1]:
             with_k = replace(cfg, actors=replace(cfg.actors, envs_per_actor=k))
             runs.setdefault(f"K{k}", []).append(actor_rate(with_k, url, blob, steps, full_history=False))
     best = {name: max(rs, key=lambda r: r["agent_steps_per_s"]) for name, rs in runs.items()}
-    raw, before, after = best["raw"]["agent_steps_per_s"], best["before"], best["after"]
-    result: dict[str, Any] = {
-        "agent_steps_per_s": after["agent_steps_per_s"], "raw_agent_steps_per_s": raw,
-        "ratio_to_raw": round(after["agent_steps_per_s"] / raw, 3),
-        "before_agent_steps_per_s": before["agent_steps_per_s"],
-        "before_ratio_to_raw": round(before["agent_steps_per_s"] / raw, 3),
-        "raw": best["raw"], "before": before, "after": after}
+    result: dict[str, Any] = {}
+    if not sweep_only:
+        raw, before, after = best["raw"]["agent_steps_per_s"], best["before"], best["after"]
+        result = {"agent_steps_per_s": after["agent_steps_per_s"], "raw_agent_steps_per_s": raw,
+                  "ratio_to_raw": round(after["agent_steps_per_s"] / raw, 3),
+                  "before_agent_steps_per_s": before["agent_steps_per_s"],
+                  "before_ratio_to_raw": round(before["agent_steps_per_s"] / raw, 3),
+                  "raw": best["raw"], "before": before, "after": after}
     if envs_per_actor:
-        result["envs_per_actor"] = {str(k): best[f"K{k}"] for k in envs_per_actor}
+        first = [r["agent_steps_per_s"] for r in runs[f"K{envs_per_actor[0]}"]]
+        result["envs_per_actor"] = {}
+        for k in envs_per_actor:
+            rates = [r["agent_steps_per_s"] for r in runs[f"K{k}"]]
+            result["envs_per_actor"][str(k)] = dict(
+                best[f"K{k}"], runs_agent_steps_per_s=rates,
+                median_ratio_to_first=round(statistics.median(r / f for r, f in zip(rates, first, strict=True)), 3))
     return result
 
 
@@ -201,6 +212,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="agent steps per measurement")
     parser.add_argument("--envs-per-actor", default="", help="e.g. 1,2,4: also measure K envs per actor")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each measurement; the best is kept")
+    parser.add_argument("--sweep-only", action="store_true", help="only the --envs-per-actor sweep")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -211,7 +223,8 @@ def main() -> None:
     cfg = replace(cfg, replay=replace(cfg.replay, spi_tolerance=1e12, capacity=20_000))
     envs_per_actor = [int(k) for k in args.envs_per_actor.split(",") if k]
     with tempfile.TemporaryDirectory() as tmp, RedisServer(tmp, cfg.replay) as server:
-        tasks = {task: bench_task(cfg, server.url, task, args.steps, envs_per_actor, args.repeats)
+        tasks = {task: bench_task(cfg, server.url, task, args.steps, envs_per_actor, args.repeats,
+                                 args.sweep_only)
                  for task in args.tasks.split(",")}
     report = {"bench": "actor", "preset": args.preset, "steps": args.steps, "repeats": args.repeats,
               "envs_per_actor": cfg.actors.envs_per_actor, "gl_backend": backend,
