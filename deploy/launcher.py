@@ -27,7 +27,7 @@ from common.config import Config, ConfigError
 from common.envs import make_env, select_gl_backend
 from common.tasks import resolve_task
 from deploy.run_dir import RunDir, prepare_run_dir
-from deploy.run_logger import RunLogger, format_eta
+from deploy.run_logger import ActorWaitMeter, RunLogger, bound_scalars, bound_text, format_eta
 from deploy.weights import BOARD_NAME, RayWeightPublisher, RayWeightSource, WeightBoard
 from learner.process import LearnerProcess
 from replay_service import RedisServer
@@ -164,6 +164,7 @@ class Driver:
         self.train_return: float | None = None
         self.eval_return: float | None = None
         self.action_repeat = resolve_task(cfg.run.task).action_repeat
+        self.wait_meter = ActorWaitMeter()
         self.started = self.last_poll = time.monotonic()
         self.closed = False
 
@@ -235,7 +236,7 @@ class Driver:
 
     def _poll(self) -> None:
         polls = [(i, a.poll.remote()) for i, a in enumerate(self.actors) if self.alive[i] and i not in self.restarting]
-        rates, lags, returns, lengths, timeouts = [], [], [], [], 0
+        rates, lags, returns, lengths, timeouts, waits = [], [], [], [], 0, []
         for i, ref in polls:
             try:
                 report = ray.get(ref, timeout=10)
@@ -248,6 +249,9 @@ class Driver:
             rates.append(counters["steps_per_s"] * self.action_repeat)
             lags.append(counters["version_lag"])
             timeouts += counters["limiter_timeouts"]
+            wait = self.wait_meter.fraction(i, time.monotonic(), counters["replay_s"])
+            if wait is not None:
+                waits.append(wait)
             for episode in report["episodes"]:
                 returns.append(episode["return"])
                 lengths.append(episode["length"])
@@ -279,6 +283,7 @@ class Driver:
             scalars[f"perf/env_steps_per_s_actor{i}"] = rate
         if lags:
             scalars["actors/version_lag"] = sum(lags) / len(lags)
+        scalars.update(bound_scalars(waits, info["replay"], self.cfg.replay))
         if returns:
             self.train_return = sum(returns) / len(returns)
             scalars["train/return"] = self.train_return
@@ -301,7 +306,8 @@ class Driver:
                  else f"agent {self.state.agent_steps:,}")
         return (f"[{phase}] env {done:,}/{total:,} | {agent} | upd {counters['updates']:,}"
                 f" (+{counters['pretrain_updates']:,}/{self.cfg.learner.model_pretrain_steps:,} model) | ret {fmt(self.train_return)} | eval "
-                f"{fmt(self.eval_return)} | {rate:.0f} env/s | {scalars['perf/updates_per_s']:.1f} upd/s | ETA {eta_text}")
+                f"{fmt(self.eval_return)} | {rate:.0f} env/s | {scalars['perf/updates_per_s']:.1f} upd/s"
+                f"{bound_text(phase, scalars)} | ETA {eta_text}")
 
     def _maybe_evaluate(self, wait: bool = False, final: bool = False) -> None:
         """Collect a finished evaluation; start the next one when the schedule says so.

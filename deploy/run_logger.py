@@ -21,7 +21,7 @@ import imageio
 import numpy as np
 import wandb
 
-from common.config import Config
+from common.config import Config, ReplayConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,64 @@ def format_eta(seconds: float) -> str:
         return "--:--:--"
     whole = max(0, round(seconds))
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+class ActorWaitMeter:
+    """The fraction of wall-clock time each actor spent in replay writes since the previous poll.
+
+    An actor's writes wait while the rate limiter holds them back (the learner is behind), so a high
+    fraction means the run is learner-bound. Reads the cumulative `replay_s` of `ActorWorker.poll`.
+    """
+
+    def __init__(self) -> None:
+        self._marks: dict[int, tuple[float, float]] = {}
+
+    def fraction(self, index: int, now: float, replay_s: float) -> float | None:
+        """Actor `index`'s waiting fraction since its last report (None at its first, or a new life's)."""
+        mark = self._marks.get(index)
+        self._marks[index] = (now, replay_s)
+        if mark is None or replay_s < mark[1] or now <= mark[0]:  # first report, or a restarted process
+            return None
+        return min(1.0, (replay_s - mark[1]) / (now - mark[0]))
+
+
+def limiter_position(inserted: float, sampled: float, min_size: int, samples_per_insert: float,
+                     tolerance: float) -> float:
+    """Where the rate limiter stands, in [-1, 1]: -1 at its floor (the learner waits for inserts), +1 at
+    its ceiling (the writers wait for the learner). replay_service/limiter.py: inserts are allowed while
+    inserted * spi - sampled <= (min_size + tolerance) * spi, samples while it is >= (min_size - tolerance) * spi.
+    """
+    slack = inserted * samples_per_insert - sampled - min_size * samples_per_insert
+    return max(-1.0, min(1.0, slack / (samples_per_insert * tolerance)))
+
+
+def run_bound(actors_wait: float | None, position: float) -> str:
+    """Which side sets the pace: learner-bound when the actors spend most of their time held in writes
+    (more actors will not help), actor-bound when the learner sits at the limiter's floor (more will)."""
+    if actors_wait is not None and actors_wait >= 0.5:
+        return "learner-bound"
+    if position <= -0.5:
+        return "actor-bound"
+    return "balanced"
+
+
+def bound_scalars(waits: list[float], replay: dict[str, float], cfg: ReplayConfig) -> dict[str, float]:
+    """W&B's bound/ scalars: the actors' mean waiting fraction (when known) and the limiter's position."""
+    out = {"bound/limiter_position": limiter_position(replay["inserted"], replay["sampled"], cfg.min_size,
+                                                      cfg.samples_per_insert, cfg.spi_tolerance)}
+    if waits:
+        out["bound/actors_wait_fraction"] = sum(waits) / len(waits)
+    return out
+
+
+def bound_text(phase: str, scalars: dict[str, float]) -> str:
+    """' | learner-bound (actors wait 87%)' for the progress line while training jointly; empty before
+    (during the initial collection and the model pre-training the phases set the pace)."""
+    if phase != "train":
+        return ""
+    wait = scalars.get("bound/actors_wait_fraction")
+    bound = run_bound(wait, scalars["bound/limiter_position"])
+    return f" | {bound} (actors wait {'-' if wait is None else f'{wait:.0%}'})"
 
 
 def wandb_mode(requested: str) -> str:
