@@ -1,20 +1,26 @@
-"""Throughput of the full paper-size learner update: model batch 32 + SAC batch 256, 9-frame windows.
+"""Throughput of the learner's update, eager against optimised (torch.compile, bf16), in one process.
 
-    python bench/learner.py --device cpu --updates 3
+    python bench/learner.py --device cpu --preset paper --updates 5
+    python bench/learner.py --device cuda --preset paper --precisions fp32,bf16 --compile max
 
-Prints one JSON object: updates/s of `Learner.update` (medians over interleaved rounds) with the model batch shared (the head of the
-SAC batch: one encoder pass) and separate (its own batch), parameter counts and peak memory (CPU:
-max RSS of the process; CUDA: torch.cuda.max_memory_allocated).
+For each precision it builds an eager learner and an optimised one from the same seed, times
+`Learner.update` (a full SAC batch; the model batch is its head) in interleaved rounds after a warm-up,
+and reports updates/s, the optimised path's first-call seconds (its compilation), `speedup_vs_eager`
+(optimised over eager, same precision), peak memory, and with `--profile` the operator calls and
+milliseconds of one profiled update of each variant. `--out` also writes the JSON to a file
+(`make bench` stores bench/results/<host>-<date>-learner.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.batch import Batch  # noqa: E402
-from common.config import paper  # noqa: E402
+from common.config import PRESETS, Config  # noqa: E402
 from learner.learner import Learner  # noqa: E402
 
 
@@ -34,77 +40,141 @@ def random_batch(batch_size: int, frames: int, action_dim: int, generator: torch
     obs = torch.randint(0, 256, (batch_size, frames, 3, 64, 64), dtype=torch.uint8, generator=generator)
     action = torch.rand(batch_size, frames - 1, action_dim, generator=generator) * 2 - 1
     first = torch.zeros(batch_size, frames, dtype=torch.bool)
-    first[::2, 3] = True
+    first[::2, min(3, frames - 1)] = True
     return Batch(obs, action, torch.randn(batch_size, frames - 1, generator=generator),
                  torch.zeros(batch_size, frames - 1), first)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def timed(variants: dict[str, Callable[[], object]], updates: int, device: torch.device) -> dict[str, list[float]]:
-    """Seconds of each call of each variant, after one warm-up call each; the variants take turns so
-    that drift in a shared machine's speed hits them alike."""
+    """Seconds of each call of each variant; the variants take turns so that drift in a shared machine's
+    speed hits them alike. Warm-up calls (compilation included) happen before."""
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for round_ in range(updates + 1):
+    for _ in range(updates):
         for name, fn in variants.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            _sync(device)
             start = time.perf_counter()
             fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if round_ > 0:
-                times[name].append(time.perf_counter() - start)
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
     return times
+
+
+def operator_profile(fn: Callable[[], object], device: torch.device) -> dict[str, float]:
+    """Operator calls (top-level, as dispatched from Python or a compiled graph's wrapper) and all
+    operator events, with the wall milliseconds, of one call under torch.profiler."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    _sync(device)
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    elapsed = time.perf_counter() - start
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU]
+    return {"top_level_operator_calls": sum(e.cpu_parent is None for e in events),
+            "all_operator_events": len(events), "profiled_ms": round(1000 * elapsed, 2)}
+
+
+def _with(cfg: Config, **learner: object) -> Config:
+    return dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, **learner))
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[1], check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--updates", type=int, default=3, help="timed updates per variant (after 1 warm-up)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    parser.add_argument("--updates", type=int, default=5, help="timed updates per variant (after 2 warm-up calls)")
+    parser.add_argument("--compile", choices=["default", "max"], default="default", help="the optimised path's mode")
+    parser.add_argument("--precisions", default="", help="comma list of fp32,bf16; default fp32 (CPU), fp32,bf16 (CUDA)")
     parser.add_argument("--action-dim", type=int, default=6, help="cheetah_run has 6")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 keeps torch's default")
+    parser.add_argument("--profile", action="store_true", help="also count operator calls of one update of each")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = paper()
+    precisions = args.precisions.split(",") if args.precisions else (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
+    cfg = PRESETS[args.preset][1]
     frames = cfg.model.sequence_length + 1
-    generator = torch.Generator().manual_seed(0)
-    sac_batch = random_batch(cfg.sac.batch_size, frames, args.action_dim, generator).to(device)
-    model_batch = random_batch(cfg.model.batch_size, frames, args.action_dim, generator).to(device)
-    learner = Learner(cfg, args.action_dim, device=device, seed=0)
+    batch = random_batch(cfg.sac.batch_size, frames, args.action_dim, torch.Generator().manual_seed(0)).to(device)
+
+    learners: dict[str, Learner] = {}
+    for precision in precisions:
+        for kind, setting in (("eager", "none"), ("optimised", args.compile)):
+            learners[f"{kind}_{precision}"] = Learner(_with(cfg, compile=setting, precision=precision),
+                                                      args.action_dim, device=device, seed=0)
+    first_call_s = {}
+    for name, learner in learners.items():
+        start = time.perf_counter()
+        for _ in range(2):
+            learner.update(batch)
+        _sync(device)
+        first_call_s[name] = round(time.perf_counter() - start, 2)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    seconds = timed({name: (lambda lr=learner: lr.update(batch)) for name, learner in learners.items()},
+                    args.updates, device)
+    for learner in learners.values():
+        learner.check_finite()
 
-    seconds = timed({
-        "shared_encoder_pass": lambda: learner.update(sac_batch.head(cfg.model.batch_size), sac_batch),
-        "separate_batches": lambda: learner.update(model_batch, sac_batch),
-        "model_only": lambda: learner.update_model(model_batch),
-        "sac_only": lambda: learner.update_sac(sac_batch),
-    }, args.updates, device)
-    chosen = "shared_encoder_pass"  # what the learner process runs: the model batch is the SAC batch's head
-
+    variants = {}
+    for name, learner in learners.items():
+        median = statistics.median(seconds[name])
+        variants[name] = {"updates_per_s": round(1.0 / median, 3), "ms_per_update_median": round(1000 * median, 2),
+                          "ms_per_update_min": round(1000 * min(seconds[name]), 2),
+                          "warmup_s": first_call_s[name],
+                          "compile_s": round(sum(learner.compile_seconds.values()), 2) if name.startswith("optimised") else 0.0}
+        if args.profile:
+            variants[name]["profile"] = operator_profile(lambda lr=learner: lr.update(batch), device)
+    speedup = {p: round(statistics.median(seconds[f"eager_{p}"]) / statistics.median(seconds[f"optimised_{p}"]), 3)
+               for p in precisions}
     if device.type == "cuda":
         peak = {"peak_cuda_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
         name = torch.cuda.get_device_name(device)
     else:
         scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
         peak = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1)}
-        name = platform.processor() or platform.machine()
-    print(json.dumps({
+        name = _cpu_name()
+    result = {
+        "bench": "learner", "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "commit": _commit(),
+        "date": time.strftime("%Y-%m-%d"), "host": platform.node(),
         "device": args.device, "device_name": name, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "model_batch": cfg.model.batch_size, "sac_batch": cfg.sac.batch_size, "frames": frames,
-        "action_dim": args.action_dim, "timed_updates": args.updates,
-        "updates_per_s": round(1.0 / statistics.median(seconds[chosen]), 3),
-        "update_variant": chosen,
-        "seconds_per_update_median": {name: round(statistics.median(t), 4) for name, t in seconds.items()},
-        "seconds_per_update_min": {name: round(min(t), 4) for name, t in seconds.items()},
-        "shared_speedup_median": round(statistics.median(seconds["separate_batches"])
-                                       / statistics.median(seconds["shared_encoder_pass"]), 3),
-        "shared_speedup_min": round(min(seconds["separate_batches"]) / min(seconds["shared_encoder_pass"]), 3),
-        "parameters": learner.parameter_counts(),
-        **peak,
-    }, indent=2))
+        "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "preset": args.preset,
+        "compile": args.compile, "model_batch": cfg.model.batch_size, "sac_batch": cfg.sac.batch_size,
+        "frames": frames, "action_dim": args.action_dim, "timed_updates": args.updates,
+        "variants": variants, "speedup_vs_eager": speedup,
+        "parameters": next(iter(learners.values())).parameter_counts(), **peak,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

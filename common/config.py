@@ -159,8 +159,10 @@ class ActorsConfig:
 
     num: int = 2
     """Number of actor processes."""
-    envs_per_actor: int = 1
-    """Environments each actor steps, batching the policy forward over them."""
+    envs_per_actor: int = 4
+    """Environments each actor steps, batching the policy forward over them: 4 gave the most agent steps/s
+    per core with the paper policy on 2-core EPYC machines (1-11% over 1; 2 was slowest). See
+    bench/results/vm-2026-11-25-actor.json and `bench/actor.py --envs-per-actor`."""
     weight_sync_every: int = 100
     """Agent steps between checks for newer policy weights."""
     max_restarts: int = 10
@@ -192,13 +194,27 @@ class LearnerConfig:
     """Seconds between the driver's polls of every process, i.e. between W&B scalar rows."""
     figure_every: int = 10_000
     """Updates between figure-7 style model sample grids."""
+    compile: Literal["auto", "none", "default", "max"] = "auto"
+    """torch.compile of the update's loss passes: none (eager), default (inductor), max (max-autotune; CUDA graphs
+    on CUDA); auto = default on CUDA, none on CPU, where it measured only 1.02-1.09x for up to 2 minutes of
+    compilation (bench/results). Compiling happens once per process, cached on disk across processes."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """bf16 autocast of convolutions and matrix products (losses, KL, log-probabilities and Adam stay fp32);
+    auto = bf16 on CUDA, fp32 on CPU (bf16 needs a CPU with native bf16, e.g. AVX512-BF16, to pay off)."""
+    metrics_every: int = 50
+    """Updates between fetches of the device-side metric sums to the host; the finiteness check runs at the
+    same time, so a non-finite loss stops the run within this many updates."""
+    replay_every: int = 10
+    """Updates per round trip to Redis: the mirror sync, the rate limiter's check and `record_samples` happen once
+    per block of this many updates (capped at a quarter of replay.spi_tolerance * samples_per_insert)."""
 
     def __post_init__(self) -> None:
         _check(self.initial_collection_agent_steps >= 0,
                f"learner.initial_collection_agent_steps must be >= 0, got {self.initial_collection_agent_steps}")
         _check(self.model_pretrain_steps >= 0,
                f"learner.model_pretrain_steps must be >= 0, got {self.model_pretrain_steps}")
-        _check_positive(self, "learner", "publish_every", "checkpoint_every", "log_every_s", "figure_every")
+        _check_positive(self, "learner", "publish_every", "checkpoint_every", "log_every_s", "figure_every",
+                        "metrics_every", "replay_every")
 
 
 @dataclass(frozen=True)
@@ -355,8 +371,10 @@ def debug() -> Config:
         sac=SacConfig(hidden_dim=16, batch_size=8),
         replay=ReplayConfig(capacity=5_000, min_size=100, spi_tolerance=200.0, flush_every=25),
         actors=ActorsConfig(num=2, weight_sync_every=20),
+        # Eager: a debug run is over before a compiled update would have paid for its compilation.
         learner=LearnerConfig(initial_collection_agent_steps=100, model_pretrain_steps=20, publish_every=10,
-                              checkpoint_every=100, log_every_s=0.5, figure_every=50),
+                              checkpoint_every=100, log_every_s=0.5, figure_every=50, compile="none",
+                              metrics_every=10),
         run=RunConfig(env_steps=2_000, eval_every=1_000, eval_episodes=1),
     )
 
@@ -377,7 +395,7 @@ def cpu() -> Config:
         model=ModelConfig(z1_dim=16, z2_dim=64, hidden_dim=64, conv_channels=(8, 16, 32, 32, 64), batch_size=8,
                           sequence_length=4, lr=3e-4),
         sac=SacConfig(hidden_dim=64, batch_size=32, init_alpha=0.1),
-        actors=ActorsConfig(num=1),
+        actors=ActorsConfig(num=1, envs_per_actor=1),  # as in results/cartpole_swingup/cpu
         learner=LearnerConfig(initial_collection_agent_steps=2_000, model_pretrain_steps=2_000,
                               checkpoint_every=5_000, figure_every=5_000),
         run=RunConfig(task="cartpole_swingup", env_steps=400_000),

@@ -29,6 +29,12 @@ _CONV_FORMAT = torch.channels_last
 LEAKY_RELU_SLOPE = 0.2
 
 
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """x in fp32 when autocast made it bf16/fp16 (other dtypes as they are): every network returns full
+    precision, so log-densities, KL terms and losses are never computed in bf16 (learner/execution.py)."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def leaky_relu() -> nn.Module:
     """The model's activation (appendix B: leaky ReLU), with the reference implementations' slope 0.2."""
     return nn.LeakyReLU(LEAKY_RELU_SLOPE)
@@ -112,7 +118,7 @@ class Encoder(nn.Module):
         lead = obs.shape[:-3]
         # Reorder while still uint8 (4x less memory traffic than after the float conversion).
         x = obs.reshape(-1, *obs.shape[-3:]).contiguous(memory_format=_CONV_FORMAT).float() / 255.0
-        return self.net(x).reshape(*lead, self.feature_dim)
+        return full_precision(self.net(x)).reshape(*lead, self.feature_dim)
 
 
 class Decoder(nn.Module):
@@ -139,6 +145,7 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]
         x = self.net(z.reshape(-1, z.shape[-1], 1, 1).contiguous(memory_format=_CONV_FORMAT))
+        x = full_precision(x)
         return x.reshape(*lead, *x.shape[-3:])
 
 
@@ -151,7 +158,7 @@ class GaussianHead(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> Gaussian:
         x = torch.cat(inputs, dim=-1) if len(inputs) > 1 else inputs[0]
-        mean, pre_std = self.net(x).chunk(2, dim=-1)
+        mean, pre_std = full_precision(self.net(x)).chunk(2, dim=-1)
         return Gaussian(mean, F.softplus(pre_std) + STD_EPSILON)
 
 
@@ -180,20 +187,23 @@ class TanhGaussianActor(nn.Module):
 
     def forward(self, history: torch.Tensor) -> Gaussian:
         """The pre-tanh Gaussian over u, a = tanh(u)."""
-        mean, log_std = self.net(history).chunk(2, dim=-1)
+        mean, log_std = full_precision(self.net(history)).chunk(2, dim=-1)
         return Gaussian(mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp())
 
     def sample(self, history: torch.Tensor, generator: torch.Generator | None = None,
-               deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               deterministic: bool = False, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, log pi(a | history)) with a = tanh(u), u reparameterised; deterministic uses u = mean.
 
         log pi(a) = log N(u; mean, std) - sum log(1 - tanh(u)^2) (change of variables through tanh).
+        `eps` [B, A] is the standard normal noise of u (drawn with `generator` when None): the learner
+        draws it up front so that its compiled update never handles a generator.
         """
         dist = self(history)
         if deterministic:
             u = dist.mean
         else:
-            eps = torch.randn(dist.mean.shape, device=dist.mean.device, dtype=dist.mean.dtype, generator=generator)
+            if eps is None:
+                eps = torch.randn(dist.mean.shape, device=dist.mean.device, dtype=dist.mean.dtype, generator=generator)
             u = dist.rsample(eps)
         log_prob = (dist.log_prob(u) - tanh_log_det_jacobian(u)).sum(-1)
         return torch.tanh(u), log_prob
@@ -209,4 +219,4 @@ class TwinCritic(nn.Module):
 
     def forward(self, z: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([z, action], dim=-1)
-        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+        return full_precision(self.q1(x)).squeeze(-1), full_precision(self.q2(x)).squeeze(-1)

@@ -1,13 +1,15 @@
 """The `Learner`: owns SLAC's networks and optimisers and turns batches into gradient steps (Algorithm 1).
 
-No I/O: batches in, scalar metrics out; `state_dict` for checkpoints, `actor_weights` for the actors,
+No I/O: batches in, metrics out; `state_dict` for checkpoints, `actor_weights` for the actors,
 `figure` for the logs. All randomness of training comes from one torch.Generator owned by the learner
 (and saved with it), so a CPU learner is deterministic under its seed and resumes bit for bit.
 
-The model batch is, as in the official implementation, the head of the SAC batch. `update` notices
-when it is handed `sac_batch.head(n)` (same storage) and then encodes and filters the SAC batch once,
-reusing the model's posterior pass for the head rows; with separate batches it runs `update_model`
-then `update_sac`. See bench/learner.py for what sharing saves.
+`update(batch)` is one joint gradient step; the model batch is, as in the official implementation, the
+head of the SAC batch, so the head's encoder and posterior pass serves both eq. 9 and the SAC losses.
+The step never waits for the device: every standard-normal draw is made up front (`UpdateNoise`),
+metrics come back as device tensors, and the finiteness of every loss is accumulated on the device
+and checked by `check_finite()` when the caller fetches metrics. The step function is eager or
+compiled (learner/execution.py) from the same code, so the two can be tested against each other.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from common.batch import Batch
 from common.config import Config
 from common.latent_model import LatentModel, figure_rows
 from common.networks import TanhGaussianActor, TwinCritic, count_parameters
+from learner import execution
 from learner.losses import (
     LatentTransition,
     Metrics,
@@ -39,14 +42,15 @@ MODEL_KEYS = frozenset({"model/loss", "model/reconstruction", "model/kl", "model
                         "model/reward_mse"})
 SAC_KEYS = frozenset({"critic/loss", "critic/q1", "critic/q2", "critic/target", "actor/loss", "actor/entropy",
                       "alpha/loss", "alpha/value"})
+LOSSES = ("model", "critic", "actor", "alpha")
+"""The four objectives whose finiteness the learner tracks, in the order of its flags."""
 STATE_FORMAT = 1
 
 
 def polyak_update(online: torch.nn.Module, target: torch.nn.Module, coef: float) -> None:
-    """theta_bar <- theta_bar + coef (theta - theta_bar): the delayed critics of eq. 10."""
+    """theta_bar <- theta_bar + coef (theta - theta_bar): the delayed critics of eq. 10 (one foreach kernel)."""
     with torch.no_grad():
-        for p_target, p in zip(target.parameters(), online.parameters(), strict=True):
-            p_target.lerp_(p, coef)
+        torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), coef)
 
 
 _ARCHITECTURE = {"model": ("z1_dim", "z2_dim", "hidden_dim", "conv_channels", "sequence_length"), "sac": ("hidden_dim",)}
@@ -61,11 +65,20 @@ def _architecture(action_dim: int, model_cfg: dict[str, Any], sac_cfg: dict[str,
     return fields
 
 
-def _is_head(head: Batch, batch: Batch) -> bool:
-    """True when every field of `head` is the leading rows of the same storage as `batch` (Batch.head)."""
-    return head.batch_size <= batch.batch_size and all(
-        h.device == b.device and h.data_ptr() == b.data_ptr() and h.shape[1:] == b.shape[1:]
-        and h.stride() == b.stride() for h, b in zip(head, batch, strict=True))
+class UpdateNoise(NamedTuple):
+    """Every standard-normal draw of one update, made up front from the learner's generator: the eager
+    and the compiled step consume the same noise, and compiled code never handles a generator."""
+
+    z1: torch.Tensor
+    """[B, T, z1_dim] the posterior's z1 samples."""
+    z2: torch.Tensor
+    """[B, T, z2_dim] the posterior's z2 samples."""
+    next_action: torch.Tensor
+    """[B, A] a' ~ pi(. | x[2..tau+1]) of eq. 10's target."""
+    action: torch.Tensor
+    """[B, A] a ~ pi(. | x[1..tau]) of eq. 11."""
+    alpha_action: torch.Tensor
+    """[B, A] the temperature loss's sample of pi."""
 
 
 class Learner:
@@ -89,99 +102,146 @@ class Learner:
         for module in (self.model, self.actor, self.critic, self.critic_target):
             module.to(self.device)
         self.log_alpha = torch.tensor(math.log(s.init_alpha), device=self.device, requires_grad=True)
-        self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=m.lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=s.critic_lr)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=s.actor_lr)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=s.alpha_lr)
+        adam = execution.adam_options()
+        self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=m.lr, **adam)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=s.critic_lr, **adam)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=s.actor_lr, **adam)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=s.alpha_lr, **adam)
         self.generator = torch.Generator(self.device)
         self.generator.manual_seed(seed)
         self.model_updates = 0
         self.sac_updates = 0
+        self._finite = torch.ones(len(LOSSES), dtype=torch.bool, device=self.device)
+        self._unchecked_updates = 0
+        compile_setting = cfg.learner.compile
+        self._model = execution.compile_step(self._model_loss, compile_setting, self.device)
+        self._model_critic = execution.compile_step(self._model_critic_losses, compile_setting, self.device)
+        self._actor = execution.compile_step(self._actor_loss, compile_setting, self.device)
+        self._alpha = execution.compile_step(self._alpha_loss, compile_setting, self.device)
+        self.first_call = execution.FirstCallTimer(self.device)
 
     @property
     def sac_networks(self) -> SacNetworks:
         return SacNetworks(self.actor, self.critic, self.critic_target, self.log_alpha)
 
+    @property
+    def compile_seconds(self) -> dict[str, float]:
+        """Wall clock of the first call of each step function (compilation included when compiled)."""
+        return dict(self.first_call.seconds)
+
     # ---------------------------------------------------------------- updates
-    def update_model(self, batch: Batch) -> dict[str, float]:
-        """One Adam step of the model on eq. 9."""
+    def update(self, batch: Batch) -> Metrics:
+        """One gradient step of Algorithm 1: model (eq. 9) on the batch's first `model.batch_size` windows,
+        then critic (eq. 10), target, actor (eq. 11) and temperature on all of them. Metrics are 0-d device
+        tensors (no host sync); call `check_finite()` before trusting them.
+
+        The model and the critic share one backward pass: their parameters are disjoint and the critic
+        reads the latents detached, so the gradients are exactly those of two separate passes.
+        """
         batch = self._prepare(batch)
-        loss, metrics = model_loss(self.model, batch, self.cfg.model, generator=self.generator)
-        self._step(self.model_optimizer, loss, "model")
-        self.model_updates += 1
-        return self._finish(metrics, MODEL_KEYS)
-
-    def update_sac(self, batch: Batch) -> dict[str, float]:
-        """Critic step (eq. 10), target update, actor step (eq. 11), temperature step, on latents of `batch`."""
-        batch = self._prepare(batch)
-        with torch.no_grad():  # eqs. 10-11 never train the model: filter without building a graph
-            features = self.model.encoder(batch.obs)
-            posterior = self.model.posterior(features, batch.action, batch.first, generator=self.generator)
-        metrics = self._sac_step(latent_transition(batch, features, posterior.z))
-        return self._finish(metrics, SAC_KEYS)
-
-    def update(self, model_batch: Batch, sac_batch: Batch) -> dict[str, float]:
-        """Model step, then critic, target, actor and temperature steps (Algorithm 1's gradient step)."""
-        if not _is_head(model_batch, sac_batch):
-            return {**self.update_model(model_batch), **self.update_sac(sac_batch)}
-        n = model_batch.batch_size
-        batch = self._prepare(sac_batch)
-        head, tail = batch.head(n), Batch(*(t[n:] for t in batch))
-        # One encoder and posterior pass per row: the tail's without a graph, the head's with gradients for
-        # eq. 9 and, detached, for the critic. The SAC latents thus come from the model before this step's
-        # model update, as in the official implementation's single gradient tape. The tail goes first:
-        # encoding it while the model's graph holds its activations measured a few % slower on CPU.
-        with torch.no_grad():
-            tail_features = self.model.encoder(tail.obs)
-            tail_posterior = self.model.posterior(tail_features, tail.action, tail.first, generator=self.generator)
-        head_features = self.model.encoder(head.obs)
-        head_posterior = self.model.posterior(head_features, head.action, head.first, generator=self.generator)
-        loss, model_metrics = model_loss(self.model, head, self.cfg.model, posterior=head_posterior)
-        # Detached: the SAC losses must not reach the model (latent_transition detaches too; explicit here
-        # because these tensors still carry the model loss's graph).
-        features = torch.cat([head_features.detach(), tail_features])
-        z = torch.cat([head_posterior.z.detach(), tail_posterior.z])
-        self._step(self.model_optimizer, loss, "model")
-        self.model_updates += 1
-        sac_metrics = self._sac_step(latent_transition(batch, features, z))
-        return self._finish({**model_metrics, **sac_metrics}, MODEL_KEYS | SAC_KEYS)
-
-    def _sac_step(self, transition: LatentTransition) -> Metrics:
-        nets, cfg = self.sac_networks, self.cfg.sac
-        loss, metrics = critic_loss(nets, transition, cfg, self.generator)
-        self._step(self.critic_optimizer, loss, "critic")
-        polyak_update(self.critic, self.critic_target, cfg.target_update_coef)
-        loss, actor_metrics = actor_loss(nets, transition, cfg, self.generator)
-        self._step(self.actor_optimizer, loss, "actor")
-        metrics.update(actor_metrics)
-        if cfg.auto_entropy:
-            loss, alpha_metrics = alpha_loss(nets, transition, cfg, self.generator)
-            self._step(self.alpha_optimizer, loss, "alpha")
-            metrics.update(alpha_metrics)
+        if batch.batch_size < self.cfg.model.batch_size:
+            raise ValueError(f"Learner.update: batch of {batch.batch_size} windows, expected the SAC batch of "
+                             f"{self.cfg.sac.batch_size} (its head of model.batch_size {self.cfg.model.batch_size} "
+                             "trains the model)")
+        noise = self._draw_noise(batch.batch_size)
+        losses, transition, metrics = self.first_call("model_critic", self._model_critic, batch, noise)
+        _step((self.model_optimizer, self.critic_optimizer), losses[0] + losses[1])
+        polyak_update(self.critic, self.critic_target, self.cfg.sac.target_update_coef)
+        loss_actor, actor_metrics = self.first_call("actor", self._actor, transition, noise.action)
+        _step((self.actor_optimizer,), loss_actor)
+        if self.cfg.sac.auto_entropy:
+            loss_alpha, alpha_metrics = self.first_call("alpha", self._alpha, transition, noise.alpha_action)
+            _step((self.alpha_optimizer,), loss_alpha)
         else:
-            metrics.update({"alpha/loss": torch.zeros((), device=self.device), "alpha/value": self.log_alpha.detach().exp()})
+            loss_alpha = torch.zeros((), device=self.device)
+            alpha_metrics = {"alpha/loss": loss_alpha, "alpha/value": self.log_alpha.detach().exp()}
+        self._finite &= torch.isfinite(torch.stack([losses[0], losses[1], loss_actor, loss_alpha]))
+        self.model_updates += 1
         self.sac_updates += 1
-        return metrics
+        self._unchecked_updates += 1
+        return _expect({**metrics, **actor_metrics, **alpha_metrics}, MODEL_KEYS | SAC_KEYS)
+
+    def update_model(self, batch: Batch) -> Metrics:
+        """One Adam step of the model alone on eq. 9 (the pre-training phase); metrics as in `update`."""
+        batch = self._prepare(batch)
+        loss, metrics = self.first_call("model", self._model, batch, self._draw_noise(batch.batch_size))
+        _step((self.model_optimizer,), loss)
+        self._finite[0] &= torch.isfinite(loss)
+        self.model_updates += 1
+        self._unchecked_updates += 1
+        return _expect(metrics, MODEL_KEYS)
+
+    def check_finite(self) -> None:
+        """Raise FloatingPointError if any loss was NaN or infinite since the last check (one device sync).
+
+        The check is deferred so the update never waits for the device; a run stops within the caller's
+        check interval, and the networks stepped on a non-finite loss are not to be saved.
+        """
+        finite = self._finite.tolist()
+        unchecked, self._unchecked_updates = self._unchecked_updates, 0
+        if not all(finite):
+            bad = ", ".join(name for name, ok in zip(LOSSES, finite, strict=True) if not ok)
+            raise FloatingPointError(
+                f"the {bad} loss became NaN or infinite within the last {unchecked} updates (model update "
+                f"{self.model_updates}), so the networks are no longer usable. Check the replay's data and the "
+                "learning rates, then resume from the last checkpoint (--run.resume <run dir>).")
+
+    def _draw_noise(self, batch_size: int) -> UpdateNoise:
+        m, g, dev = self.cfg.model, self.generator, self.device
+        frames = m.sequence_length + 1
+
+        def normal(*shape: int) -> torch.Tensor:
+            return torch.randn(shape, device=dev, generator=g)
+
+        return UpdateNoise(normal(batch_size, frames, m.z1_dim), normal(batch_size, frames, m.z2_dim),
+                           normal(batch_size, self.action_dim), normal(batch_size, self.action_dim),
+                           normal(batch_size, self.action_dim))
+
+    # The three forward passes below are what `learner.compile` compiles (with their backward graphs);
+    # the optimiser steps between them run eagerly as fused kernels.
+    def _model_loss(self, batch: Batch, noise: UpdateNoise) -> tuple[torch.Tensor, Metrics]:
+        with execution.autocast(self.device, self.cfg.learner.precision):
+            posterior = self.model.posterior(self.model.encoder(batch.obs), batch.action, batch.first,
+                                             noise=(noise.z1, noise.z2))
+            return model_loss(self.model, batch, self.cfg.model, posterior=posterior)
+
+    def _model_critic_losses(self, batch: Batch, noise: UpdateNoise
+                             ) -> tuple[tuple[torch.Tensor, torch.Tensor], LatentTransition, Metrics]:
+        """Eq. 9 on the head of the batch and eq. 10 on all of it, from one encoder and posterior pass."""
+        n, model = self.cfg.model.batch_size, self.model
+        head, tail = batch.head(n), Batch(*(t[n:] for t in batch))
+        with execution.autocast(self.device, self.cfg.learner.precision):
+            # The tail's pass builds no graph; the head's has gradients for eq. 9 and is detached for the
+            # critic. The SAC latents thus come from the model before this step's model update, as in the
+            # official implementation's single gradient tape.
+            with torch.no_grad():
+                tail_features = model.encoder(tail.obs)
+                tail_posterior = model.posterior(tail_features, tail.action, tail.first,
+                                                 noise=(noise.z1[n:], noise.z2[n:]))
+            head_features = model.encoder(head.obs)
+            head_posterior = model.posterior(head_features, head.action, head.first,
+                                             noise=(noise.z1[:n], noise.z2[:n]))
+            loss_model, metrics = model_loss(model, head, self.cfg.model, posterior=head_posterior)
+            # Detached: the SAC losses must not reach the model (latent_transition detaches too; explicit
+            # here because these tensors still carry the model loss's graph).
+            features = torch.cat([head_features.detach(), tail_features])
+            z = torch.cat([head_posterior.z.detach(), tail_posterior.z])
+            transition = latent_transition(batch, features, z)
+            loss_critic, critic_metrics = critic_loss(self.sac_networks, transition, self.cfg.sac,
+                                                      eps=noise.next_action)
+        return (loss_model, loss_critic), transition, {**metrics, **critic_metrics}
+
+    def _actor_loss(self, transition: LatentTransition, eps: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+        with execution.autocast(self.device, self.cfg.learner.precision):
+            return actor_loss(self.sac_networks, transition, self.cfg.sac, eps=eps)
+
+    def _alpha_loss(self, transition: LatentTransition, eps: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+        with execution.autocast(self.device, self.cfg.learner.precision):
+            return alpha_loss(self.sac_networks, transition, self.cfg.sac, eps=eps)
 
     def _prepare(self, batch: Batch) -> Batch:
         batch.validate(self.cfg.model.sequence_length, self.action_dim)
         return batch.to(self.device)
-
-    @staticmethod
-    def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, name: str) -> None:
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{name} loss is {loss.item()}; the update was skipped. Check the batch for "
-                                     f"NaN/inf and the learning rates, or resume from the last checkpoint.")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    @staticmethod
-    def _finish(metrics: Metrics, expected: frozenset[str]) -> dict[str, float]:
-        if set(metrics) != expected:
-            raise KeyError(f"metric keys {sorted(set(metrics) ^ expected)} differ from the expected set {sorted(expected)}")
-        values = torch.stack([metrics[k].float() for k in sorted(metrics)]).cpu().tolist()  # one device sync
-        return dict(zip(sorted(metrics), values, strict=True))
 
     # ---------------------------------------------------------------- export
     def actor_weights(self, version: int) -> dict[str, Any]:
@@ -268,3 +328,18 @@ class Learner:
             self.generator.set_state(state["rng"].cpu())
         else:  # CPU and CUDA generators differ in kind: resume with a deterministic fresh stream instead
             self.generator.manual_seed(self.seed * 1_000_003 + self.model_updates + 1)
+
+
+def _step(optimizers: tuple[torch.optim.Optimizer, ...], loss: torch.Tensor) -> None:
+    """Clear gradients, backward, one Adam step per optimiser (the loss's finiteness is tracked on the device)."""
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for optimizer in optimizers:
+        optimizer.step()
+
+
+def _expect(metrics: Metrics, expected: frozenset[str]) -> Metrics:
+    if set(metrics) != expected:
+        raise KeyError(f"metric keys {sorted(set(metrics) ^ expected)} differ from the expected set {sorted(expected)}")
+    return metrics

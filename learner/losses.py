@@ -116,7 +116,7 @@ def _frozen(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def critic_target(nets: SacNetworks, batch: LatentTransition, cfg: SacConfig,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None, eps: torch.Tensor | None = None) -> torch.Tensor:
     """The regression target of eq. 10, [B]:
     r[tau] + gamma (1 - terminated) (min_i Qbar_i(z[tau+1], a') - alpha log pi(a' | x[2..tau+1], a[2..tau])), a' ~ pi.
 
@@ -124,16 +124,16 @@ def critic_target(nets: SacNetworks, batch: LatentTransition, cfg: SacConfig,
     terminated = 0). Computed without gradients: it is a fixed target built from the delayed critics.
     """
     with torch.no_grad():
-        next_action, next_log_pi = nets.actor.sample(batch.history_next, generator)
+        next_action, next_log_pi = nets.actor.sample(batch.history_next, generator, eps=eps)
         q1, q2 = nets.critic_target(batch.z_next, next_action)
         soft_value = torch.minimum(q1, q2) - nets.log_alpha.exp() * next_log_pi
         return batch.reward + cfg.gamma * (1.0 - batch.terminated) * soft_value
 
 
 def critic_loss(nets: SacNetworks, batch: LatentTransition, cfg: SacConfig,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, Metrics]:
+                generator: torch.Generator | None = None, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, Metrics]:
     """Eq. 10: sum over both critics of 1/2 (Q_theta_i(z[tau], a[tau]) - target)^2, mean over the batch."""
-    target = critic_target(nets, batch, cfg, generator)
+    target = critic_target(nets, batch, cfg, generator, eps)
     q1, q2 = nets.critic(batch.z, batch.action)
     loss = 0.5 * ((q1 - target).square() + (q2 - target).square()).mean()
     metrics = {"critic/loss": loss, "critic/q1": q1.mean(), "critic/q2": q2.mean(), "critic/target": target.mean()}
@@ -141,14 +141,14 @@ def critic_loss(nets: SacNetworks, batch: LatentTransition, cfg: SacConfig,
 
 
 def actor_loss(nets: SacNetworks, batch: LatentTransition, cfg: SacConfig,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, Metrics]:
+               generator: torch.Generator | None = None, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, Metrics]:
     """Eq. 11: alpha log pi(a | x[1..tau], a[1..tau-1]) - min_i Q_theta_i(z[tau], a), a ~ pi reparameterised.
 
     Trains the actor alone: alpha is detached (it has its own loss) and the critics are called with
     detached parameters, so eq. 11 neither fills their gradients nor changes theta; the actor's input is
     already detached from the encoder (`latent_transition`).
     """
-    action, log_pi = nets.actor.sample(batch.history, generator)
+    action, log_pi = nets.actor.sample(batch.history, generator, eps=eps)
     q1, q2 = functional_call(nets.critic, _frozen(nets.critic), (batch.z, action))
     alpha = nets.log_alpha.detach().exp()
     loss = (alpha * log_pi - torch.minimum(q1, q2)).mean()
@@ -156,7 +156,7 @@ def actor_loss(nets: SacNetworks, batch: LatentTransition, cfg: SacConfig,
 
 
 def alpha_loss(nets: SacNetworks, batch: LatentTransition, cfg: SacConfig,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, Metrics]:
+               generator: torch.Generator | None = None, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, Metrics]:
     """SAC's temperature loss: -log_alpha (log pi(a | x[1..tau], a[1..tau-1]) + target_entropy), a ~ pi; target -|A| by default.
 
     Its gradient raises alpha while the policy's entropy is below the target and lowers it above. The
@@ -164,6 +164,6 @@ def alpha_loss(nets: SacNetworks, batch: LatentTransition, cfg: SacConfig,
     """
     target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -float(batch.action.shape[-1])
     with torch.no_grad():
-        _, log_pi = nets.actor.sample(batch.history, generator)
+        _, log_pi = nets.actor.sample(batch.history, generator, eps=eps)
     loss = -(nets.log_alpha * (log_pi + target_entropy)).mean()
     return loss, {"alpha/loss": loss.detach(), "alpha/value": nets.log_alpha.detach().exp()}

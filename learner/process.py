@@ -6,6 +6,11 @@ Phases follow the official SLAC implementation: (1) wait for the initial random 
 jointly, one update per inserted transition (the replay's rate limiter enforces the ratio). The driver
 (deploy/) wraps this class in `ray.remote(num_gpus=..., max_concurrency=2)` so `poll`, `checkpoint` and
 `stop` answer while `run` loops; a lock keeps a checkpoint from interleaving with an update.
+
+The loop keeps the device busy: metrics are summed on the device and fetched (with the finiteness
+check) every `learner.metrics_every` updates; Redis is visited once per block of `learner.replay_every`
+updates (mirror sync, rate-limit check for the whole block, one `record_samples`); the next batch is
+sampled while the current update runs (`BatchPrefetcher`).
 """
 
 from __future__ import annotations
@@ -22,12 +27,10 @@ import torch
 from common.config import Config
 from learner.checkpoint import save_checkpoint
 from learner.learner import Learner
+from learner.pipeline import BatchPrefetcher, MetricSums
 from replay_service import SequenceReplay
 
 log = logging.getLogger(__name__)
-
-_SYNC_EVERY = 10
-"""Updates between replay syncs during pre-training (joint training syncs before every update)."""
 
 
 class WeightPublisher(Protocol):
@@ -67,8 +70,17 @@ class LearnerProcess:
         self._lock = threading.Lock()
         self._sums: dict[str, float] = defaultdict(float)
         self._counts: dict[str, int] = defaultdict(int)
+        self._device_sums = MetricSums()
+        self._unrecorded_samples = 0
         self._figure: np.ndarray | None = None
         self._phase = "collect"
+        limit = cfg.replay
+        # A block may not take more than a quarter of the limiter's slack, so writers never stall on it.
+        self.block = max(1, min(cfg.learner.replay_every, int(limit.samples_per_insert * limit.spi_tolerance / 4)))
+        sample_generator = self._generator
+        self._prefetch = {size: BatchPrefetcher(lambda n=size: self.replay.sample(n, generator=sample_generator),
+                                                sample_generator, self.device)
+                          for size in {cfg.model.batch_size, cfg.sac.batch_size}}
 
     # --- called from the driver while `run` loops -------------------------------------------------
     def poll(self) -> dict[str, Any]:
@@ -79,6 +91,9 @@ class LearnerProcess:
             self._counts.clear()
             figure, self._figure = self._figure, None
             counters = dict(self.counters)
+            compile_s = self.learner.compile_seconds
+        if compile_s:
+            metrics["learner/first_update_s"] = sum(compile_s.values())  # compilation, when learner.compile is on
         return {"metrics": metrics, "counters": counters, "phase": self._phase, "figure": figure,
                 "replay": self.replay.stats(current_version=counters["version"])}
 
@@ -88,9 +103,13 @@ class LearnerProcess:
     def checkpoint(self, extra: dict[str, Any]) -> str:
         """Write an atomic checkpoint (learner, counters, config, replay snapshot and `extra`)."""
         with self._lock:
+            self._fetch_metrics()  # raises rather than save networks stepped on a non-finite loss
+            self._record_samples()
+            pending = [p.generator_state() for p in self._prefetch.values() if p.pending]
             state = {"learner": self.learner.state_dict(), "counters": dict(self.counters),
                      "config": self.cfg.to_dict(), "extra": extra,
-                     "sample_generator": self._generator.get_state(),
+                     # The state before any batch drawn ahead: a resumed run samples that batch again.
+                     "sample_generator": pending[0] if pending else self._generator.get_state(),
                      "replay_snapshot": self.replay.snapshot()}
             updates = self.counters["pretrain_updates"] + self.counters["updates"]
             return str(save_checkpoint(self.run_dir / "checkpoints", updates, state))
@@ -107,8 +126,12 @@ class LearnerProcess:
         finally:
             # A last look at Redis so the final stats count the actors' last flushes. The connection
             # stays open: the driver's final checkpoint still snapshots the replay through it.
+            with self._lock:
+                self._record_samples()
             self.replay.sync()
             self.replay.can_sample()
+        with self._lock:
+            self._fetch_metrics()
         return dict(self.counters)
 
     def _wait_for_initial_collection(self) -> bool:
@@ -123,42 +146,65 @@ class LearnerProcess:
     def _pretrain_model(self) -> None:
         """Model-only updates on the initial data (no `record_samples`: actors stay held back)."""
         self._phase = "pretrain"
+        prefetch = self._prefetch[self.cfg.model.batch_size]
         while self.counters["pretrain_updates"] < self.cfg.learner.model_pretrain_steps and not self._stop.is_set():
-            if self.counters["pretrain_updates"] % _SYNC_EVERY == 0:
+            if self.counters["pretrain_updates"] % self.block == 0:
                 self.replay.sync()
-            batch = self.replay.sample(self.cfg.model.batch_size, generator=self._generator)
+            batch = prefetch.next()
             with self._lock:
-                metrics = self.learner.update_model(batch)
+                self._device_sums.add(self.learner.update_model(batch))
                 self.counters["pretrain_updates"] += 1
-                self._accumulate(metrics)
+                self._after_update(self.counters["pretrain_updates"])
             self._maybe_figure(batch, self.counters["pretrain_updates"])
+        prefetch.discard()
+        with self._lock:
+            self._fetch_metrics()  # the joint phase's metrics have other keys
 
     def _train_jointly(self) -> None:
+        """Blocks of `self.block` updates, each admitted whole by the rate limiter and recorded once."""
         self._phase = "train"
+        prefetch = self._prefetch[self.cfg.sac.batch_size]
         while not self._stop.is_set():
-            if not self.replay.wait_for_sample(timeout_s=0.2):  # syncs the mirror while it waits
+            # Syncs the mirror while it waits; the block's last sample must be within the limiter's bounds.
+            if not self.replay.wait_for_sample(timeout_s=0.2, samples=self.block):
                 continue  # the actors are behind the samples-per-insert target: wait for inserts
-            batch = self.replay.sample(self.cfg.sac.batch_size, generator=self._generator)
+            for _ in range(self.block):
+                batch = prefetch.next()
+                with self._lock:
+                    self._device_sums.add(self.learner.update(batch))
+                    self.counters["updates"] += 1
+                    self._unrecorded_samples += 1
+                    self._after_update(self.counters["updates"])
+                updates = self.counters["updates"]
+                if updates % self.cfg.learner.publish_every == 0:
+                    self._publish()
+                self._maybe_figure(batch, updates)
+                if self._stop.is_set():
+                    break
             with self._lock:
-                metrics = self.learner.update(batch.head(self.cfg.model.batch_size), batch)
-                self.replay.record_samples(1)
-                self.counters["updates"] += 1
-                self._accumulate(metrics)
-            updates = self.counters["updates"]
-            if updates % self.cfg.learner.publish_every == 0:
-                self._publish()
-            self._maybe_figure(batch, updates)
+                self._record_samples()
+
+    def _after_update(self, updates: int) -> None:
+        if updates % self.cfg.learner.metrics_every == 0:
+            self._fetch_metrics()
+
+    def _fetch_metrics(self) -> None:
+        """Check finiteness, then move the device-side metric sums to the host ones `poll` reads (one sync)."""
+        self.learner.check_finite()
+        for key, (total, count) in self._device_sums.fetch().items():
+            self._sums[key] += total
+            self._counts[key] += count
+
+    def _record_samples(self) -> None:
+        if self._unrecorded_samples:
+            self.replay.record_samples(self._unrecorded_samples)
+            self._unrecorded_samples = 0
 
     def _publish(self) -> None:
         with self._lock:
             self.counters["version"] += 1
             blob = self.learner.actor_weights(self.counters["version"])
         self.publisher.publish(blob["version"], blob)
-
-    def _accumulate(self, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            self._sums[key] += value
-            self._counts[key] += 1
 
     def _maybe_figure(self, batch: Any, updates: int) -> None:
         if updates % self.cfg.learner.figure_every == 0:

@@ -126,19 +126,24 @@ class SequenceReplay:
         """Transitions ever inserted by all writers (read from Redis)."""
         return int(self._client.hget(STATE, "inserted") or 0)
 
-    def can_sample(self) -> bool:
-        """Whether the rate limiter lets the learner sample now and the mirror has something to sample."""
+    def can_sample(self, samples: int = 1) -> bool:
+        """Whether the rate limiter lets the learner take `samples` samples now (the last of them included)
+        and the mirror has something to sample."""
         inserted, sampled = self._client.hmget(STATE, "inserted", "sampled")
         self._inserted, self._sampled = int(inserted or 0), int(sampled or 0)
-        return self.ring.sampleable > 0 and self.limit.can_sample(self._inserted, self._sampled)
+        return self._admits(samples)
 
-    def wait_for_sample(self, timeout_s: float) -> bool:
-        """Sync until `can_sample()` (below min size, or too far ahead of inserts: wait); False on timeout."""
+    def wait_for_sample(self, timeout_s: float, samples: int = 1) -> bool:
+        """Sync until the limiter admits `samples` samples (below min size, or too far ahead of inserts:
+        wait); False on timeout. One Redis round trip per try: sync() reads the limiter's counters too."""
         def ready() -> bool:
             self.sync()
-            return self.can_sample()
+            return self._admits(samples)
 
         return poll_until(ready, timeout_s)
+
+    def _admits(self, samples: int) -> bool:
+        return self.ring.sampleable > 0 and self.limit.can_sample(self._inserted, self._sampled + samples - 1)
 
     def record_samples(self, n: int = 1) -> None:
         """Count n learner updates against the samples-per-insert ratio (shared with all writers)."""

@@ -13,7 +13,7 @@ import torch
 from common.batch import Batch
 from common.config import Config, debug
 from common.envs import make_env
-from learner.learner import MODEL_KEYS, SAC_KEYS, Learner, _is_head, polyak_update
+from learner.learner import MODEL_KEYS, SAC_KEYS, Learner, polyak_update
 
 torch.set_num_threads(1)  # tiny networks: a second thread only adds contention on a shared 2-core box
 CFG = debug()
@@ -60,6 +60,10 @@ def _params(learner: Learner) -> dict[str, torch.Tensor]:
     return named
 
 
+def _floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
 def _random_batch(b: int, action_dim: int, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     return Batch(torch.randint(0, 256, (b, T, 3, 64, 64), dtype=torch.uint8, generator=g),
@@ -87,11 +91,12 @@ def test_critic_regresses_onto_a_known_reward(cheetah: tuple[Batch, int]) -> Non
     # than debug's so that 150 steps suffice despite the noisy posterior samples it sees.
     cfg = with_(CFG, sac={"gamma": 0.0, "hidden_dim": 64, "critic_lr": 3e-3})
     learner = Learner(cfg, action_dim, seed=0)
+    learner.model.requires_grad_(False)  # a fixed model: the critic alone regresses (Adam skips grad-less params)
     reward = batch.reward.clone()
     reward[:, -1] = 2.0 * batch.action[:, -1, 0] - batch.action[:, -1, 1] + 1.0
     batch = batch._replace(reward=reward)
-    first = learner.update_sac(batch)
-    losses = [learner.update_sac(batch)["critic/loss"] for _ in range(150)]
+    first = _floats(learner.update(batch))
+    losses = [float(learner.update(batch)["critic/loss"]) for _ in range(150)]
     print("critic loss", first["critic/loss"], "->", losses[-10:])
     assert np.mean(losses[-10:]) < 0.1 * first["critic/loss"]
     assert first["critic/target"] == pytest.approx(reward[:, -1].mean().item(), rel=1e-5)
@@ -110,10 +115,10 @@ def test_polyak_moves_targets_by_exactly_coef() -> None:
         assert (new - old).abs().max() > 0
 
 
-def test_sac_update_applies_polyak_after_the_critic_step() -> None:
+def test_update_applies_polyak_after_the_critic_step() -> None:
     learner = Learner(CFG, 2)
     before = [p.detach().clone() for p in learner.critic_target.parameters()]
-    learner.update_sac(_random_batch(CFG.sac.batch_size, 2))
+    learner.update(_random_batch(CFG.sac.batch_size, 2))
     coef = CFG.sac.target_update_coef
     for new, old, theta in zip(learner.critic_target.parameters(), before, learner.critic.parameters(), strict=True):
         torch.testing.assert_close(new, old + coef * (theta.detach() - old), rtol=1e-5, atol=1e-7)
@@ -127,24 +132,23 @@ def test_alpha_follows_the_target_entropy(log_std: float, alpha_should: str) -> 
         last.weight.zero_()
         last.bias[3:] = log_std
     before = learner.log_alpha.exp().item()
-    metrics = learner.update_sac(_random_batch(CFG.sac.batch_size, 3))
+    metrics = _floats(learner.update(_random_batch(CFG.sac.batch_size, 3)))
     assert (metrics["actor/entropy"] < -3) == (alpha_should == "rise")
     assert (learner.log_alpha.exp().item() > before) == (alpha_should == "rise")
 
 
 def test_checkpoint_round_trip_resumes_bit_for_bit(cheetah: tuple[Batch, int]) -> None:
     batch, action_dim = cheetah
-    model_batch = batch.head(CFG.model.batch_size)
     original = Learner(CFG, action_dim, seed=3)
     for _ in range(2):
-        original.update(model_batch, batch)
+        original.update(batch)
     buffer = io.BytesIO()
     torch.save(original.state_dict(), buffer)
     buffer.seek(0)
     resumed = Learner(CFG, action_dim, seed=99)
     resumed.load_state_dict(torch.load(buffer, weights_only=False))
-    a = original.update(model_batch, batch)
-    b = resumed.update(model_batch, batch)
+    a = _floats(original.update(batch))
+    b = _floats(resumed.update(batch))
     assert a == b
     pa, pb = _params(original), _params(resumed)
     assert pa.keys() == pb.keys()
@@ -153,7 +157,7 @@ def test_checkpoint_round_trip_resumes_bit_for_bit(cheetah: tuple[Batch, int]) -
     assert resumed.model_updates == original.model_updates == 3
     # The resumed learner did not simply start over: a fresh one lands elsewhere.
     fresh = Learner(CFG, action_dim, seed=3)
-    fresh.update(model_batch, batch)
+    fresh.update(batch)
     assert not torch.equal(_params(fresh)["actor.net.0.weight"], pa["actor.net.0.weight"])
 
 
@@ -168,44 +172,61 @@ def test_same_seed_same_run() -> None:
     runs = []
     for _ in range(2):
         learner = Learner(CFG, 2, seed=7)
-        learner.update(batch.head(CFG.model.batch_size), batch)
+        learner.update(batch)
         learner.figure(batch)  # logging a figure must not perturb training
-        learner.update(batch.head(CFG.model.batch_size), batch)
+        learner.update(batch)
         runs.append(_params(learner))
     for key in runs[0]:
         assert torch.equal(runs[0][key], runs[1][key]), key
 
 
-def test_shared_and_separate_updates() -> None:
+def test_update_steps_every_network_once() -> None:
     batch = _random_batch(CFG.sac.batch_size, 2)
-    head = batch.head(CFG.model.batch_size)
-    assert _is_head(head, batch)
-    assert not _is_head(Batch(*(t.clone() for t in head)), batch)
-    for model_batch in (head, _random_batch(CFG.model.batch_size, 2, seed=1)):
-        learner = Learner(CFG, 2)
-        before = _params(learner)
-        metrics = learner.update(model_batch, batch)
-        assert set(metrics) == MODEL_KEYS | SAC_KEYS
-        assert all(np.isfinite(v) for v in metrics.values())
-        after = _params(learner)
-        for key in ("model.encoder.net.0.weight", "model.decoder.net.0.weight", "actor.net.0.weight",
-                    "critic.q1.0.weight", "critic_target.q2.0.weight", "log_alpha"):
-            assert not torch.equal(before[key], after[key]), key
-        assert (learner.model_updates, learner.sac_updates) == (1, 1)
+    learner = Learner(CFG, 2)
+    before = _params(learner)
+    metrics = learner.update(batch)
+    assert set(metrics) == MODEL_KEYS | SAC_KEYS
+    assert all(v.dim() == 0 for v in metrics.values())  # device tensors: the update never syncs
+    assert all(np.isfinite(v) for v in _floats(metrics).values())
+    learner.check_finite()
+    after = _params(learner)
+    for key in ("model.encoder.net.0.weight", "model.decoder.net.0.weight", "actor.net.0.weight",
+                "critic.q1.0.weight", "critic_target.q2.0.weight", "log_alpha"):
+        assert not torch.equal(before[key], after[key]), key
+    assert (learner.model_updates, learner.sac_updates) == (1, 1)
+    with pytest.raises(ValueError, match="SAC batch"):
+        learner.update(batch.head(CFG.model.batch_size - 1))
 
 
-def test_non_finite_loss_raises() -> None:
+def test_model_and_critic_share_one_backward_exactly() -> None:
+    """The joint update's single backward of eq. 9 + eq. 10 gives each network the gradients of its own loss."""
+    batch = _random_batch(CFG.sac.batch_size, 2)
+    learner = Learner(CFG, 2)
+    noise = learner._draw_noise(batch.batch_size)
+    (loss_model, loss_critic), _, _ = learner._model_critic_losses(batch, noise)
+    model_params, critic_params = list(learner.model.parameters()), list(learner.critic.parameters())
+    separate = torch.autograd.grad(loss_model, model_params, retain_graph=True, allow_unused=True)
+    separate += torch.autograd.grad(loss_critic, critic_params, retain_graph=True)
+    joint = torch.autograd.grad(loss_model + loss_critic, model_params + critic_params, allow_unused=True)
+    for a, b in zip(separate, joint, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_non_finite_loss_is_caught_on_the_next_check() -> None:
     batch = _random_batch(CFG.sac.batch_size, 2)
     reward = batch.reward.clone()
     reward[0, 2] = float("nan")
-    with pytest.raises(FloatingPointError, match="model loss"):
-        Learner(CFG, 2).update_model(batch._replace(reward=reward))
+    learner = Learner(CFG, 2)
+    learner.update_model(batch._replace(reward=reward))  # no sync here: the flag stays on the device
+    learner.update_model(batch)
+    with pytest.raises(FloatingPointError, match="model loss became NaN or infinite within the last 2 updates"):
+        learner.check_finite()
 
 
 def test_bad_batch_is_named() -> None:
     batch = _random_batch(CFG.sac.batch_size, 2)
     with pytest.raises(ValueError, match="batch.action"):
-        Learner(CFG, 3).update_sac(batch)
+        Learner(CFG, 3).update(batch)
 
 
 def test_actor_weights_blob_and_figure() -> None:

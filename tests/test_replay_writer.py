@@ -140,6 +140,10 @@ def test_writer_blocks_when_ahead_then_resumes_when_the_learner_samples(url: str
     for step in range(100, 106):
         writer.add(action_for(step), 0.0, frame(uid_of(0, 0, step)), False, False, 0)
     assert replay.wait_for_sample(5.0)
+    # A block of k samples is admitted only if its last sample is: I - (S + k - 1) >= 10 - 20.
+    k = replay.num_inserted - 55 + 11
+    assert k >= 1 and replay.can_sample(samples=k) and not replay.can_sample(samples=k + 1)
+    assert not replay.wait_for_sample(0.2, samples=k + 1)
     writer.close()
 
 

@@ -1,0 +1,108 @@
+"""How the learner's update runs: eager or compiled (torch.compile, CUDA graphs), fp32 or bf16 autocast.
+
+The losses (learner/losses.py) and the update's structure (learner/learner.py) are the same on every
+path; this module only wraps the step function and says how optimisers and autocast are set up, so the
+eager path is the reference the compiled path is tested against (tests/test_execution.py).
+
+- `compile`: `none` runs eagerly; `default` is inductor's default mode; `max` is `max-autotune` (on CUDA
+  this captures CUDA graphs, with inductor copying each sampled batch into the graph's static input
+  buffers; on CPU `max-autotune-no-cudagraphs`). Shapes are static: one batch size per step function.
+- Compilation happens at the first call of each step function, once per process. Inductor's FX-graph
+  and AOT-autograd caches (on by default, in TORCHINDUCTOR_CACHE_DIR or /tmp/torchinductor_<user>)
+  make later processes on the same machine compile faster; Dynamo's tracing is paid every time.
+- `precision`: `bf16` autocasts convolutions and matrix products; every network returns fp32
+  (common/networks.py), so KL terms, log-probabilities, the tanh Jacobian, the losses and Adam's state
+  stay fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import torch
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MODES = {"default": "default", "max": "max-autotune"}
+
+
+def resolve_compile(setting: str, device: torch.device) -> str:
+    """`learner.compile` with auto resolved: default on CUDA (launch overhead dominates there), none on CPU
+    (measured 1.02-1.09x on 2 cores, not worth minutes of compilation; bench/learner.py)."""
+    if setting == "auto":
+        return "default" if device.type == "cuda" else "none"
+    return setting
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """`learner.precision` with auto resolved: bf16 on CUDA, fp32 on CPU."""
+    if setting == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return setting
+
+
+def compile_mode(setting: str, device: torch.device) -> str | None:
+    """torch.compile's mode for `learner.compile`, or None for eager."""
+    setting = resolve_compile(setting, device)
+    if setting == "none":
+        return None
+    if setting not in _MODES:
+        raise ValueError(f"learner.compile must be none, default or max, got {setting!r}")
+    mode = _MODES[setting]
+    if mode == "max-autotune" and device.type != "cuda":
+        return "max-autotune-no-cudagraphs"  # CUDA graphs need CUDA
+    return mode
+
+
+def compile_step(fn: F, setting: str, device: torch.device) -> F:
+    """`fn` (a loss's forward pass) itself, or compiled: inductor compiles the forward graph and, through
+    AOT autograd, its backward graph; `loss.backward()` then runs the compiled backward."""
+    mode = compile_mode(setting, device)
+    if mode is None:
+        return fn
+    return torch.compile(fn, mode=mode, dynamic=False)  # type: ignore[return-value]
+
+
+def adam_options() -> dict[str, bool]:
+    """The fused Adam kernel on every path: one launch per optimiser step, outside the compiled graphs
+    (a compiled optimiser step would split them: torch.optim breaks Dynamo's graph around `step`)."""
+    return {"fused": True}
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """bf16 autocast of convolutions and matrix products when `precision` is bf16, else nothing."""
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        yield
+        return
+    if precision != "bf16":
+        raise ValueError(f"learner.precision must be fp32 or bf16, got {precision!r}")
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        yield
+
+
+class FirstCallTimer:
+    """Wall clock of each step function's first call (compilation plus one execution), by name."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        if name in self.seconds:
+            return fn(*args)
+        start = time.perf_counter()
+        out = fn(*args)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[name] = time.perf_counter() - start
+        log.info("learner: first %s update took %.1f s (includes compilation when learner.compile is on)",
+                 name, self.seconds[name])
+        return out
