@@ -161,8 +161,8 @@ class ActorsConfig:
     """Number of actor processes."""
     envs_per_actor: int = 4
     """Environments each actor steps, batching the policy forward over them: 4 gave the most agent steps/s
-    per core with the paper policy on 2-core EPYC machines (1-11% over 1; 2 was slowest). See
-    bench/results/vm-2026-11-25-actor.json and `bench/actor.py --envs-per-actor`."""
+    per core with the paper policy on a 2-core EPYC machine, 1.02-1.31x those of 1 on every task (2 was
+    slowest). See bench/results/vm-2026-11-25-actor-envs-per-actor.json and `bench/actor.py`."""
     weight_sync_every: int = 100
     """Agent steps between checks for newer policy weights."""
     max_restarts: int = 10
