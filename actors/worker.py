@@ -71,6 +71,7 @@ class ActorWorker:
                                              "version_lag": 0, "policy_version": 0, "policy_s": 0.0, "env_s": 0.0,
                                              "replay_s": 0.0, "loop_s": 0.0}
         self._episodes: list[dict[str, float]] = []
+        self._writing_since: float | None = None  # perf_counter() at the start of the replay write under way
         self._rate_mark = (time.monotonic(), 0)
         self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
@@ -80,6 +81,8 @@ class ActorWorker:
         with self._lock:
             episodes, self._episodes = self._episodes, []
             counters = dict(self._counters)
+            if self._writing_since is not None:  # a write in progress, perhaps held by the rate limiter
+                counters["replay_s"] += time.perf_counter() - self._writing_since
         now, steps = time.monotonic(), counters["steps"]
         mark_time, mark_steps = self._rate_mark
         self._rate_mark = (now, steps)
@@ -176,26 +179,31 @@ class ActorWorker:
             self._begin_episode(k, self._envs[k].reset())
 
     def _write(self, k: int, op: Callable[[ReplayWriter], None]) -> None:
-        """Run a writer operation; while the rate limiter holds us back, keep flushing until it lets go."""
-        start = time.perf_counter()
+        """Run a writer operation; while the rate limiter holds us back, keep flushing until it lets go.
+
+        Its time counts as `replay_s`, which `poll` reports live (a write still waiting included), so the
+        driver sees the limiter holding the actors while it happens, not when the write finally returns.
+        """
+        with self._lock:
+            self._writing_since = time.perf_counter()
         try:
-            op(self._writers[k])
-            return
-        except RateLimitTimeout:
-            pass
-        finally:
-            self._add_time("replay_s", start)
-        while not self._stop.is_set():  # the step is buffered; only the flush is pending
-            start = time.perf_counter()
-            with self._lock:
-                self._counters["limiter_timeouts"] += 1
             try:
-                self._writers[k].flush()
+                op(self._writers[k])
                 return
             except RateLimitTimeout:
-                continue
-            finally:
-                self._add_time("replay_s", start)
+                pass
+            while not self._stop.is_set():  # the step is buffered; only the flush is pending
+                with self._lock:
+                    self._counters["limiter_timeouts"] += 1
+                try:
+                    self._writers[k].flush()
+                    return
+                except RateLimitTimeout:
+                    continue
+        finally:
+            with self._lock:
+                self._counters["replay_s"] += time.perf_counter() - self._writing_since
+                self._writing_since = None
 
     def _begin_episode(self, k: int, first_obs: np.ndarray) -> None:
         self._write(k, lambda w: w.begin_episode(first_obs))
