@@ -73,7 +73,7 @@ class Policy:
         # One frame (an actor's usual step): PyTorch's own conv kernels beat oneDNN's, whose per-call
         # setup dominates at batch 1 (paper encoder, one EPYC core: 0.54 vs 0.85 ms; from 2 frames on,
         # oneDNN wins). Same arithmetic up to float rounding.
-        torch.backends.mkldnn.enabled = mkldnn and obs.size > obs.shape[-1] * obs.shape[-2] * obs.shape[-3]
+        torch.backends.mkldnn.enabled = mkldnn and int(np.prod(obs.shape[:-3])) > 1
         try:
             with torch.inference_mode():
                 return self.encoder(torch.from_numpy(obs)).numpy()
