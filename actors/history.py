@@ -49,8 +49,9 @@ class FeatureRing:
     and shifts nothing frame-sized; features and actions are small and kept oldest first. The features
     belong to one set of weights: when `act` meets a policy whose version (or object) differs, it
     re-encodes every stored frame once, so the actions always equal `Policy.act` on the full
-    histories with the current weights. Buffers are allocated once; only an episode start that falls
-    between steps of other environments gathers its frame into a temporary.
+    histories with the current weights. Buffers are allocated once; frames are gathered into a
+    temporary only when some environment did not step since the last action or needs all its frames
+    re-encoded (a weight refresh, two pushes without an action), never on the usual step.
     """
 
     _OK, _NEWEST, _FIRST, _ALL = 0, 1, 2, 3  # what of env k is not encoded: nothing, newest, first frame, all
@@ -109,7 +110,7 @@ class FeatureRing:
         one = (self._pending == self._NEWEST) | (self._pending == self._FIRST)
         if one.all():  # the usual step: one batched call on a contiguous buffer, no gather
             rows, fresh = range(self.num_envs), policy.encode(self.newest)
-        elif one.any():  # some env sat this step out (or was rebuilt): gather the others' frames
+        elif one.any():  # some env did not step, or needs all its frames: gather the others' newest
             rows = np.flatnonzero(one)
             fresh = policy.encode(self.newest[rows])
         else:
