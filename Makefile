@@ -64,8 +64,11 @@ train: setup
 reproduce: setup
 	$(PY) -m deploy.reproduce $(PRESET) $(TASK_ARG) --seeds $(SEEDS) $(ARGS)
 
+BENCH_TAG = $(shell hostname)-$(shell date +%Y-%m-%d)
 bench: setup
-	$(PY) bench/learner.py --device cpu
+	$(PY) bench/learner.py --preset debug --updates 20 --profile --out bench/results/$(BENCH_TAG)-learner-debug.json
+	$(PY) bench/learner.py --preset paper --updates 3 --precisions fp32,bf16 --profile \
+	  --out bench/results/$(BENCH_TAG)-learner-paper.json
 	$(PY) bench/replay.py
 	$(PY) bench/envs.py
 	$(PY) bench/actor.py

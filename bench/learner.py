@@ -95,7 +95,7 @@ def _commit() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if available")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
     parser.add_argument("--updates", type=int, default=5, help="timed updates per variant (after 2 warm-up calls)")
     parser.add_argument("--compile", choices=["default", "max"], default="default", help="the optimised path's mode")
@@ -107,6 +107,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
     precisions = args.precisions.split(",") if args.precisions else (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
     cfg = PRESETS[args.preset][1]

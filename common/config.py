@@ -370,7 +370,8 @@ def debug() -> Config:
         model=ModelConfig(z1_dim=4, z2_dim=8, hidden_dim=16, conv_channels=(4, 8, 8, 16, 16), batch_size=4),
         sac=SacConfig(hidden_dim=16, batch_size=8),
         replay=ReplayConfig(capacity=5_000, min_size=100, spi_tolerance=200.0, flush_every=25),
-        actors=ActorsConfig(num=2, weight_sync_every=20),
+        # One env per actor: the run's 2 000 env steps then finish episodes (train/return) on every task.
+        actors=ActorsConfig(num=2, envs_per_actor=1, weight_sync_every=20),
         # Eager: a debug run is over before a compiled update would have paid for its compilation.
         learner=LearnerConfig(initial_collection_agent_steps=100, model_pretrain_steps=20, publish_every=10,
                               checkpoint_every=100, log_every_s=0.5, figure_every=50, compile="none",

@@ -114,6 +114,7 @@ class Learner:
         self._finite = torch.ones(len(LOSSES), dtype=torch.bool, device=self.device)
         self._unchecked_updates = 0
         compile_setting = cfg.learner.compile
+        self._cuda_graphs = execution.compile_mode(compile_setting, self.device) == "max-autotune"
         self._model = execution.compile_step(self._model_loss, compile_setting, self.device)
         self._model_critic = execution.compile_step(self._model_critic_losses, compile_setting, self.device)
         self._actor = execution.compile_step(self._actor_loss, compile_setting, self.device)
@@ -133,7 +134,8 @@ class Learner:
     def update(self, batch: Batch) -> Metrics:
         """One gradient step of Algorithm 1: model (eq. 9) on the batch's first `model.batch_size` windows,
         then critic (eq. 10), target, actor (eq. 11) and temperature on all of them. Metrics are 0-d device
-        tensors (no host sync); call `check_finite()` before trusting them.
+        tensors (no host sync), valid until the next update (CUDA graphs reuse their output buffers); call
+        `check_finite()` before trusting them.
 
         The model and the critic share one backward pass: their parameters are disjoint and the critic
         reads the latents detached, so the gradients are exactly those of two separate passes.
@@ -144,6 +146,9 @@ class Learner:
                              f"{self.cfg.sac.batch_size} (its head of model.batch_size {self.cfg.model.batch_size} "
                              "trains the model)")
         noise = self._draw_noise(batch.batch_size)
+        if self._cuda_graphs:
+            # A new iteration for CUDA-graph trees: this update's graph outputs may overwrite the last one's.
+            torch.compiler.cudagraph_mark_step_begin()
         losses, transition, metrics = self.first_call("model_critic", self._model_critic, batch, noise)
         _step((self.model_optimizer, self.critic_optimizer), losses[0] + losses[1])
         polyak_update(self.critic, self.critic_target, self.cfg.sac.target_update_coef)
@@ -164,6 +169,8 @@ class Learner:
     def update_model(self, batch: Batch) -> Metrics:
         """One Adam step of the model alone on eq. 9 (the pre-training phase); metrics as in `update`."""
         batch = self._prepare(batch)
+        if self._cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         loss, metrics = self.first_call("model", self._model, batch, self._draw_noise(batch.batch_size))
         _step((self.model_optimizer,), loss)
         self._finite[0] &= torch.isfinite(loss)
