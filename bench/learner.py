@@ -20,7 +20,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import commit, cpu_name, dirty  # noqa: E402
 from common.batch import Batch  # noqa: E402
 from common.config import PRESETS, Config  # noqa: E402
 from learner.learner import Learner  # noqa: E402
@@ -83,14 +83,6 @@ def operator_profile(fn: Callable[[], object], device: torch.device) -> dict[str
 
 def _with(cfg: Config, **learner: object) -> Config:
     return dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, **learner))
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parents[1], check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -151,9 +143,9 @@ def main() -> None:
     else:
         scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
         peak = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1)}
-        name = _cpu_name()
+        name = cpu_name()
     result = {
-        "bench": "learner", "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "commit": _commit(),
+        "bench": "learner", "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "commit": commit(), "dirty": dirty(),
         "date": time.strftime("%Y-%m-%d"), "host": platform.node(),
         "device": args.device, "device_name": name, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "preset": args.preset,
@@ -167,16 +159,6 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -69,12 +69,13 @@ def limiter_position(inserted: float, sampled: float, min_size: int, samples_per
     return max(-1.0, min(1.0, slack / (samples_per_insert * tolerance)))
 
 
-def run_bound(actors_wait: float | None, position: float) -> str:
+def run_bound(actors_wait: float | None, position: float, learner_wait: float | None = None) -> str:
     """Which side sets the pace: learner-bound when the actors spend most of their time held in writes
-    (more actors will not help), actor-bound when the learner sits at the limiter's floor (more will)."""
+    (more actors will not help), actor-bound when the learner spends most of its time waiting for
+    inserts or sits at the limiter's floor (more will)."""
     if actors_wait is not None and actors_wait >= 0.5:
         return "learner-bound"
-    if position <= -0.5:
+    if (learner_wait is not None and learner_wait >= 0.5) or position <= -0.5:
         return "actor-bound"
     return "balanced"
 
@@ -89,13 +90,16 @@ def bound_scalars(waits: list[float], replay: dict[str, float], cfg: ReplayConfi
 
 
 def bound_text(phase: str, scalars: dict[str, float]) -> str:
-    """' | learner-bound (actors wait 87%)' for the progress line while training jointly; empty before
+    """' | learner-bound (actors wait 87%, learner waits 2%)' for the progress line while training jointly
+    (the learner's share is its time in replay syncs and waiting for inserts); empty before
     (during the initial collection and the model pre-training the phases set the pace)."""
     if phase != "train":
         return ""
     wait = scalars.get("bound/actors_wait_fraction")
-    bound = run_bound(wait, scalars["bound/limiter_position"])
-    return f" | {bound} (actors wait {'-' if wait is None else f'{wait:.0%}'})"
+    learner_wait = scalars.get("bound/learner_wait_fraction")
+    bound = run_bound(wait, scalars["bound/limiter_position"], learner_wait)
+    fraction = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
+    return f" | {bound} (actors wait {fraction(wait)}, learner waits {fraction(learner_wait)})"
 
 
 def wandb_mode(requested: str) -> str:

@@ -50,6 +50,12 @@ class BatchPrefetcher:
         self._pending = self._draw()
         return batch
 
+    def fence(self) -> None:
+        """Make the consumer's stream wait for the batch being drawn ahead. Call before the replay's mirror
+        changes (a sync): the side stream's gathers must not race the mirror's writes (CUDA only)."""
+        if self._stream is not None:
+            torch.cuda.current_stream(self._stream.device).wait_stream(self._stream)
+
     def generator_state(self) -> torch.Tensor:
         """The sampler generator's state before the pending batch (the current state when none is pending)."""
         if self._pending is None or self._state_before is None:
@@ -65,6 +71,8 @@ class BatchPrefetcher:
     def _draw(self) -> Batch:
         if self._stream is None:
             return self._sample()
+        # The side stream must see everything the consumer's stream wrote so far (the mirror's last sync).
+        self._stream.wait_stream(torch.cuda.current_stream(self._stream.device))
         with torch.cuda.stream(self._stream):
             return self._sample()
 

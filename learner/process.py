@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -72,6 +73,8 @@ class LearnerProcess:
         self._counts: dict[str, int] = defaultdict(int)
         self._device_sums = MetricSums()
         self._unrecorded_samples = 0
+        self._replay_wait_s = 0.0  # joint training: time in the replay (sync, waiting for inserts), not updating
+        self._wait_mark = (time.monotonic(), 0.0)
         self._figure: np.ndarray | None = None
         self._phase = "collect"
         limit = cfg.replay
@@ -94,6 +97,11 @@ class LearnerProcess:
             compile_s = self.learner.compile_seconds
         if compile_s:
             metrics["learner/first_update_s"] = sum(compile_s.values())  # compilation, when learner.compile is on
+        if self._phase == "train":
+            now, waited = time.monotonic(), self._replay_wait_s
+            mark_time, mark_waited = self._wait_mark
+            self._wait_mark = (now, waited)
+            metrics["bound/learner_wait_fraction"] = min(1.0, (waited - mark_waited) / max(now - mark_time, 1e-6))
         return {"metrics": metrics, "counters": counters, "phase": self._phase, "figure": figure,
                 "replay": self.replay.stats(current_version=counters["version"])}
 
@@ -149,6 +157,7 @@ class LearnerProcess:
         prefetch = self._prefetch[self.cfg.model.batch_size]
         while self.counters["pretrain_updates"] < self.cfg.learner.model_pretrain_steps and not self._stop.is_set():
             if self.counters["pretrain_updates"] % self.block == 0:
+                prefetch.fence()
                 self.replay.sync()
             batch = prefetch.next()
             with self._lock:
@@ -166,7 +175,11 @@ class LearnerProcess:
         prefetch = self._prefetch[self.cfg.sac.batch_size]
         while not self._stop.is_set():
             # Syncs the mirror while it waits; the block's last sample must be within the limiter's bounds.
-            if not self.replay.wait_for_sample(timeout_s=0.2, samples=self.block):
+            prefetch.fence()
+            start = time.monotonic()
+            admitted = self.replay.wait_for_sample(timeout_s=0.2, samples=self.block)
+            self._replay_wait_s += time.monotonic() - start
+            if not admitted:
                 continue  # the actors are behind the samples-per-insert target: wait for inserts
             for _ in range(self.block):
                 batch = prefetch.next()

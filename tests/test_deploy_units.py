@@ -125,10 +125,12 @@ def test_progress_line_names_the_bound_side_while_training() -> None:
     cfg = debug().replay
     held = bound_scalars([0.9, 0.8], {"inserted": 10_000.0, "sampled": 0.0}, cfg)
     assert held["bound/actors_wait_fraction"] == pytest.approx(0.85) and held["bound/limiter_position"] == 1.0
-    assert bound_text("train", held) == " | learner-bound (actors wait 85%)"
+    assert bound_text("train", held) == " | learner-bound (actors wait 85%, learner waits -)"
+    waiting = {**bound_scalars([0.1], {"inserted": 500.0, "sampled": 450.0}, cfg), "bound/learner_wait_fraction": 0.7}
+    assert bound_text("train", waiting) == " | actor-bound (actors wait 10%, learner waits 70%)"
     floor = cfg.min_size * cfg.samples_per_insert - cfg.spi_tolerance * cfg.samples_per_insert
     starved = bound_scalars([0.02], {"inserted": float(cfg.min_size), "sampled": cfg.min_size - floor}, cfg)
-    assert bound_text("train", starved) == " | actor-bound (actors wait 2%)"
+    assert bound_text("train", starved) == " | actor-bound (actors wait 2%, learner waits -)"
     assert bound_text("train", bound_scalars([], {"inserted": 500.0, "sampled": 400.0}, cfg)).startswith(
-        " | balanced (actors wait -)")
+        " | balanced (actors wait -, learner waits -)")
     assert bound_text("pretrain", held) == ""

@@ -1,0 +1,104 @@
+"""The learner loop against a real redis-server: Redis once per block, exact sample counts, NaN stops it.
+
+No Ray: `LearnerProcess` runs in a thread on a replay filled by a real writer, as the driver would run it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+import torch
+from replay_fixtures import ACTION_DIM, TASK, write_episode
+
+from common.config import Config, debug
+from learner.process import LearnerProcess
+from replay_service import ReplayWriter
+
+pytestmark = pytest.mark.integration
+torch.set_num_threads(1)
+
+
+class _Publisher:
+    def __init__(self) -> None:
+        self.versions: list[int] = []
+
+    def publish(self, version: int, blob: dict) -> None:
+        self.versions.append(version)
+
+
+def _cfg(**learner: object) -> Config:
+    cfg = debug()
+    cfg = replace(cfg, run=replace(cfg.run, task=TASK),
+                  replay=replace(cfg.replay, min_size=100, spi_tolerance=200.0),
+                  learner=replace(cfg.learner, model_pretrain_steps=20, publish_every=1_000, figure_every=1_000_000,
+                                  **learner))
+    return cfg
+
+
+def _fill(url: str, cfg: Config, transitions: int) -> None:
+    with ReplayWriter(url, cfg.replay, TASK, ACTION_DIM, "w") as writer:
+        for episode in range(transitions // 50):
+            write_episode(writer, 0, episode, length=50, terminated=False)
+
+
+def _run_until(process: LearnerProcess, done: object, timeout_s: float = 120.0) -> BaseException | None:
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            process.run()
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            errors.append(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while thread.is_alive() and not done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.stop()
+    thread.join(30)
+    assert not thread.is_alive()
+    return errors[0] if errors else None
+
+
+def test_redis_is_visited_once_per_block_and_every_sample_is_recorded(url: str, tmp_path: Path) -> None:
+    cfg = _cfg(replay_every=10, metrics_every=10)
+    _fill(url, cfg, 300)
+    process = LearnerProcess(cfg, ACTION_DIM, url, _Publisher(), str(tmp_path))
+    assert process.block == 10
+    client = redis.Redis.from_url(url)
+    client.config_resetstat()
+    error = _run_until(process, lambda: process.counters["updates"] >= 100)
+    assert error is None
+    updates = process.counters["updates"]
+    stats = client.info("commandstats")
+    # One HINCRBY (record_samples) per block of 10 updates, plus the final one of a block cut by stop().
+    assert stats["cmdstat_hincrby"]["calls"] <= updates // 10 + 1
+    # Every update counted against the limiter: the shared counter equals the learner's.
+    assert int(client.hget("replay:state", "sampled")) == updates
+    # The mirror syncs (one MULTI/EXEC pipeline each) once per block, not once per update: once for the
+    # initial collection, once per 10 pre-training updates, once per joint block, once at the end.
+    assert stats["cmdstat_exec"]["calls"] <= 1 + 20 // 10 + (updates + 9) // 10 + 1
+    metrics = process.poll()["metrics"]
+    assert {"model/loss", "critic/loss", "actor/loss"} <= set(metrics)
+    assert 0.0 <= metrics["bound/learner_wait_fraction"] <= 1.0
+
+
+def test_a_non_finite_loss_stops_the_loop_within_metrics_every_and_is_never_checkpointed(url: str,
+                                                                                         tmp_path: Path) -> None:
+    cfg = _cfg(metrics_every=5)
+    _fill(url, cfg, 150)
+    process = LearnerProcess(cfg, ACTION_DIM, url, _Publisher(), str(tmp_path))
+    with torch.no_grad():
+        process.learner.model.decoder.net[0].weight.fill_(float("nan"))
+    error = _run_until(process, lambda: False, timeout_s=60)
+    assert isinstance(error, FloatingPointError) and "model loss" in str(error)
+    assert process.counters["pretrain_updates"] <= 5
+    with pytest.raises(FloatingPointError):
+        process.checkpoint({})
+    assert not list((tmp_path / "checkpoints").glob("*.pt"))
