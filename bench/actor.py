@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.worker import ActorWorker, EnvFactory  # noqa: E402
+from bench.machine import commit, cpu_name, dirty  # noqa: E402
 from common.config import PRESETS, Config  # noqa: E402
 from common.envs import PixelEnv, make_env, select_gl_backend  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
@@ -175,34 +174,6 @@ def bench_task(cfg: Config, url: str, task: str, steps: int, envs_per_actor: lis
                 best[f"K{k}"], runs_agent_steps_per_s=rates,
                 median_ratio_to_first=round(statistics.median(r / f for r, f in zip(rates, first, strict=True)), 3))
     return result
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parents[1]).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def dirty() -> bool:
-    """Whether the working tree differs from `commit()` (then the figures are of uncommitted code too)."""
-    try:
-        return bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                   text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return True
 
 
 def main() -> None:

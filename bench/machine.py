@@ -35,4 +35,4 @@ def dirty() -> bool:
         return bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                    text=True, check=True, cwd=ROOT).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
-        return False
+        return True  # unknown: do not claim the figures are of a clean commit
