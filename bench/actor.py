@@ -19,7 +19,6 @@ not depend on their values. Prints JSON; `--out` also writes it to a file.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -37,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.worker import ActorWorker, EnvFactory  # noqa: E402
-from bench.machine import commit, cpu_name, dirty  # noqa: E402
+from bench.machine import commit, cpu_name, dirty, write_report  # noqa: E402
 from common.config import PRESETS, Config  # noqa: E402
 from common.envs import PixelEnv, make_env, select_gl_backend  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
@@ -202,11 +201,7 @@ def main() -> None:
               "host": socket.gethostname(), "cpu": cpu_name(), "cpus": os.cpu_count(), "torch_threads": 1,
               **source, "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "tasks": tasks}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

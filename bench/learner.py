@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import resource
@@ -29,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import commit, cpu_name, dirty  # noqa: E402
+from bench.machine import commit, cpu_name, dirty, write_report  # noqa: E402
 from common.batch import Batch  # noqa: E402
 from common.config import PRESETS, Config  # noqa: E402
 from learner.learner import Learner  # noqa: E402
@@ -154,11 +153,7 @@ def main() -> None:
         "variants": variants, "speedup_vs_eager": speedup,
         "parameters": next(iter(learners.values())).parameter_counts(), **peak,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    write_report(result, args.out)
 
 
 if __name__ == "__main__":

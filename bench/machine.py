@@ -1,10 +1,12 @@
-"""What every benchmark's JSON names: the machine's CPU and the commit that was measured."""
+"""What every benchmark's JSON names (the machine's CPU, the commit that was measured) and how it is written."""
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,3 +38,12 @@ def dirty() -> bool:
                                    text=True, check=True, cwd=ROOT).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         return True  # unknown: do not claim the figures are of a clean commit
+
+
+def write_report(report: dict[str, Any], out: Path | None) -> None:
+    """Print the JSON report and, with `out`, also write it there (bench/results/<host>-<date>-<bench>.json)."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
