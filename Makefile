@@ -72,7 +72,7 @@ bench: setup
 	$(PY) bench/replay.py
 	$(PY) bench/envs.py
 	$(PY) bench/actor.py
-	$(PY) bench/system.py
+	$(PY) bench/system.py --out bench/results/$(BENCH_TAG)-system.json
 
 lint: setup
 	$(VENV)/bin/ruff check common learner actors replay_service deploy tests bench

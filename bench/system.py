@@ -1,21 +1,23 @@
-"""Whole-system throughput: short debug-preset trainings through the real launcher, 1 vs N actors.
+"""Whole-system scaling: short trainings through the real launcher for 1, 2, 4, ... actors.
 
-For each actor count it reports the wall clock, total environment steps per second over the joint
-training phase, updates per second, and how often the rate limiter held the actors back. Run once at
-the paper's ratio (one update per agent step: the learner sets the pace) and once with a tiny ratio
-(the actors run free: rendering and the policy forward set the pace). Prints JSON.
+For each actor count it reports the wall clock, environment steps per second over the joint training
+phase, updates per second, the bound side's waiting fractions and how often the rate limiter held the
+actors back. Run once at the paper's ratio (one update per agent step: the learner sets the pace) and
+once with a tiny ratio (the actors run free: rendering and the policy forward set the pace). Prints
+JSON; `--out x.json` also writes it and the scaling curve as x.png.
 
-Usage: python bench/system.py [--task cheetah_run] [--actors 1,2] [--env-steps 3000]
+Usage: python bench/system.py [--task cheetah_run] [--preset debug] [--actors 1,2,4] [--env-steps 3000]
+       [--out bench/results/<host>-<date>-system.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +26,15 @@ import numpy as np
 # shadow the learner package: put the repository root first.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import commit, cpu_name, dirty, write_report  # noqa: E402
 from common.config import parse_cli  # noqa: E402
 from deploy.launcher import train  # noqa: E402
 from deploy.wandb_reader import find_offline_runs, read_history  # noqa: E402
 
 
-def run_once(task: str, actors: int, env_steps: int, spi: float) -> dict[str, float]:
+def run_once(preset: str, task: str, actors: int, env_steps: int, spi: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = parse_cli(["debug", "--run.task", task, "--actors.num", str(actors), "--run.env-steps", str(env_steps),
+        cfg = parse_cli([preset, "--run.task", task, "--actors.num", str(actors), "--run.env-steps", str(env_steps),
                          "--run.eval-episodes", "0", "--replay.samples-per-insert", str(spi),
                          "--run.dir", os.path.join(tmp, "run"), "--run.wandb-mode", "offline"])
         summary = train(cfg)
@@ -44,22 +47,71 @@ def run_once(task: str, actors: int, env_steps: int, spi: float) -> dict[str, fl
         "env_steps_per_s": round(float(np.mean([r["perf/env_steps_per_s"] for r in joint])), 1) if joint else None,
         "updates_per_s": round(float(np.mean([r["perf/updates_per_s"] for r in joint])), 1) if joint else None,
         "limiter_timeouts": max((r.get("actors/limiter_timeouts", 0) for r in rows), default=0),
+        **{key.split("/")[1]: _mean(joint, key) for key in ("bound/actors_wait_fraction", "bound/learner_wait_fraction")},
     }
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if key in r]
+    return round(float(np.mean(values)), 3) if values else None
+
+
+def default_actor_counts() -> str:
+    """1, 2, 4, ... up to the machine's cores."""
+    counts, n = [], 1
+    while n <= (os.cpu_count() or 1):
+        counts.append(n)
+        n *= 2
+    return ",".join(map(str, counts))
+
+
+def plot(results: dict[str, dict[str, dict]], path: Path, title: str) -> None:
+    """Env steps/s and updates/s against the actor count, at the paper's ratio and with the actors free."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "env_steps_per_s", "environment steps / s"), (axes[1], "updates_per_s", "updates / s")):
+        for regime, runs in results.items():
+            xs = [int(name.split("_")[1]) for name in runs]
+            ax.plot(xs, [runs[name][key] or 0.0 for name in runs], marker="o", label=regime.replace("_", " "))
+        ax.set_xlabel("actors")
+        ax.set_ylabel(label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main() -> None:
     os.environ.setdefault("RAY_ADDRESS", "local")  # measure this machine, never a cluster that happens to run
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="cheetah_run")
-    parser.add_argument("--actors", default="1,2")
+    parser.add_argument("--preset", default="debug", help="network sizes and counts (common.config presets)")
+    parser.add_argument("--actors", default=default_actor_counts(), help="comma list of actor counts")
     parser.add_argument("--env-steps", type=int, default=3000)
+    parser.add_argument("--out", type=Path, help="also write the JSON here and the plot beside it (.png)")
     args = parser.parse_args()
-    results = {}
+    source = {"commit": commit(), "dirty": dirty()}
+    results: dict[str, dict[str, dict]] = {}
     # The free-running actors are ~8x faster; give them 4x the steps for a steadier mean.
     for spi, steps, label in ((1.0, args.env_steps, "paper_ratio"), (0.02, 4 * args.env_steps, "actors_free")):
-        results[label] = {f"actors_{n}": run_once(args.task, int(n), steps, spi) for n in args.actors.split(",")}
-    print(json.dumps({"bench": "system", "task": args.task, "preset": "debug", "cpus": os.cpu_count(),
-                      "machine": platform.machine(), "results": results}, indent=2))
+        results[label] = {f"actors_{n}": run_once(args.preset, args.task, int(n), steps, spi)
+                          for n in args.actors.split(",")}
+    report = {"bench": "system", "task": args.task, "preset": args.preset, "host": platform.node(),
+              "cpu": cpu_name(), "cpus": os.cpu_count(), **source,
+              "command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}
+    write_report(report, args.out)
+    if args.out:
+        plot(results, args.out.with_suffix(".png"),
+             f"{args.task}, {args.preset} preset, {report['cpus']} cores ({report['cpu']})")
 
 
 if __name__ == "__main__":
