@@ -190,14 +190,19 @@ class LearnerConfig:
     """Updates between actor-weight publications."""
     checkpoint_every: int = 10_000
     """Updates between checkpoints."""
+    checkpoint_every_s: float = 600.0
+    """Seconds between checkpoints whatever the update count: at most this much learner work is lost when the
+    learner process dies."""
+    max_restarts: int = 3
+    """Times a learner process that dies is restarted from the newest checkpoint before the run gives up."""
     log_every_s: float = 1.0
     """Seconds between the driver's polls of every process, i.e. between W&B scalar rows."""
     figure_every: int = 10_000
     """Updates between figure-7 style model sample grids."""
     compile: Literal["auto", "none", "default", "max"] = "auto"
     """torch.compile of the update's loss passes: none (eager), default (inductor), max (max-autotune; CUDA graphs
-    on CUDA); auto = default on CUDA, none on CPU, where it measured only 1.02-1.09x for up to 2 minutes of
-    compilation (bench/results). Compiling happens once per process, cached on disk across processes."""
+    on CUDA); auto = default on CUDA and on a CPU with a C++ compiler (1.12-1.22x on 2 cores, bench/results),
+    else none. Compiling costs 1-2 minutes once per process (less with inductor's disk cache)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """bf16 autocast of convolutions and matrix products (losses, KL, log-probabilities and Adam stay fp32);
     auto = bf16 on CUDA, fp32 on CPU (bf16 needs a CPU with native bf16, e.g. AVX512-BF16, to pay off)."""
@@ -213,8 +218,9 @@ class LearnerConfig:
                f"learner.initial_collection_agent_steps must be >= 0, got {self.initial_collection_agent_steps}")
         _check(self.model_pretrain_steps >= 0,
                f"learner.model_pretrain_steps must be >= 0, got {self.model_pretrain_steps}")
-        _check_positive(self, "learner", "publish_every", "checkpoint_every", "log_every_s", "figure_every",
-                        "metrics_every", "replay_every")
+        _check_positive(self, "learner", "publish_every", "checkpoint_every", "checkpoint_every_s", "log_every_s",
+                        "figure_every", "metrics_every", "replay_every")
+        _check(self.max_restarts >= 0, f"learner.max_restarts must be >= 0, got {self.max_restarts}")
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,11 @@ from common.envs import make_env, select_gl_backend
 from common.tasks import resolve_task
 from deploy.run_dir import RunDir, prepare_run_dir
 from deploy.run_logger import ActorWaitMeter, RunLogger, bound_scalars, bound_text, format_eta
+from deploy.supervisor import LearnerSupervisor, RedisWatchdog, StopSignals
 from deploy.weights import BOARD_NAME, RayWeightPublisher, RayWeightSource, WeightBoard
 from learner.process import LearnerProcess
-from replay_service import RedisServer
+from replay_service import RedisServer, connect
+from replay_service.schema import STATE
 from replay_service.server import redact
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,15 @@ def connect_ray(cfg: Config) -> bool:
     return False
 
 
+def replay_inserts(url: str, cfg: Config) -> int:
+    """Transitions ever inserted into the replay at `url` (its shared counter)."""
+    client = connect(url, cfg.replay.connect_timeout_s)
+    try:
+        return int(client.hget(STATE, "inserted") or 0)
+    finally:
+        client.close()
+
+
 def gpu_available() -> bool:
     return ray.cluster_resources().get("GPU", 0) >= 1
 
@@ -98,6 +109,8 @@ def train(cfg: Config, env_factory: EnvFactory | None = None,
     """Run SLAC end to end; returns the final summary. `env_factory` and `on_started` serve the tests."""
     select_gl_backend()
     cfg = derived_config(cfg)
+    if cfg.replay.url:  # fail here, in one paragraph, rather than in every Ray process
+        connect(cfg.replay.url, cfg.replay.connect_timeout_s).close()
     run = prepare_run_dir(cfg)
     cfg = run.cfg
     probe = (env_factory or (lambda seed: make_env(cfg.run.task, seed)))(0)
@@ -107,15 +120,18 @@ def train(cfg: Config, env_factory: EnvFactory | None = None,
         replay_url = cfg.replay.url
         cluster = connect_ray(cfg)
         stack.callback(ray.shutdown)
+        signals = stack.enter_context(StopSignals())  # after ray.init, which installs its own SIGTERM handler
+        watchdog = None
         if not replay_url:
             # On a cluster every node must reach the embedded server: listen on all interfaces and
             # hand out this node's address (deploy/cluster.yaml also starts a standalone one).
             host = "0.0.0.0" if cluster else "127.0.0.1"
             server = stack.enter_context(RedisServer(run.path / "redis", cfg.replay, host=host))
+            watchdog = stack.enter_context(RedisWatchdog(server))  # stops before the server does
             replay_url = server.url
             if cluster:
                 replay_url = replay_url.replace("127.0.0.1", ray.util.get_node_ip_address())
-        driver = Driver(cfg, run, replay_url, action_dim, env_factory)
+        driver = Driver(cfg, run, replay_url, action_dim, env_factory, signals, watchdog)
         stack.callback(driver.close)
         if on_started is not None:
             on_started({"run_dir": str(run.path), "replay_url": replay_url})
@@ -126,21 +142,37 @@ class Driver:
     """Starts the Ray processes and polls them; evaluation, checkpoints and stopping live here."""
 
     def __init__(self, cfg: Config, run: RunDir, replay_url: str, action_dim: int,
-                 env_factory: EnvFactory | None) -> None:
+                 env_factory: EnvFactory | None, signals: StopSignals | None = None,
+                 watchdog: RedisWatchdog | None = None) -> None:
         self.cfg, self.run, self.replay_url = cfg, run, replay_url
+        self.signals, self.watchdog = signals or StopSignals(), watchdog
         resume = run.resume_state
         self.state = RunState(**resume["extra"]["run_state"]) if resume else RunState()
+        # Totals of the run's earlier lives: every actor process starts from zero, so a resumed run counts
+        # on from these (the per-actor bases only cover restarts within this life).
+        self.carried = {"env_steps": self.state.env_steps, "steps": self.state.agent_steps,
+                        "env_errors": self.state.env_errors}
+        self.state.actor_base = {}
         if resume:
             self.state.generation += 1
-            self.state.actor_base = {int(k): v for k, v in self.state.actor_base.items()}
+        elif cfg.run.resume:  # stopped before its first checkpoint: count on from what the replay holds
+            self.carried["steps"] = self.state.agent_steps = replay_inserts(replay_url, cfg)
+            self.carried["env_steps"] = self.state.env_steps = self.state.agent_steps * \
+                resolve_task(cfg.run.task).action_repeat
+            self.state.generation = 1
         self.logger = RunLogger(cfg, run.path, run_id=resume["extra"]["wandb_run_id"] if resume else None)
         self.board = ray.remote(num_cpus=0)(WeightBoard).options(name=BOARD_NAME).remote()
         use_gpu = cfg.learner.device != "cpu" and gpu_available()
         if not use_gpu and cfg.learner.device != "cpu":
             log.warning("no GPU in the Ray cluster: the learner runs on CPU")
         learner_cls = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=1, max_concurrency=2)(LearnerProcess)
-        self.learner = learner_cls.options(name="slac-learner").remote(
-            cfg, action_dim, replay_url, RayWeightPublisher(BOARD_NAME), str(run.path), resume)
+
+        def make_learner(state: dict[str, Any] | None, restart: int) -> Any:
+            name = "slac-learner" if restart == 0 else f"slac-learner-{restart}"  # the dead one's name may linger
+            return learner_cls.options(name=name).remote(cfg, action_dim, replay_url, RayWeightPublisher(BOARD_NAME),
+                                                         str(run.path), state)
+
+        self.supervisor = LearnerSupervisor(cfg, run.path, make_learner, resume, self.board)
         # SPREAD: on a cluster the actors go to as many nodes as possible, not all onto the head.
         actor_cls = ray.remote(num_cpus=cfg.actors.num_cpus, max_restarts=cfg.actors.max_restarts,
                                max_task_retries=0, max_concurrency=2, scheduling_strategy="SPREAD")(ActorWorker)
@@ -155,12 +187,16 @@ class Driver:
         self.restarts_before = self.state.actor_restarts  # from the run being resumed
         self.actor_nodes: dict[int, str] = {}
         self.actor_runs = {a.run.remote(0): i for i, a in enumerate(self.actors)}
-        self.learner_run = self.learner.run.remote()
         self.last_seen: dict[int, dict[str, float]] = {}
-        self.eval_ref: tuple[Any, int, int] | None = None
+        self.last_pid: dict[int, int] = {}
+        self.eval_ref: tuple[Any, int, int, int] | None = None
         self.pending_checkpoint: Any = None
-        self.last_checkpoint_updates = 0
-        self.learner_info: dict[str, Any] = {"counters": {"updates": 0, "pretrain_updates": 0, "version": 0}}
+        # From the checkpoint when resuming: the first poll's updates/s then counts only new updates.
+        counters = dict(resume["counters"]) if resume else {"updates": 0, "pretrain_updates": 0, "version": 0}
+        self.last_checkpoint_updates = counters["updates"] + counters["pretrain_updates"]
+        self.last_checkpoint_time = time.monotonic()
+        self.learner_info: dict[str, Any] = {"counters": counters, "metrics": {}, "figure": None,
+                                             "replay": {"inserted": 0.0, "sampled": 0.0}, "phase": "collect"}
         self.train_return: float | None = None
         self.eval_return: float | None = None
         self.action_repeat = resolve_task(cfg.run.task).action_repeat
@@ -169,6 +205,10 @@ class Driver:
         self.closed = False
 
     # --- main loop ----------------------------------------------------------------------------------
+    @property
+    def learner(self) -> Any:
+        return self.supervisor.handle
+
     def loop(self) -> dict[str, Any]:
         interrupted = False
         try:
@@ -180,9 +220,10 @@ class Driver:
                 self._maybe_checkpoint()
                 # Pacing of the driver's poll (one W&B row per tick), not synchronisation.
                 time.sleep(max(0.0, self.cfg.learner.log_every_s - (time.monotonic() - tick)))
+            self.signals.stopping()
         except KeyboardInterrupt:
             interrupted = True
-            log.warning("interrupted: stopping the run and writing a checkpoint")
+            log.warning("%s: stopping, writing a checkpoint", self.signals.received or "interrupted")
         return self._finish(interrupted)
 
     def _check_processes(self) -> None:
@@ -195,10 +236,13 @@ class Driver:
                 self._actor_died(index, exc)
         for index, since in list(self.restarting.items()):
             self._resume_actor(index, since)
-        finished, _ = ray.wait([self.learner_run], timeout=0)
-        if finished:
-            ray.get(self.learner_run)  # raises the learner's exception with its traceback
-            raise RuntimeError("the learner stopped before the run finished")
+        if self.watchdog is not None:
+            self.watchdog.check()
+        restored = self.supervisor.check(self.learner_info["counters"])
+        if restored is not None:  # counters went back to the checkpoint; rates and schedules follow them
+            self.learner_info = {**self.learner_info, "counters": restored}
+            self.last_checkpoint_updates = restored["updates"] + restored["pretrain_updates"]
+            self.pending_checkpoint = None
         if not any(self.alive):
             raise RuntimeError("every actor died and exhausted its restarts; see the actor logs above")
 
@@ -206,11 +250,14 @@ class Driver:
         """Its `run` failed: Ray is restarting the process (or gave up); fold its counters into the base."""
         seen = self.last_seen.pop(index, None)
         if seen:  # so totals never go backwards when the new life starts from zero
-            base = self.state.actor_base.setdefault(index, {})
-            for key in ("env_steps", "steps", "env_errors"):
-                base[key] = base.get(key, 0) + seen.get(key, 0)
+            self._bank(index, seen)
         log.warning("actor %d stopped (%s); waiting for Ray to restart it", index, type(exc).__name__)
         self.restarting.setdefault(index, time.monotonic())
+
+    def _bank(self, index: int, seen: dict[str, float]) -> None:
+        base = self.state.actor_base.setdefault(index, {})
+        for key in ("env_steps", "steps", "env_errors"):
+            base[key] = base.get(key, 0) + seen.get(key, 0)
 
     def _resume_actor(self, index: int, since: float) -> None:
         """Once the restarted actor answers, start a new life (fresh seeds) on it."""
@@ -244,6 +291,10 @@ class Driver:
                 continue  # restarting; its run ref reports the death
             counters = report["counters"]
             self._count_pid(i, report["pid"])
+            if self.last_pid.get(i, report["pid"]) != report["pid"] and i in self.last_seen:
+                # Ray restarted it before its failed run reached us: bank the dead life's counters now.
+                self._bank(i, self.last_seen.pop(i))
+            self.last_pid[i] = report["pid"]
             self.actor_nodes[i] = report["node_id"]
             self.last_seen[i] = counters
             rates.append(counters["steps_per_s"] * self.action_repeat)
@@ -257,9 +308,14 @@ class Driver:
                 lengths.append(episode["length"])
         self._update_totals()
         self.state.episodes += len(returns)
-        info = ray.get(self.learner.poll.remote())
+        try:
+            info = ray.get(self.learner.poll.remote(), timeout=30)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            # Dead or restarting: the supervisor sees it at the next check; log what we had.
+            info = {**self.learner_info, "metrics": {}, "figure": None}
         previous = self.learner_info["counters"]
         self.learner_info = info
+        self.supervisor.progress(info["counters"])
         elapsed = max(time.monotonic() - self.last_poll, 1e-6)
         self.last_poll = time.monotonic()
         updates = info["counters"]["updates"] + info["counters"]["pretrain_updates"]
@@ -276,6 +332,8 @@ class Driver:
             "counters/policy_version": info["counters"]["version"],
             "counters/episodes": self.state.episodes,
             "actors/restarts": self.state.actor_restarts,
+            "learner/restarts": self.supervisor.restarts,
+            "replay/server_restarts": self.watchdog.restarts if self.watchdog else 0,
             "actors/env_errors": self.state.env_errors,
             "actors/limiter_timeouts": timeouts,
         })
@@ -321,7 +379,12 @@ class Driver:
             if not ready:
                 return
             self.eval_ref = None
-            result = ray.get(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError as exc:  # e.g. the evaluator was lost: redo that grid point
+                log.warning("evaluation at %d env steps failed (%s); it runs again", scheduled, type(exc).__name__)
+                self.state.next_eval = scheduled
+                return
             self.eval_return = sum(result["returns"]) / len(result["returns"])
             self.logger.evaluation(env_steps, scheduled, updates, result["version"], result["returns"])
             if result["video"] is not None:
@@ -335,6 +398,8 @@ class Driver:
         if self.cfg.run.eval_episodes == 0 or not due or self.eval_ref is not None:
             return
         latest = ray.get(self.board.latest.remote(0))
+        if latest is None and self.learner_info["counters"]["version"] > 0:
+            return  # a resumed or restarted learner has not published yet: wait for its weights
         # Before the first publication (initial collection, model pre-training) the agent acts uniformly
         # at random: the evaluator measures exactly that (weights None), as the paper's curves start at 0.
         weights_ref = latest[1][0] if latest is not None else None
@@ -353,20 +418,36 @@ class Driver:
         if self.pending_checkpoint is not None:
             ready, _ = ray.wait([self.pending_checkpoint], timeout=0)
             if ready:
-                log.info("checkpoint written: %s", ray.get(self.pending_checkpoint))
+                try:
+                    log.info("checkpoint written: %s", ray.get(self.pending_checkpoint))
+                except ray.exceptions.RayError as exc:  # the learner died writing it; the supervisor restarts it
+                    log.warning("checkpoint failed: %s", type(exc).__name__)
                 self.pending_checkpoint = None
-        if updates - self.last_checkpoint_updates >= self.cfg.learner.checkpoint_every and self.pending_checkpoint is None:
+        new = updates - self.last_checkpoint_updates
+        # By updates, and by time so that a learner that dies loses at most checkpoint_every_s of work.
+        due = new >= self.cfg.learner.checkpoint_every or (
+            new > 0 and time.monotonic() - self.last_checkpoint_time >= self.cfg.learner.checkpoint_every_s)
+        if due and self.pending_checkpoint is None:
             self.pending_checkpoint = self.learner.checkpoint.remote(self._extra())
             self.last_checkpoint_updates = updates
+            self.last_checkpoint_time = time.monotonic()
 
     def _extra(self) -> dict[str, Any]:
         return {"wandb_run_id": self.logger.run_id, "run_state": dataclasses.asdict(self.state)}
 
     # --- stopping -----------------------------------------------------------------------------------
     def _finish(self, interrupted: bool) -> dict[str, Any]:
+        self.signals.stopping()
+        if interrupted and self.eval_ref is not None:  # its grid point is redone by the resumed run
+            self.state.next_eval = self.eval_ref[2]
+            self.state.last_eval_scheduled = self.eval_ref[2] - self.cfg.run.eval_every
+            self.eval_ref = None
         self._stop_processes()
         if self.pending_checkpoint is not None:
-            ray.get(self.pending_checkpoint)
+            try:
+                ray.get(self.pending_checkpoint)
+            except ray.exceptions.RayError:
+                log.warning("the checkpoint in flight failed; writing the final one")
         self.learner_info = ray.get(self.learner.poll.remote())
         checkpoint = ray.get(self.learner.checkpoint.remote(self._extra()))
         if not interrupted and self.cfg.run.eval_episodes > 0:
@@ -380,6 +461,11 @@ class Driver:
                    "episodes": self.state.episodes, "actor_restarts": self.state.actor_restarts,
                    "env_errors": self.state.env_errors, "train_return": self.train_return,
                    "eval_return": self.eval_return, "wall_clock_s": round(time.monotonic() - self.started, 1),
+                   "stopped_by": self.signals.received if interrupted else None,
+                   "learner_restarts": self.supervisor.restarts, "learner_updates_lost": self.supervisor.updates_lost,
+                   "learner_stalls_s": [round(s, 1) for s in self.supervisor.stalls_s],
+                   "replay_server_restarts": self.watchdog.restarts if self.watchdog else 0,
+                   "replay_server_stalls_s": [round(s, 1) for s in self.watchdog.stalls_s] if self.watchdog else [],
                    "checkpoint": checkpoint, "run_dir": str(self.run.path),
                    "wandb_run_id": self.logger.run_id, "interrupted": interrupted,
                    "actor_nodes": len(set(self.actor_nodes.values())), "replay_url": redact(self.replay_url),
@@ -397,7 +483,7 @@ class Driver:
         self._poll_actors_quietly()
         self.learner.stop.remote()
         try:
-            ray.get(self.learner_run)
+            ray.get(self.supervisor.run_ref)
         except ray.exceptions.RayTaskError:
             log.exception("the learner failed while stopping")
 
@@ -410,10 +496,12 @@ class Driver:
         self._update_totals()
 
     def _update_totals(self) -> None:
-        """Env steps and env errors over every life of every actor (dead lives live in actor_base)."""
+        """Env steps and env errors over every life of the run: the totals carried from before a resume,
+        then every life of every actor in this one (dead lives live in actor_base)."""
         def total(key: str) -> int:
-            return int(sum(self.state.actor_base.get(i, {}).get(key, 0) + self.last_seen.get(i, {}).get(key, 0)
-                           for i in range(len(self.actors))))
+            return int(self.carried[key] + sum(
+                self.state.actor_base.get(i, {}).get(key, 0) + self.last_seen.get(i, {}).get(key, 0)
+                for i in range(len(self.actors))))
 
         self.state.env_steps = max(self.state.env_steps, total("env_steps"))
         self.state.agent_steps = max(self.state.agent_steps, total("steps"))

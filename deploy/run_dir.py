@@ -2,7 +2,8 @@
 
 `--run.resume <dir>` reopens such a directory: the config given now must agree with the saved one on
 everything that shapes networks and data (`common.config.resume_conflicts`), and the newest checkpoint
-supplies the learner state, the counters and the W&B run id.
+supplies the learner state, the counters and the W&B run id. A run stopped before its first checkpoint
+resumes with a fresh learner on its kept replay data (the driver counts on from the replay's inserts).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from common.config import Config, ConfigError, resume_conflicts
 from learner.checkpoint import CheckpointMismatchError, latest_checkpoint, load_checkpoint
+from replay_service.server import AOF_DIR
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,11 @@ def _reopen(cfg: Config) -> RunDir:
         raise CheckpointMismatchError(f"cannot resume {path}: the config differs where it must not: "
                                       + "; ".join(conflicts) + ". Use the original run's preset and overrides.")
     checkpoint = latest_checkpoint(path / "checkpoints")
-    if checkpoint is None:
-        raise ConfigError(f"--run.resume {path}: no checkpoint in {path / 'checkpoints'}")
+    if checkpoint is None and not (path / "redis" / AOF_DIR).is_dir() and not cfg.replay.url:
+        raise ConfigError(f"--run.resume {path}: neither a checkpoint in {path / 'checkpoints'} nor replay data in "
+                          f"{path / 'redis'}; there is nothing to resume, start a new run instead")
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(path), resume=str(path)))
-    state = load_checkpoint(checkpoint, cfg)
+    # No checkpoint yet (stopped during the initial collection): a fresh learner on the kept replay.
+    state = load_checkpoint(checkpoint, cfg) if checkpoint is not None else None
     (path / "config.json").write_text(cfg.to_json())
     return RunDir(path, cfg, state)

@@ -1,4 +1,9 @@
-"""`make train TASK=... PRESET=... ARGS=...`: parse the config, warn where it will be slow, train."""
+"""`make train TASK=... PRESET=... ARGS=...`: parse the config, warn where it will be slow, train.
+
+`--run.resume <dir>` alone reopens a run with its saved config.json; other keys on the command line
+override it (and `resume_conflicts` refuses those that would change the networks or the data). A known
+failure prints one paragraph and writes its traceback to `<run dir>/logs/`.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,15 @@ import json
 import logging
 import signal
 import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
 
-from common.config import Config, ConfigError, parse_cli
+import tyro
+
+from common.config import PRESETS, Config, ConfigError, parse_cli
 from common.envs import RenderingUnavailableError
 from learner.checkpoint import CheckpointMismatchError
 
@@ -20,10 +32,61 @@ def _slow_on_this_machine(cfg: Config) -> bool:
 
 def known_errors() -> tuple[type[Exception], ...]:
     """Failures with a message that says what to do: printed as a paragraph, never as a traceback."""
+    from deploy.supervisor import LearnerGaveUpError, ReplayServerLostError
     from replay_service import RedisNotInstalledError, ReplayConnectionError, ReplaySchemaError
 
     return (ConfigError, CheckpointMismatchError, RenderingUnavailableError, RedisNotInstalledError,
-            ReplayConnectionError, ReplaySchemaError)
+            ReplayConnectionError, ReplaySchemaError, LearnerGaveUpError, ReplayServerLostError)
+
+
+def _resume_dir(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg in ("--run.resume", "--run-resume") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(("--run.resume=", "--run-resume=")):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def parse_args(argv: Sequence[str]) -> Config:
+    """The config to run: a preset and overrides, or for a resume the saved config and overrides."""
+    resume = _resume_dir(argv)
+    if not resume:
+        return parse_cli(argv)
+    config_file = Path(resume) / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"--run.resume {resume}: there is no run there (no config.json). Pass the directory a "
+                          "run was started in (--run.dir, default runs/<task>-<timestamp>).")
+    saved = Config.from_json(config_file.read_text())
+    rest = list(argv[1:] if argv and argv[0] in PRESETS else argv)  # the saved config replaces the preset
+    return tyro.cli(Config, default=saved, args=rest)
+
+
+def _log_dir(argv: Sequence[str]) -> Path:
+    """Where a failure's traceback goes: the run directory's logs/ when one is named, else a temp dir."""
+    for flag in ("--run.resume", "--run.dir"):
+        for i, arg in enumerate(argv):
+            value = argv[i + 1] if arg == flag and i + 1 < len(argv) else (
+                arg.split("=", 1)[1] if arg.startswith(flag + "=") else None)
+            if value and (flag == "--run.dir" or (Path(value) / "config.json").is_file()):
+                return Path(value) / "logs"
+    return Path(tempfile.gettempdir()) / "slac-dist-logs"
+
+
+def _report(exc: BaseException, argv: Sequence[str]) -> None:
+    """One paragraph on the terminal; the traceback in a file it names."""
+    cause = getattr(exc, "cause", None) or exc  # a Ray task error: the exception the process raised
+    where = _log_dir(argv)
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        path = where / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        path.write_text("".join(traceback.format_exception(exc)))
+        trace = f" (traceback: {path})"
+    except OSError:
+        trace = ""
+    lines = str(cause).strip().splitlines() or [type(cause).__name__]
+    message = " ".join(lines[:8]) if len(lines) <= 8 else lines[-1]
+    print(f"error: {message}{trace}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     # parent shell started us with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = parse_cli(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = parse_args(argv)
+    except ConfigError as exc:
+        _report(exc, argv)
+        return 2
     if _slow_on_this_machine(cfg):
         logging.warning("the paper preset without a GPU is very slow (about a second per update on 2 cores, "
                         "100 000 model pre-training updates first); to see the whole system work in minutes "
@@ -41,10 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = train(cfg)
     except known_errors() as exc:
-        logging.error("%s", exc)
+        _report(exc, argv)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted before the run started; nothing to checkpoint", file=sys.stderr)
+        return 130
+    if summary["interrupted"]:  # before the summary, which stays the last thing printed (scripts parse it)
+        print(f"stopped by {summary['stopped_by']}; checkpoint {summary['checkpoint']}. Continue the run with:\n"
+              f"  python -m deploy.train --run.resume {summary['run_dir']}   "
+              f"(or make train ARGS=\"--run.resume {summary['run_dir']}\")", file=sys.stderr, flush=True)
     print(json.dumps({"summary": summary}, indent=2, default=str))
-    return 0
+    # A preempted run (SIGTERM) must read as unfinished to whatever scheduled it; Ctrl-C is the user's choice.
+    return 143 if summary["stopped_by"] == "SIGTERM" else 0
 
 
 if __name__ == "__main__":

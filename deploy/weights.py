@@ -1,8 +1,11 @@
 """Weight broadcast through the Ray object store: one `ray.put` per version, a board that names it.
 
 The learner puts each versioned blob into the object store once and posts the reference to a tiny
-`WeightBoard` actor. Actors ask the board whether a newer version exists and, if so, fetch the object
-from the store (from the nearest node holding a copy), never a copy sent per request by the learner.
+`WeightBoard` actor, which re-puts it so that the board, not the learner, owns the published object:
+a learner process that dies (and is restarted from a checkpoint) does not take the weights the actors
+and the evaluator are about to fetch with it. Actors ask the board whether a newer version exists and,
+if so, fetch the object from the store (from the nearest node holding a copy), never a copy sent per
+request by the learner.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ class WeightBoard:
 
     def publish(self, version: int, ref: list[ray.ObjectRef]) -> None:
         if version > self._version:
+            # Owned here: objects die with their owner, and the learner may die and be restarted.
+            if isinstance(ref[0], ray.ObjectRef):
+                ref = [ray.put(ray.get(ref[0]))]
             self._version, self._ref = version, ref
+
+    def version(self) -> int:
+        """The newest published version (a restarted learner continues above it)."""
+        return self._version
 
     def latest(self, have_version: int) -> tuple[int, list[ray.ObjectRef]] | None:
         if self._ref is None or self._version <= have_version:

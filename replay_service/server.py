@@ -27,6 +27,9 @@ RDB_FILE = "dump.rdb"
 # FIFO eviction by the flush script keeps used_memory far below it.
 _BYTES_PER_ROW_BOUND = FRAME_BYTES + 8 * 1024
 _BASE_MEMORY = 64 * 1024**2
+RECONNECT_S = 30.0
+"""Seconds a client keeps retrying a dropped connection: covers a restart of the embedded server."""
+_RECONNECT_TRIES = 6 + int(RECONNECT_S)  # 0.05 s doubling to 1 s in 5 tries, then 1 s each
 
 
 class RedisNotInstalledError(RuntimeError):
@@ -52,8 +55,9 @@ def connect(url: str, timeout_s: float, name: str | None = None) -> redis.Redis:
 
     `name` is shown by CLIENT LIST (writers use "writer:<id>", the learner "replay-mirror").
 
-    The returned client retries dropped connections briefly (a restarted server is picked up again);
-    writes stay exactly-once because every flush carries a sequence number (see ReplayWriter).
+    The returned client retries dropped connections for about `RECONNECT_S` seconds (a server restarted
+    by the launcher's watchdog, AOF reload included, is picked up again); writes stay exactly-once
+    because every flush carries a sequence number (see ReplayWriter).
     """
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
@@ -79,7 +83,7 @@ def connect(url: str, timeout_s: float, name: str | None = None) -> redis.Redis:
                 "port in replay.url, or raise replay.connect_timeout_s.")
         time.sleep(0.05)  # the server is not up yet; nothing to wait on but time
     return redis.Redis.from_url(url, socket_connect_timeout=max(timeout_s, 1.0), socket_timeout=max(10 * timeout_s, 60.0),
-                                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 6),
+                                retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), _RECONNECT_TRIES),
                                 health_check_interval=30, client_name=name)
 
 
@@ -145,6 +149,8 @@ class RedisServer:
         """Start the child process and wait until it answers (after loading its AOF)."""
         if self.running:
             return self
+        if self._finalizer is not None:  # a restart after the process died: that finalizer has nothing left to do
+            self._finalizer.detach()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         restoring = self.restore_from is not None and not (self.data_dir / AOF_DIR).exists()
         if self.restore_from is not None and not restoring:

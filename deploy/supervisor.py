@@ -1,0 +1,203 @@
+"""Process supervision beside the driver's polling loop: signals, the embedded Redis, the learner.
+
+- `StopSignals`: SIGINT and SIGTERM (a preempted machine, `ray stop`) both stop the run gracefully; a
+  second signal during that stop only prints "stopping, writing a checkpoint", so the checkpoint is
+  always written.
+- `RedisWatchdog`: a thread that restarts the embedded redis-server on the same data directory and port
+  when it dies (the AOF reloads every acknowledged flush); the clients' retries span the gap and the
+  writers' acks keep flushes exactly-once.
+- `LearnerSupervisor`: owns the learner process; when it dies (killed, out of memory, CUDA error) it is
+  restarted from the newest checkpoint, at most `learner.max_restarts` times, while the actors keep
+  acting with the weights they have.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+import ray
+
+from common.config import Config
+from learner.checkpoint import latest_checkpoint, load_checkpoint
+from replay_service import RedisServer
+
+log = logging.getLogger(__name__)
+
+REDIS_GIVE_UP_S = 60.0
+"""How long the watchdog keeps trying to bring a dead redis-server back before the run ends."""
+
+
+class LearnerGaveUpError(RuntimeError):
+    """The learner process died more often than `learner.max_restarts` allows."""
+
+
+class ReplayServerLostError(RuntimeError):
+    """The embedded redis-server died and could not be restarted."""
+
+
+class StopSignals:
+    """Within `with StopSignals():` the first SIGINT or SIGTERM raises KeyboardInterrupt in the main
+    thread (the driver then checkpoints and stops every process); later ones are acknowledged and
+    ignored, so an impatient second Ctrl-C (or a SIGINT delivered twice) cannot abort the checkpoint."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+            raise KeyboardInterrupt(self.received)
+        print(f"\n{signal.Signals(signum).name} received: stopping, writing a checkpoint (this finishes on its own)",
+              file=sys.stderr, flush=True)
+
+    def stopping(self) -> None:
+        """The driver started its graceful stop for another reason: later signals must not abort it."""
+        if self.received is None:
+            self.received = "stop"
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
+            for sig in self._SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class RedisWatchdog:
+    """Restarts a dead embedded redis-server on its data directory and port, counting the restarts."""
+
+    def __init__(self, server: RedisServer, poll_s: float = 0.2, give_up_s: float = REDIS_GIVE_UP_S) -> None:
+        self.server, self.poll_s, self.give_up_s = server, poll_s, give_up_s
+        self.restarts = 0
+        self.stalls_s: list[float] = []
+        self.failure: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="redis-watchdog", daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            if self.server.running:
+                continue
+            died = time.monotonic()
+            log.warning("the replay's redis-server (port %s) died; restarting it on %s", self.server.port,
+                        self.server.data_dir)
+            while not self._stop.is_set():
+                try:
+                    self.server.start()  # same port, same data dir: the AOF reloads
+                    break
+                except Exception as exc:  # noqa: BLE001 - a port still taken or a disk full: retry, bounded
+                    if time.monotonic() - died > self.give_up_s:
+                        self.failure = (f"the replay's redis-server died and did not come back within "
+                                        f"{self.give_up_s:.0f} s ({exc}); see {self.server.log_path}")
+                        log.error("%s", self.failure)
+                        return
+                    self._stop.wait(1.0)
+            if self._stop.is_set():
+                return
+            self.restarts += 1
+            self.stalls_s.append(time.monotonic() - died)
+            log.warning("redis-server restarted in %.1f s (restart #%d)", self.stalls_s[-1], self.restarts)
+
+    def check(self) -> None:
+        """Raise in the driver once the server is lost for good."""
+        if self.failure is not None:
+            raise ReplayServerLostError(self.failure + ". The replay data is safe in its AOF: fix the cause, then "
+                                        "continue with --run.resume <run dir>.")
+
+    def __enter__(self) -> RedisWatchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.give_up_s + 5)
+
+
+LearnerFactory = Callable[[dict[str, Any] | None, int], Any]
+"""(resume state or None, restart number) -> a started Ray actor handle of `LearnerProcess`."""
+
+
+class LearnerSupervisor:
+    """The learner process and its `run` task; restarts it from the newest checkpoint when it dies."""
+
+    def __init__(self, cfg: Config, run_path: Path, make: LearnerFactory, resume_state: dict[str, Any] | None,
+                 board: Any) -> None:
+        self.cfg, self.run_path, self.make, self.board = cfg, run_path, make, board
+        self.restarts = 0
+        self.updates_lost: list[int] = []
+        self.stalls_s: list[float] = []
+        self._waiting: tuple[float, int] | None = None  # (died at, restored total updates)
+        self.handle = make(resume_state, 0)
+        self.run_ref = self.handle.run.remote()
+
+    def check(self, last_counters: dict[str, int]) -> dict[str, int] | None:
+        """Restart the learner if its `run` ended; returns the restored counters when it did.
+
+        `last_counters` are the counters the driver last saw, to count the updates the restart loses.
+        """
+        finished, _ = ray.wait([self.run_ref], timeout=0)
+        if not finished:
+            return None
+        try:
+            ray.get(self.run_ref)
+            reason = "its run returned before the run was stopped"
+        except ray.exceptions.RayError as exc:
+            reason = _first_line(exc)
+        if self.restarts >= self.cfg.learner.max_restarts:
+            raise LearnerGaveUpError(
+                f"the learner process failed {self.restarts + 1} times (last: {reason}); learner.max_restarts is "
+                f"{self.cfg.learner.max_restarts}. The full error is in the log above and in {self.run_path / 'logs'}; "
+                f"fix the cause, then continue with --run.resume {self.run_path}.")
+        died = time.monotonic()
+        try:
+            ray.kill(self.handle, no_restart=True)  # a failed `run` may leave the process itself alive
+        except ray.exceptions.RayError:
+            pass
+        checkpoint = latest_checkpoint(self.run_path / "checkpoints")
+        state = load_checkpoint(checkpoint, self.cfg) if checkpoint else None
+        restored = {"updates": 0, "pretrain_updates": 0, "version": 0}
+        if state is not None:
+            # Publish above what the actors already hold, or the board would ignore the restarted learner.
+            state["counters"]["version"] = max(state["counters"]["version"], ray.get(self.board.version.remote()))
+            restored.update(state["counters"])
+        self.restarts += 1
+        lost = _total(last_counters) - _total(restored)
+        self.updates_lost.append(max(lost, 0))
+        log.warning("the learner process died (%s); restart %d/%d from %s (%d updates lost)", reason, self.restarts,
+                    self.cfg.learner.max_restarts, checkpoint.name if checkpoint else "scratch", max(lost, 0))
+        self.handle = self.make(state, self.restarts)
+        self.run_ref = self.handle.run.remote()
+        self._waiting = (died, _total(restored))
+        return restored
+
+    def progress(self, counters: dict[str, int]) -> None:
+        """Note the learner's counters; the first update after a restart ends its stall."""
+        if self._waiting is not None and _total(counters) > self._waiting[1]:
+            self.stalls_s.append(time.monotonic() - self._waiting[0])
+            log.warning("the restarted learner is updating again %.1f s after the failure", self.stalls_s[-1])
+            self._waiting = None
+
+
+def _total(counters: dict[str, int]) -> int:
+    return int(counters.get("updates", 0)) + int(counters.get("pretrain_updates", 0))
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"

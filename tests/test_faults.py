@@ -1,0 +1,360 @@
+"""Fault injection (marker `faults`; the unit tests at the end are unmarked): kill -9 of the replay's redis-server and of the learner process,
+SIGTERM and a double SIGINT to the driver, and known failures, each during a debug-preset run of the
+real entry point (`python -m deploy.train`, what `make train` runs) on CPU with real processes.
+
+The runs couple the actors to the learner tightly (a quarter update per insert, 40 transitions of
+rate-limiter slack), so a dead learner or a dead Redis stalls the whole run until it is back: a run
+that finishes has recovered. The test watches the run from outside, as a user would: the replay's
+shared counters in Redis (the port from the redis-server's command line), the checkpoints directory,
+the W&B files and eval.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from common.config import debug
+from deploy.wandb_reader import find_offline_runs, read_history
+from replay_service import RedisServer
+from replay_service.schema import STATE, row_key
+
+REPO = Path(__file__).resolve().parents[1]
+# A quarter update per insert and little limiter slack: actors wait for the learner within 40 transitions.
+COUPLED = ["--replay.samples-per-insert", "0.25", "--replay.spi-tolerance", "40"]
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, proc: subprocess.Popen | None = None,
+             log: Path | None = None) -> Any:
+    """Poll `condition` until it returns something truthy; fail naming `what` (with the run's log tail)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}\n{tail}")
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def descendants(root: int) -> dict[int, list[str]]:
+    """Every live process below `root`, with its command line."""
+    parents = {int(p.name): _ppid(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    found: dict[int, list[str]] = {}
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in found}
+        found.update({pid: _cmdline(pid) for pid in frontier})
+    return {pid: cmd for pid, cmd in found.items() if cmd and _alive(pid)}
+
+
+class Run:
+    """One `python -m deploy.train` process, its output in a file, killed with its session at the end."""
+
+    def __init__(self, tmp: Path, args: list[str], name: str = "run") -> None:
+        self.log = tmp / f"{name}.log"
+        env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
+        env.setdefault("MUJOCO_GL", "egl")
+        self.started = time.time()
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "deploy.train", *args], cwd=REPO, env=env,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait(self, timeout_s: float = 240) -> int:
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the run did not end within {timeout_s} s\n{self.text[-3000:]}")
+
+    def summary(self) -> dict[str, Any]:
+        text = self.text
+        assert '{\n  "summary"' in text, f"no summary printed\n{text[-3000:]}"
+        start = text.index('{\n  "summary"')
+        return json.JSONDecoder().raw_decode(text[start:])[0]["summary"]
+
+    def child(self, marker: str) -> int | None:
+        """The pid of the run's process whose command line contains `marker`."""
+        for pid, cmd in descendants(self.proc.pid).items():
+            if any(marker in part for part in cmd):
+                return pid
+        return None
+
+    def redis(self) -> redis.Redis | None:
+        pid = self.child("redis-server")
+        if pid is None:
+            return None
+        # redis-server retitles itself "redis-server 127.0.0.1:<port>"; before that, argv has --port.
+        cmd = _cmdline(pid)
+        found = re.search(r":(\d+)", cmd[0]) if "--port" not in cmd else None
+        port = int(found.group(1)) if found else int(cmd[cmd.index("--port") + 1]) if "--port" in cmd else None
+        return redis.Redis(port=port, socket_timeout=5) if port else None
+
+    def replay_state(self) -> dict[str, int]:
+        client = self.redis()
+        if client is None:
+            return {}
+        try:
+            raw = client.hgetall(STATE)
+        except redis.RedisError:
+            return {}
+        finally:
+            client.close()
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Iterator[Callable[..., Run]]:
+    started: list[Run] = []
+
+    def start(args: list[str], name: str = "run") -> Run:
+        started.append(Run(tmp_path, args, name))
+        return started[-1]
+
+    yield start
+    for run in started:
+        run.kill()
+
+
+def _digests(client: redis.Redis, lo: int, hi: int) -> list[str | None]:
+    out = []
+    for start in range(lo, hi, 256):
+        blobs = client.mget([row_key(i) for i in range(start, min(start + 256, hi))])
+        out += [hashlib.sha1(b).hexdigest() if b is not None else None for b in blobs]
+    return out
+
+
+@pytest.mark.faults
+def test_killed_redis_server_is_restarted_and_no_acknowledged_step_is_lost(tmp_path: Path, runs) -> None:
+    run_dir = tmp_path / "run"
+    run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.env-steps", "3200",
+                "--run.eval-episodes", "0", *COUPLED])
+    wait_for(lambda: run.replay_state().get("sampled", 0) >= 20, 180, "joint training", run.proc, run.log)
+    client = run.redis()
+    pid = run.child("redis-server")
+    # Everything acknowledged so far is in rows [tail, head): a flush is one atomic script.
+    state = {k.decode(): int(v) for k, v in client.hgetall(STATE).items()}
+    before = _digests(client, state["tail"], state["head"])
+    client.close()
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    # The run carries on: the replay's counters move past the kill within seconds.
+    wait_for(lambda: run.replay_state().get("inserted", 0) > state["inserted"], 60, "inserts after the kill",
+             run.proc, run.log)
+    resumed_after = time.monotonic() - killed
+    assert run.wait() == 0, run.text[-3000:]
+    summary = run.summary()
+    assert summary["env_steps"] >= 3200 and not summary["interrupted"]
+    assert summary["replay_server_restarts"] == 1, summary
+    assert "Traceback" not in run.text, run.text[-3000:]
+
+    cfg = debug()
+    with RedisServer(run_dir / "redis", cfg.replay) as server:
+        after = redis.Redis.from_url(server.url)
+        final = {k.decode(): int(v) for k, v in after.hgetall(STATE).items()}
+        assert final["tail"] == state["tail"] == 0  # nothing evicted: every row is still there to compare
+        lost = sum(a != b for a, b in zip(before, _digests(after, state["tail"], state["head"]), strict=True))
+        after.close()
+    assert lost == 0, f"{lost} acknowledged rows changed or vanished"
+    assert final["inserted"] >= state["inserted"] and final["inserted"] * 4 >= summary["env_steps"] - 4 * 25 * 2
+    print(f"\nredis kill: server back in {summary['replay_server_stalls_s']} s, inserts resumed "
+          f"{resumed_after:.1f} s after the kill, rows lost {lost}, updates lost 0")
+
+
+@pytest.mark.faults
+def test_killed_learner_is_restarted_from_its_checkpoint(tmp_path: Path, runs) -> None:
+    run_dir = tmp_path / "run"
+    every = 50
+    run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.env-steps", "3200",
+                "--run.eval-episodes", "0", "--learner.checkpoint-every", str(every), *COUPLED])
+    wait_for(lambda: list((run_dir / "checkpoints").glob("ckpt_*.pt")), 180, "a checkpoint", run.proc, run.log)
+    wait_for(lambda: run.replay_state().get("sampled", 0) >= 40, 120, "joint training", run.proc, run.log)
+    inserted = run.replay_state()["inserted"]
+    learner = wait_for(lambda: run.child("ray::LearnerProcess"), 30, "the learner's process")
+    os.kill(learner, signal.SIGKILL)
+    assert run.wait() == 0, run.text[-3000:]
+    summary = run.summary()
+    assert summary["env_steps"] >= 3200 and not summary["interrupted"]
+    assert summary["learner_restarts"] == 1, summary
+    # Back to the newest checkpoint: at most one checkpoint interval (plus one poll's updates) lost.
+    lost = summary["learner_updates_lost"][0]
+    assert 0 <= lost <= every + 20, summary
+    assert summary["learner_stalls_s"], "the restarted learner never updated"
+    assert summary["replay"]["inserted"] > inserted  # the actors went on writing
+    print(f"\nlearner kill: updates again {summary['learner_stalls_s']} s after the kill, updates lost {lost}, "
+          "steps lost 0 (the replay is untouched)")
+
+
+def _history_since(run_dir: Path, index: int) -> list[dict[str, Any]]:
+    return read_history(find_offline_runs(run_dir)[index])
+
+
+def _stop_then_resume(tmp_path: Path, runs, sig: signal.Signals, times: int) -> None:
+    """Stop a debug run in joint training with `sig` (`times` in quick succession), then resume it with
+    the bare flag and check that every counter and the evaluation schedule carry on."""
+    run_dir, length, every = tmp_path / "run", 2400, 400
+    run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.env-steps", str(length),
+                "--run.eval-every", str(every), "--learner.checkpoint-every", "1000", *COUPLED])
+    wait_for(lambda: run.replay_state().get("sampled", 0) >= 20, 180, "joint training", run.proc, run.log)
+    children = descendants(run.proc.pid)
+    for _ in range(times):
+        os.kill(run.proc.pid, sig)
+        time.sleep(0.2)
+    code = run.wait(120)
+    assert code == (143 if sig == signal.SIGTERM else 0), run.text[-3000:]
+    if times > 1:
+        assert "stopping, writing a checkpoint" in run.text
+    assert "--run.resume" in run.text  # how to continue
+    stopped = run.summary()
+    assert stopped["interrupted"] and Path(stopped["checkpoint"]).exists()
+    assert stopped["env_steps"] < length, "stopped too late to test the resume"
+    def left() -> list[str]:
+        return [cmd[0] for pid, cmd in children.items() if _alive(pid) and _cmdline(pid) == cmd]
+
+    deadline = time.monotonic() + 15  # the last Ray workers exit just after their raylet
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left(), f"processes of the run outlived it: {left()}"
+    evals_before = list(csv.DictReader((run_dir / "eval.csv").open()))
+
+    resumed_run = runs(["--run.resume", str(run_dir)], name="resumed")
+    assert resumed_run.wait() == 0, resumed_run.text[-3000:]
+    resumed = resumed_run.summary()
+    assert resumed["env_steps"] >= length and resumed["env_steps"] < length + 400, resumed
+    assert resumed["episodes"] >= stopped["episodes"] and resumed["agent_steps"] * 4 == resumed["env_steps"]
+    assert resumed["pretrain_updates"] == stopped["pretrain_updates"] and resumed["updates"] > stopped["updates"]
+    rows = [r for r in _history_since(run_dir, 1) if "counters/env_steps" in r]
+    assert rows[0]["counters/env_steps"] >= stopped["env_steps"]
+    # Env steps advance from the first new steps on (the bug: stuck at the saved total for minutes), within
+    # seconds of the resumed driver's first poll and of its start (Ray, Redis, W&B and the processes included).
+    moved = [r["_timestamp"] for r in rows if r["counters/env_steps"] > stopped["env_steps"]]
+    assert moved and moved[0] - rows[0]["_timestamp"] < 10 and moved[0] - resumed_run.started < 60, \
+        (moved[:1], rows[0]["_timestamp"], resumed_run.started)
+    # No updates/s spike: the first rate counts only the resumed learner's updates, not the saved ones.
+    rates = sorted(r["perf/updates_per_s"] for r in rows[1:])
+    assert rows[0]["perf/updates_per_s"] <= max(1.0, 3 * rates[len(rates) // 2]), [r["perf/updates_per_s"] for r in rows[:5]]
+    # The evaluation grid goes on where it stopped: the next evaluation comes as soon as the resumed policy
+    # is published (a grid point passed meanwhile is labelled as a busy evaluator's would be, not redone),
+    # each point once, the last at the run's length.
+    evals = list(csv.DictReader((run_dir / "eval.csv").open()))
+    scheduled = [int(r["scheduled_env_steps"]) for r in evals]
+    assert scheduled == sorted(set(scheduled)) and scheduled[-1] == length, scheduled
+    first_new = evals[len(evals_before)]
+    assert int(first_new["scheduled_env_steps"]) > int(evals_before[-1]["scheduled_env_steps"])
+    assert int(first_new["env_steps"]) < max(stopped["env_steps"], int(first_new["scheduled_env_steps"])) + every, \
+        (first_new, stopped["env_steps"])
+    for r in evals:
+        assert int(r["scheduled_env_steps"]) <= int(r["env_steps"]) < int(r["scheduled_env_steps"]) + every
+    print(f"\n{sig.name} x{times}: stopped at {stopped['env_steps']} env steps, resumed to {resumed['env_steps']}, "
+          f"env steps moving {moved[0] - rows[0]['_timestamp']:.1f} s after the resumed driver's first poll, "
+          f"{moved[0] - resumed_run.started:.1f} s after its start; updates lost 0, steps lost 0")
+
+
+@pytest.mark.faults
+def test_sigterm_checkpoints_stops_everything_and_resume_continues_the_counters(tmp_path: Path, runs) -> None:
+    _stop_then_resume(tmp_path, runs, signal.SIGTERM, times=1)
+
+
+@pytest.mark.faults
+def test_two_sigints_still_write_a_checkpoint_and_a_bare_resume_continues(tmp_path: Path, runs) -> None:
+    _stop_then_resume(tmp_path, runs, signal.SIGINT, times=2)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("case", ["unreachable_replay", "resume_not_a_run"])
+def test_known_failures_are_a_short_error(tmp_path: Path, runs, case: str) -> None:
+    run_dir = tmp_path / "run"
+    if case == "unreachable_replay":
+        args = ["debug", "--run.dir", str(run_dir), "--replay.url", "redis://127.0.0.1:1/0",
+                "--replay.connect-timeout-s", "1"]
+    else:
+        (tmp_path / "not-a-run").mkdir()
+        args = ["--run.resume", str(tmp_path / "not-a-run")]
+    run = runs(args)
+    assert run.wait(120) != 0
+    lines = run.text.strip().splitlines()
+    assert len(lines) < 15, run.text
+    assert "Traceback" not in run.text and "error:" in run.text
+    if case == "unreachable_replay":
+        assert "cannot reach the replay Redis" in run.text
+        assert list((run_dir / "logs").glob("error-*.log")), "no traceback file in <run dir>/logs"
+    else:
+        assert "no config.json" in run.text
+
+
+# --- units: no processes -------------------------------------------------------------------------------
+def test_resumed_totals_count_on_from_the_checkpoint() -> None:
+    """The known bug: the saved steps of actors that never died were in no base, so a resumed run's
+    total stayed at the saved value until the new lives' own counts passed it."""
+    from deploy.launcher import Driver, RunState
+
+    driver = Driver.__new__(Driver)
+    driver.state = RunState(env_steps=64_996, agent_steps=16_249, env_errors=1)
+    driver.carried = {"env_steps": 64_996, "steps": 16_249, "env_errors": 1}
+    driver.actors = [None, None]
+    driver.last_seen = {0: {"env_steps": 8, "steps": 2, "env_errors": 0}, 1: {"env_steps": 4, "steps": 1}}
+    driver.state.actor_base = {}
+    driver._update_totals()
+    assert (driver.state.env_steps, driver.state.agent_steps, driver.state.env_errors) == (65_008, 16_252, 1)
+    driver._bank(0, driver.last_seen.pop(0))  # actor 0 dies; its new life starts from zero
+    driver.last_seen[0] = {"env_steps": 4, "steps": 1, "env_errors": 1}
+    driver._update_totals()
+    assert (driver.state.env_steps, driver.state.agent_steps, driver.state.env_errors) == (65_012, 16_253, 2)
+
+
+def test_a_second_signal_does_not_interrupt_the_graceful_stop(capsys: pytest.CaptureFixture[str]) -> None:
+    from deploy.supervisor import StopSignals
+
+    with StopSignals() as signals:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here, at once
+        assert signals.received == "SIGTERM"
+        os.kill(os.getpid(), signal.SIGINT)  # during the checkpoint: acknowledged, not raised
+        os.kill(os.getpid(), signal.SIGINT)
+    assert capsys.readouterr().err.count("stopping, writing a checkpoint") == 2
+    assert signal.getsignal(signal.SIGTERM) != signals._handle  # the previous handlers are back
