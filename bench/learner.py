@@ -136,6 +136,10 @@ def main() -> None:
             variants[name]["profile"] = operator_profile(lambda lr=learner: lr.update(batch), device)
     speedup = {p: round(statistics.median(seconds[f"eager_{p}"]) / statistics.median(seconds[f"optimised_{p}"]), 3)
                for p in precisions}
+    baseline = "eager_fp32" if "fp32" in precisions else f"eager_{precisions[0]}"
+    # Every variant against the plain eager fp32 update (what bf16 buys on top of compilation).
+    versus_fp32 = {name: round(statistics.median(seconds[baseline]) / statistics.median(t), 3)
+                   for name, t in seconds.items()}
     if device.type == "cuda":
         peak = {"peak_cuda_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
         name = torch.cuda.get_device_name(device)
@@ -150,7 +154,7 @@ def main() -> None:
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "preset": args.preset,
         "compile": args.compile, "model_batch": cfg.model.batch_size, "sac_batch": cfg.sac.batch_size,
         "frames": frames, "action_dim": args.action_dim, "timed_updates": args.updates,
-        "variants": variants, "speedup_vs_eager": speedup,
+        "variants": variants, "speedup_vs_eager": speedup, f"speedup_vs_{baseline}": versus_fp32,
         "parameters": next(iter(learners.values())).parameter_counts(), **peak,
     }
     write_report(result, args.out)

@@ -106,7 +106,7 @@ def test_bf16_tracks_fp32_over_50_updates() -> None:
     assert differs
 
 
-def test_execution_settings() -> None:
+def test_execution_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert execution.compile_mode("none", cpu) is None
     assert execution.compile_mode("default", cuda) == "default"
@@ -116,6 +116,10 @@ def test_execution_settings() -> None:
         execution.compile_mode("fast", cpu)
     with pytest.raises(ValueError, match="learner.precision"), execution.autocast(cpu, "fp16"):
         pass
-    assert execution.resolve_compile("auto", cuda) == "default" and execution.resolve_compile("auto", cpu) == "none"
+    assert execution.resolve_compile("auto", cuda) == "default"
+    assert execution.resolve_compile("auto", cpu) == ("default" if execution.cpp_compiler() else "none")
+    with monkeypatch.context() as m:
+        m.setattr(execution.shutil, "which", lambda name: None)  # no C++ compiler: eager on CPU, compiled on CUDA
+        assert execution.resolve_compile("auto", cpu) == "none" and execution.resolve_compile("auto", cuda) == "default"
     assert execution.resolve_precision("auto", cuda) == "bf16" and execution.resolve_precision("auto", cpu) == "fp32"
     assert LOSSES == ("model", "critic", "actor", "alpha")
