@@ -190,6 +190,7 @@ def test_killed_redis_server_is_restarted_and_no_acknowledged_step_is_lost(tmp_p
     summary = run.summary()
     assert summary["env_steps"] >= 3200 and not summary["interrupted"]
     assert summary["replay_server_restarts"] == 1, summary
+    assert _last(run_dir, "replay/server_restarts") == 1
     assert "Traceback" not in run.text, run.text[-3000:]
 
     cfg = debug()
@@ -202,7 +203,8 @@ def test_killed_redis_server_is_restarted_and_no_acknowledged_step_is_lost(tmp_p
     assert lost == 0, f"{lost} acknowledged rows changed or vanished"
     assert final["inserted"] >= state["inserted"] and final["inserted"] * 4 >= summary["env_steps"] - 4 * 25 * 2
     print(f"\nredis kill: server back in {summary['replay_server_stalls_s']} s, inserts resumed "
-          f"{resumed_after:.1f} s after the kill, rows lost {lost}, updates lost 0")
+          f"{resumed_after:.1f} s after the kill, acknowledged rows lost {lost}, updates lost 0, "
+          f"steps taken but never stored {_unstored(summary)}")
 
 
 @pytest.mark.faults
@@ -225,8 +227,20 @@ def test_killed_learner_is_restarted_from_its_checkpoint(tmp_path: Path, runs) -
     assert 0 <= lost <= every + 20, summary
     assert summary["learner_stalls_s"], "the restarted learner never updated"
     assert summary["replay"]["inserted"] > inserted  # the actors went on writing
+    assert _last(run_dir, "learner/restarts") == 1
+    assert _unstored(summary) <= 2 * 25, summary  # at most a flush per actor cut off at the very end
     print(f"\nlearner kill: updates again {summary['learner_stalls_s']} s after the kill, updates lost {lost}, "
-          "steps lost 0 (the replay is untouched)")
+          f"steps taken but never stored {_unstored(summary)}")
+
+
+def _last(run_dir: Path, key: str) -> Any:
+    """The last value of `key` the run logged to W&B."""
+    return [row[key] for row in read_history(find_offline_runs(run_dir)[-1]) if key in row][-1]
+
+
+def _unstored(summary: dict[str, Any]) -> int:
+    """Agent steps the actors took that are not in the replay (each stores one transition per agent step)."""
+    return summary["agent_steps"] - int(summary["replay"]["inserted"])
 
 
 def _history_since(run_dir: Path, index: int) -> list[dict[str, Any]]:
@@ -252,6 +266,7 @@ def _stop_then_resume(tmp_path: Path, runs, sig: signal.Signals, times: int) -> 
     stopped = run.summary()
     assert stopped["interrupted"] and Path(stopped["checkpoint"]).exists()
     assert stopped["env_steps"] < length, "stopped too late to test the resume"
+    assert _unstored(stopped) <= 2 * 25, stopped  # only writes the rate limiter held at the stop are dropped
     def left() -> list[str]:
         return [cmd[0] for pid, cmd in children.items() if _alive(pid) and _cmdline(pid) == cmd]
 
@@ -291,7 +306,8 @@ def _stop_then_resume(tmp_path: Path, runs, sig: signal.Signals, times: int) -> 
         assert int(r["scheduled_env_steps"]) <= int(r["env_steps"]) < int(r["scheduled_env_steps"]) + every
     print(f"\n{sig.name} x{times}: stopped at {stopped['env_steps']} env steps, resumed to {resumed['env_steps']}, "
           f"env steps moving {moved[0] - rows[0]['_timestamp']:.1f} s after the resumed driver's first poll, "
-          f"{moved[0] - resumed_run.started:.1f} s after its start; updates lost 0, steps lost 0")
+          f"{moved[0] - resumed_run.started:.1f} s after its start; updates lost 0 (final checkpoint), steps taken but "
+          f"never stored {_unstored(stopped)} at the stop, {_unstored(resumed)} at the end")
 
 
 @pytest.mark.faults
@@ -302,6 +318,30 @@ def test_sigterm_checkpoints_stops_everything_and_resume_continues_the_counters(
 @pytest.mark.faults
 def test_two_sigints_still_write_a_checkpoint_and_a_bare_resume_continues(tmp_path: Path, runs) -> None:
     _stop_then_resume(tmp_path, runs, signal.SIGINT, times=2)
+
+
+@pytest.mark.faults
+def test_a_run_killed_before_its_first_checkpoint_resumes_on_its_replay(tmp_path: Path, runs) -> None:
+    """kill -9 of every process of the run (a lost machine) during the initial collection, then a bare resume:
+    a fresh learner on the kept replay, the counters going on from the replay's inserts."""
+    run_dir, length = tmp_path / "run", 1600
+    run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.env-steps", str(length),
+                "--run.eval-episodes", "0", "--learner.checkpoint-every", "1000", *COUPLED])
+    wait_for(lambda: run.replay_state().get("inserted", 0) >= 60, 180, "the initial collection", run.proc, run.log)
+    server = run.child("redis-server")  # in its own session: a lost machine takes it too
+    run.kill()
+    os.kill(server, signal.SIGKILL)
+    assert not list((run_dir / "checkpoints").glob("ckpt_*.pt"))
+    with RedisServer(run_dir / "redis", debug().replay) as replay:
+        stored = int(redis.Redis.from_url(replay.url).hget(STATE, "inserted"))
+
+    resumed_run = runs(["--run.resume", str(run_dir)], name="resumed")
+    assert resumed_run.wait() == 0, resumed_run.text[-3000:]
+    resumed = resumed_run.summary()
+    assert resumed["env_steps"] >= length and resumed["pretrain_updates"] == debug().learner.model_pretrain_steps
+    rows = [r for r in read_history(find_offline_runs(run_dir)[-1]) if "counters/env_steps" in r]
+    assert rows[0]["counters/env_steps"] >= 4 * stored, (rows[0]["counters/env_steps"], stored)
+    assert resumed["replay"]["inserted"] >= stored + (length - 4 * stored) // 4 - 2 * 25
 
 
 @pytest.mark.faults
