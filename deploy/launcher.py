@@ -26,9 +26,9 @@ from actors.worker import ActorWorker, EnvFactory
 from common.config import Config, ConfigError
 from common.envs import make_env, select_gl_backend
 from common.tasks import resolve_task
-from deploy.run_dir import RunDir, prepare_run_dir
+from deploy.run_dir import RunDir, prepare_run_dir, write_traceback
 from deploy.run_logger import ActorWaitMeter, RunLogger, bound_scalars, bound_text, format_eta
-from deploy.supervisor import LearnerSupervisor, RedisWatchdog, StopSignals
+from deploy.supervisor import LearnerSupervisor, RedisWatchdog, RestartsExhaustedError, StopSignals
 from deploy.weights import BOARD_NAME, RayWeightPublisher, RayWeightSource, WeightBoard
 from learner.process import LearnerProcess
 from replay_service import RedisServer, connect
@@ -113,6 +113,15 @@ def train(cfg: Config, env_factory: EnvFactory | None = None,
         connect(cfg.replay.url, cfg.replay.connect_timeout_s).close()
     run = prepare_run_dir(cfg)
     cfg = run.cfg
+    try:
+        return _train(cfg, run, env_factory, on_started)
+    except Exception as exc:
+        exc.log_path = write_traceback(run.path, exc)  # type: ignore[attr-defined]  # main() names it
+        raise
+
+
+def _train(cfg: Config, run: RunDir, env_factory: EnvFactory | None,
+           on_started: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     probe = (env_factory or (lambda seed: make_env(cfg.run.task, seed)))(0)
     action_dim = probe.action_dim
     probe.close()
@@ -244,7 +253,9 @@ class Driver:
             self.last_checkpoint_updates = restored["updates"] + restored["pretrain_updates"]
             self.pending_checkpoint = None
         if not any(self.alive):
-            raise RuntimeError("every actor died and exhausted its restarts; see the actor logs above")
+            raise RestartsExhaustedError(
+                f"every actor died and exhausted its restarts (actors.max_restarts {self.cfg.actors.max_restarts}); "
+                f"see the actor logs above. Fix the cause, then continue with --run.resume {self.run.path}.")
 
     def _actor_died(self, index: int, exc: Exception) -> None:
         """Its `run` failed: Ray is restarting the process (or gave up); fold its counters into the base."""

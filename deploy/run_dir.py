@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,15 @@ def prepare_run_dir(cfg: Config) -> RunDir:
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(path)))
     (path / "config.json").write_text(cfg.to_json())
     return RunDir(path, cfg, None)
+
+
+def write_traceback(run_dir: str | Path, exc: BaseException) -> Path:
+    """Save `exc`'s full traceback as <run dir>/logs/error-<time>.log (the terminal gets one paragraph)."""
+    logs = Path(run_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    path.write_text("".join(traceback.format_exception(exc)))
+    return path
 
 
 def _reopen(cfg: Config) -> RunDir:

@@ -35,8 +35,8 @@ REDIS_GIVE_UP_S = 60.0
 """How long the watchdog keeps trying to bring a dead redis-server back before the run ends."""
 
 
-class LearnerGaveUpError(RuntimeError):
-    """The learner process died more often than `learner.max_restarts` allows."""
+class RestartsExhaustedError(RuntimeError):
+    """A process (the learner, or every actor) died more often than its restart limit allows."""
 
 
 class ReplayServerLostError(RuntimeError):
@@ -159,7 +159,7 @@ class LearnerSupervisor:
         except ray.exceptions.RayError as exc:
             reason = _first_line(exc)
         if self.restarts >= self.cfg.learner.max_restarts:
-            raise LearnerGaveUpError(
+            raise RestartsExhaustedError(
                 f"the learner process failed {self.restarts + 1} times (last: {reason}); learner.max_restarts is "
                 f"{self.cfg.learner.max_restarts}. The full error is in the log above and in {self.run_path / 'logs'}; "
                 f"fix the cause, then continue with --run.resume {self.run_path}.")

@@ -12,8 +12,6 @@ import logging
 import signal
 import sys
 import tempfile
-import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,11 +30,11 @@ def _slow_on_this_machine(cfg: Config) -> bool:
 
 def known_errors() -> tuple[type[Exception], ...]:
     """Failures with a message that says what to do: printed as a paragraph, never as a traceback."""
-    from deploy.supervisor import LearnerGaveUpError, ReplayServerLostError
+    from deploy.supervisor import ReplayServerLostError, RestartsExhaustedError
     from replay_service import RedisNotInstalledError, ReplayConnectionError, ReplaySchemaError
 
     return (ConfigError, CheckpointMismatchError, RenderingUnavailableError, RedisNotInstalledError,
-            ReplayConnectionError, ReplaySchemaError, LearnerGaveUpError, ReplayServerLostError)
+            ReplayConnectionError, ReplaySchemaError, RestartsExhaustedError, ReplayServerLostError)
 
 
 def _resume_dir(argv: Sequence[str]) -> str | None:
@@ -63,24 +61,23 @@ def parse_args(argv: Sequence[str]) -> Config:
 
 
 def _log_dir(argv: Sequence[str]) -> Path:
-    """Where a failure's traceback goes: the run directory's logs/ when one is named, else a temp dir."""
+    """Whose logs/ a failure's traceback goes to: the run directory when one is named, else a temp dir."""
     for flag in ("--run.resume", "--run.dir"):
         for i, arg in enumerate(argv):
             value = argv[i + 1] if arg == flag and i + 1 < len(argv) else (
                 arg.split("=", 1)[1] if arg.startswith(flag + "=") else None)
             if value and (flag == "--run.dir" or (Path(value) / "config.json").is_file()):
-                return Path(value) / "logs"
-    return Path(tempfile.gettempdir()) / "slac-dist-logs"
+                return Path(value)
+    return Path(tempfile.gettempdir()) / "slac-dist"
 
 
 def _report(exc: BaseException, argv: Sequence[str]) -> None:
     """One paragraph on the terminal; the traceback in a file it names."""
+    from deploy.run_dir import write_traceback  # imports torch: kept out of the --help path
+
     cause = getattr(exc, "cause", None) or exc  # a Ray task error: the exception the process raised
-    where = _log_dir(argv)
     try:
-        where.mkdir(parents=True, exist_ok=True)
-        path = where / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        path.write_text("".join(traceback.format_exception(exc)))
+        path = getattr(exc, "log_path", None) or write_traceback(_log_dir(argv), exc)
         trace = f" (traceback: {path})"
     except OSError:
         trace = ""
