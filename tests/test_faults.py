@@ -398,3 +398,31 @@ def test_a_second_signal_does_not_interrupt_the_graceful_stop(capsys: pytest.Cap
         os.kill(os.getpid(), signal.SIGINT)
     assert capsys.readouterr().err.count("stopping, writing a checkpoint") == 2
     assert signal.getsignal(signal.SIGTERM) != signals._handle  # the previous handlers are back
+
+
+def test_checkpoints_are_also_written_by_time() -> None:
+    """`learner.checkpoint_every_s` bounds the learner work a restart loses, however slow the updates."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from deploy.launcher import Driver, RunState
+
+    cfg = debug()
+    driver = Driver.__new__(Driver)
+    driver.cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, checkpoint_every=1000,
+                                                                      checkpoint_every_s=30.0))
+    written: list[dict[str, Any]] = []
+    learner = SimpleNamespace(checkpoint=SimpleNamespace(remote=lambda extra: written.append(extra) or None))
+    driver.supervisor = SimpleNamespace(handle=learner)
+    driver.logger = SimpleNamespace(run_id="run")
+    driver.state, driver.pending_checkpoint = RunState(), None
+    driver.learner_info = {"counters": {"updates": 5, "pretrain_updates": 20, "version": 1}}
+    driver.last_checkpoint_updates, driver.last_checkpoint_time = 0, time.monotonic()
+    driver._maybe_checkpoint()
+    assert not written  # 25 updates, far below checkpoint_every, and no time has passed
+    driver.last_checkpoint_time -= 31
+    driver._maybe_checkpoint()
+    assert len(written) == 1 and driver.last_checkpoint_updates == 25
+    driver.last_checkpoint_time -= 31
+    driver._maybe_checkpoint()
+    assert len(written) == 1  # nothing new to save
