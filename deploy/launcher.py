@@ -204,6 +204,7 @@ class Driver:
         counters = dict(resume["counters"]) if resume else {"updates": 0, "pretrain_updates": 0, "version": 0}
         self.last_checkpoint_updates = counters["updates"] + counters["pretrain_updates"]
         self.last_checkpoint_time = time.monotonic()
+        self.last_checkpoint_version = counters["version"]
         self.learner_info: dict[str, Any] = {"counters": counters, "metrics": {}, "figure": None,
                                              "replay": {"inserted": 0.0, "sampled": 0.0}, "phase": "collect"}
         self.train_return: float | None = None
@@ -251,6 +252,7 @@ class Driver:
         if restored is not None:  # counters went back to the checkpoint; rates and schedules follow them
             self.learner_info = {**self.learner_info, "counters": restored}
             self.last_checkpoint_updates = restored["updates"] + restored["pretrain_updates"]
+            self.last_checkpoint_version = restored["version"]
             self.pending_checkpoint = None
         if not any(self.alive):
             raise RestartsExhaustedError(
@@ -435,13 +437,17 @@ class Driver:
                     log.warning("checkpoint failed: %s", type(exc).__name__)
                 self.pending_checkpoint = None
         new = updates - self.last_checkpoint_updates
-        # By updates, and by time so that a learner that dies loses at most checkpoint_every_s of work.
+        # By updates, and by time so that a learner that dies loses at most checkpoint_every_s of work; and
+        # once as soon as the first policy is out, so the model pre-training is never redone and a restarted
+        # learner publishes above the version the actors hold.
         due = new >= self.cfg.learner.checkpoint_every or (
-            new > 0 and time.monotonic() - self.last_checkpoint_time >= self.cfg.learner.checkpoint_every_s)
+            new > 0 and time.monotonic() - self.last_checkpoint_time >= self.cfg.learner.checkpoint_every_s) or (
+            new > 0 and counters["version"] > 0 and self.last_checkpoint_version == 0)
         if due and self.pending_checkpoint is None:
             self.pending_checkpoint = self.learner.checkpoint.remote(self._extra())
             self.last_checkpoint_updates = updates
             self.last_checkpoint_time = time.monotonic()
+            self.last_checkpoint_version = counters["version"]
 
     def _extra(self) -> dict[str, Any]:
         return {"wandb_run_id": self.logger.run_id, "run_state": dataclasses.asdict(self.state)}

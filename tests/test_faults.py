@@ -400,8 +400,9 @@ def test_a_second_signal_does_not_interrupt_the_graceful_stop(capsys: pytest.Cap
     assert signal.getsignal(signal.SIGTERM) != signals._handle  # the previous handlers are back
 
 
-def test_checkpoints_are_also_written_by_time() -> None:
-    """`learner.checkpoint_every_s` bounds the learner work a restart loses, however slow the updates."""
+def test_checkpoints_are_also_written_by_time_and_after_pretraining() -> None:
+    """`learner.checkpoint_every_s` bounds the learner work a restart loses, however slow the updates; the
+    first checkpoint comes as soon as the first policy is published (the end of the model pre-training)."""
     import dataclasses
     from types import SimpleNamespace
 
@@ -418,11 +419,15 @@ def test_checkpoints_are_also_written_by_time() -> None:
     driver.state, driver.pending_checkpoint = RunState(), None
     driver.learner_info = {"counters": {"updates": 5, "pretrain_updates": 20, "version": 1}}
     driver.last_checkpoint_updates, driver.last_checkpoint_time = 0, time.monotonic()
+    driver.last_checkpoint_version = 0
     driver._maybe_checkpoint()
-    assert not written  # 25 updates, far below checkpoint_every, and no time has passed
+    assert len(written) == 1  # the first policy is out: the pre-training is saved at once
+    driver.last_checkpoint_updates = 0
+    driver._maybe_checkpoint()
+    assert len(written) == 1  # 25 updates, far below checkpoint_every, and no time has passed
     driver.last_checkpoint_time -= 31
     driver._maybe_checkpoint()
-    assert len(written) == 1 and driver.last_checkpoint_updates == 25
+    assert len(written) == 2 and driver.last_checkpoint_updates == 25
     driver.last_checkpoint_time -= 31
     driver._maybe_checkpoint()
-    assert len(written) == 1  # nothing new to save
+    assert len(written) == 2  # nothing new to save
