@@ -118,6 +118,8 @@ def train(cfg: Config, env_factory: EnvFactory | None = None,
     except Exception as exc:
         exc.log_path = write_traceback(run.path, exc)  # type: ignore[attr-defined]  # main() names it
         raise
+    finally:
+        run.release()
 
 
 def _train(cfg: Config, run: RunDir, env_factory: EnvFactory | None,

@@ -9,6 +9,8 @@ resumes with a fresh learner on its kept replay data (the driver counts on from 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -25,19 +27,43 @@ class RunDir:
     path: Path
     cfg: Config
     resume_state: dict[str, Any] | None
+    lock_fd: int = -1
+    """An flock on <run dir>/.lock held while the run lives (the kernel drops it when the driver dies)."""
+
+    def release(self) -> None:
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+
+
+def _lock(path: Path) -> int:
+    """One driver per run directory: a second one (e.g. a resume while the run still runs) is refused, so a
+    resume may take over whatever a dead driver left behind (its orphaned redis-server)."""
+    fd = os.open(path / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(f"{path} is in use by a training that is still running (driver pid {owner}); stop it "
+                          "first (Ctrl-C or SIGTERM checkpoints it), or pick another --run.dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
 
 
 def prepare_run_dir(cfg: Config) -> RunDir:
-    """Create (or, for a resume, check and reopen) the run directory; write the resolved config.json."""
+    """Create (or, for a resume, check and reopen) the run directory; write the resolved config.json.
+    The returned RunDir holds the directory's lock until `release()`."""
     if cfg.run.resume:
         return _reopen(cfg)
     path = Path(cfg.run.dir or f"runs/{cfg.run.task}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     if (path / "config.json").exists():
         raise ConfigError(f"{path} already holds a run; resume it with --run.resume {path} or pick another --run.dir")
     path.mkdir(parents=True, exist_ok=True)
+    fd = _lock(path)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(path)))
     (path / "config.json").write_text(cfg.to_json())
-    return RunDir(path, cfg, None)
+    return RunDir(path, cfg, None, fd)
 
 
 def write_traceback(run_dir: str | Path, exc: BaseException) -> Path:
@@ -64,7 +90,12 @@ def _reopen(cfg: Config) -> RunDir:
         raise ConfigError(f"--run.resume {path}: neither a checkpoint in {path / 'checkpoints'} nor replay data in "
                           f"{path / 'redis'}; there is nothing to resume, start a new run instead")
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(path), resume=str(path)))
-    # No checkpoint yet (stopped during the initial collection): a fresh learner on the kept replay.
-    state = load_checkpoint(checkpoint, cfg) if checkpoint is not None else None
-    (path / "config.json").write_text(cfg.to_json())
-    return RunDir(path, cfg, state)
+    fd = _lock(path)
+    try:
+        # No checkpoint yet (stopped during the initial collection): a fresh learner on the kept replay.
+        state = load_checkpoint(checkpoint, cfg) if checkpoint is not None else None
+        (path / "config.json").write_text(cfg.to_json())
+    except BaseException:
+        os.close(fd)
+        raise
+    return RunDir(path, cfg, state, fd)

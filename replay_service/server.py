@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -134,6 +136,10 @@ class RedisServer:
         return self.data_dir / "redis.log"
 
     @property
+    def pid_path(self) -> Path:
+        return self.data_dir / "redis.pid"
+
+    @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -142,7 +148,7 @@ class RedisServer:
                 "--appendonly", "yes" if appendonly else "no", "--appendfsync", self.cfg.appendfsync,
                 "--appenddirname", AOF_DIR, "--dbfilename", RDB_FILE, "--save", "",
                 "--maxmemory", str(maxmemory_bytes(self.cfg)), "--maxmemory-policy", "noeviction",
-                "--daemonize", "no", "--logfile", str(self.log_path.resolve()),
+                "--daemonize", "no", "--logfile", str(self.log_path.resolve()), "--pidfile", str(self.pid_path.resolve()),
                 *(["--requirepass", self.password] if self.password else [])]
 
     def start(self) -> RedisServer:
@@ -152,6 +158,7 @@ class RedisServer:
         if self._finalizer is not None:  # a restart after the process died: that finalizer has nothing left to do
             self._finalizer.detach()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_orphan()
         restoring = self.restore_from is not None and not (self.data_dir / AOF_DIR).exists()
         if self.restore_from is not None and not restoring:
             raise ValueError(f"restore_from={self.restore_from}: {self.data_dir} already holds an AOF; "
@@ -184,6 +191,19 @@ class RedisServer:
             client.close()
             self.restore_from = None
         return self
+
+    def _stop_orphan(self, timeout_s: float = 30.0) -> None:
+        """Stop a redis-server still serving this data dir for an owner that died (a driver killed with -9):
+        two servers on one AOF would corrupt it. SIGTERM makes it fsync its AOF first."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+            alive = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].split(b" ")[0].endswith(b"redis-server")
+        except (OSError, ValueError):
+            return
+        if not alive or (self.process is not None and self.process.pid == pid):
+            return
+        os.kill(pid, signal.SIGTERM)
+        poll_until(lambda: _proc_state(pid) == b"Z", timeout_s)  # gone (reads as Z) or a zombie
 
     def _wait_ready(self) -> bool:
         """True once the server answers; False if it exited (e.g. port taken)."""
@@ -240,6 +260,13 @@ class RedisServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _proc_state(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return b"Z"
 
 
 def _aof_ready(client: redis.Redis) -> bool:

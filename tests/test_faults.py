@@ -142,9 +142,13 @@ class Run:
         return {k.decode(): int(v) for k, v in raw.items()}
 
     def kill(self) -> None:
+        """SIGKILL to the run's session, then SIGTERM to its redis-server, which has a session of its own."""
         if self.proc.poll() is None:
+            server = self.child("redis-server")
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+            if server is not None and _alive(server):
+                os.kill(server, signal.SIGTERM)
 
 
 @pytest.fixture
@@ -322,17 +326,19 @@ def test_two_sigints_still_write_a_checkpoint_and_a_bare_resume_continues(tmp_pa
 
 @pytest.mark.faults
 def test_a_run_killed_before_its_first_checkpoint_resumes_on_its_replay(tmp_path: Path, runs) -> None:
-    """kill -9 of every process of the run (a lost machine) during the initial collection, then a bare resume:
-    a fresh learner on the kept replay, the counters going on from the replay's inserts."""
+    """kill -9 of the driver and its Ray processes during the initial collection, then a bare resume: a fresh
+    learner on the kept replay, the counters going on from the replay's inserts. The redis-server, in its
+    own session, outlives the driver: the next server on that data dir stops it first (one AOF, one writer)."""
     run_dir, length = tmp_path / "run", 1600
     run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.env-steps", str(length),
                 "--run.eval-episodes", "0", "--learner.checkpoint-every", "1000", *COUPLED])
     wait_for(lambda: run.replay_state().get("inserted", 0) >= 60, 180, "the initial collection", run.proc, run.log)
-    server = run.child("redis-server")  # in its own session: a lost machine takes it too
-    run.kill()
-    os.kill(server, signal.SIGKILL)
-    assert not list((run_dir / "checkpoints").glob("ckpt_*.pt"))
+    orphan = run.child("redis-server")
+    os.killpg(run.proc.pid, signal.SIGKILL)  # the driver's session; the server has its own
+    run.proc.wait()
+    assert _alive(orphan) and not list((run_dir / "checkpoints").glob("ckpt_*.pt"))
     with RedisServer(run_dir / "redis", debug().replay) as replay:
+        assert not _alive(orphan)
         stored = int(redis.Redis.from_url(replay.url).hget(STATE, "inserted"))
 
     resumed_run = runs(["--run.resume", str(run_dir)], name="resumed")
@@ -342,6 +348,16 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_on_its_replay(tmp_path
     rows = [r for r in read_history(find_offline_runs(run_dir)[-1]) if "counters/env_steps" in r]
     assert rows[0]["counters/env_steps"] >= 4 * stored, (rows[0]["counters/env_steps"], stored)
     assert resumed["replay"]["inserted"] >= stored + (length - 4 * stored) // 4 - 2 * 25
+
+
+@pytest.mark.faults
+def test_a_second_driver_on_a_running_run_is_refused(tmp_path: Path, runs) -> None:
+    run_dir = tmp_path / "run"
+    run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.eval-episodes", "0", *COUPLED])
+    wait_for(lambda: run.replay_state().get("inserted", 0) > 0, 180, "the run to start", run.proc, run.log)
+    second = runs(["--run.resume", str(run_dir)], name="second")
+    assert second.wait(60) == 2 and "is in use by a training that is still running" in second.text, second.text
+    assert run.proc.poll() is None  # and the first run goes on
 
 
 @pytest.mark.faults
