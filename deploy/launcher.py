@@ -30,6 +30,7 @@ from deploy.run_dir import RunDir, prepare_run_dir, write_traceback
 from deploy.run_logger import ActorWaitMeter, RunLogger, bound_scalars, bound_text, format_eta
 from deploy.supervisor import LearnerSupervisor, RedisWatchdog, RestartsExhaustedError, StopSignals
 from deploy.weights import BOARD_NAME, RayWeightPublisher, RayWeightSource, WeightBoard
+from learner.checkpoint import latest_checkpoint
 from learner.process import LearnerProcess
 from replay_service import RedisServer, connect
 from replay_service.schema import STATE
@@ -467,8 +468,13 @@ class Driver:
                 ray.get(self.pending_checkpoint)
             except ray.exceptions.RayError:
                 log.warning("the checkpoint in flight failed; writing the final one")
-        self.learner_info = ray.get(self.learner.poll.remote())
-        checkpoint = ray.get(self.learner.checkpoint.remote(self._extra()))
+        try:
+            self.learner_info = ray.get(self.learner.poll.remote())
+            checkpoint: str | None = ray.get(self.learner.checkpoint.remote(self._extra()))
+        except ray.exceptions.RayActorError:  # e.g. a SIGTERM to every process of the machine reached it first
+            newest = latest_checkpoint(self.run.path / "checkpoints")
+            checkpoint = str(newest) if newest else None
+            log.error("the learner process is gone, so no final checkpoint; the newest is %s", checkpoint)
         if not interrupted and self.cfg.run.eval_episodes > 0:
             self._maybe_evaluate(wait=True)  # the one in flight
             if self.state.env_steps >= self.cfg.run.env_steps:
@@ -505,6 +511,8 @@ class Driver:
             ray.get(self.supervisor.run_ref)
         except ray.exceptions.RayTaskError:
             log.exception("the learner failed while stopping")
+        except ray.exceptions.RayActorError:
+            log.error("the learner process died before the run stopped")
 
     def _poll_actors_quietly(self) -> None:
         for i, actor in enumerate(self.actors):
