@@ -251,7 +251,9 @@ class Driver:
             self._resume_actor(index, since)
         if self.watchdog is not None:
             self.watchdog.check()
-        restored = self.supervisor.check(self.learner_info["counters"])
+        # While Redis is being restarted a learner that failed on it would only fail again: wait for Redis.
+        redis_down = self.watchdog is not None and self.watchdog.down
+        restored = None if redis_down else self.supervisor.check(self.learner_info["counters"])
         if restored is not None:  # counters went back to the checkpoint; rates and schedules follow them
             self.learner_info = {**self.learner_info, "counters": restored}
             self.last_checkpoint_updates = restored["updates"] + restored["pretrain_updates"]

@@ -88,6 +88,8 @@ class RedisWatchdog:
         self.restarts = 0
         self.stalls_s: list[float] = []
         self.failure: str | None = None
+        self.down = False
+        """True while the server is dead and being restarted (the learner's failures then wait for it)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="redis-watchdog", daemon=True)
 
@@ -95,7 +97,7 @@ class RedisWatchdog:
         while not self._stop.wait(self.poll_s):
             if self.server.running:
                 continue
-            died = time.monotonic()
+            died, self.down = time.monotonic(), True
             log.warning("the replay's redis-server (port %s) died; restarting it on %s", self.server.port,
                         self.server.data_dir)
             while not self._stop.is_set():
@@ -104,22 +106,25 @@ class RedisWatchdog:
                     break
                 except Exception as exc:  # noqa: BLE001 - a port still taken or a disk full: retry, bounded
                     if time.monotonic() - died > self.give_up_s:
+                        log.error("redis-server restart failed: %s", exc)
+                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                         self.failure = (f"the replay's redis-server died and did not come back within "
-                                        f"{self.give_up_s:.0f} s ({exc}); see {self.server.log_path}")
-                        log.error("%s", self.failure)
+                                        f"{self.give_up_s:.0f} s ({first.rstrip(':')}); its log is {self.server.log_path}")
                         return
                     self._stop.wait(1.0)
             if self._stop.is_set():
                 return
             self.restarts += 1
+            self.down = False
             self.stalls_s.append(time.monotonic() - died)
             log.warning("redis-server restarted in %.1f s (restart #%d)", self.stalls_s[-1], self.restarts)
 
     def check(self) -> None:
         """Raise in the driver once the server is lost for good."""
         if self.failure is not None:
-            raise ReplayServerLostError(self.failure + ". The replay data is safe in its AOF: fix the cause, then "
-                                        "continue with --run.resume <run dir>.")
+            raise ReplayServerLostError(
+                f"{self.failure}. The acknowledged replay data is in its AOF: fix the cause (disk, port), then "
+                f"continue with --run.resume {self.server.data_dir.resolve().parent}.")
 
     def __enter__(self) -> RedisWatchdog:
         self._thread.start()

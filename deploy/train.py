@@ -82,7 +82,7 @@ def _report(exc: BaseException, argv: Sequence[str]) -> None:
     except OSError:
         trace = ""
     lines = str(cause).strip().splitlines() or [type(cause).__name__]
-    message = " ".join(lines[:8]) if len(lines) <= 8 else lines[-1]
+    message = " ".join(line.strip() for line in lines[:8])
     print(f"error: {message}{trace}", file=sys.stderr, flush=True)
 
 

@@ -212,6 +212,26 @@ def test_killed_redis_server_is_restarted_and_no_acknowledged_step_is_lost(tmp_p
 
 
 @pytest.mark.faults
+def test_a_redis_server_that_cannot_come_back_ends_the_run_with_a_clear_error(tmp_path: Path, runs) -> None:
+    """Its AOF manifest damaged as it dies (a broken disk): the watchdog gives up after REDIS_GIVE_UP_S."""
+    from deploy.supervisor import REDIS_GIVE_UP_S
+
+    run_dir = tmp_path / "run"
+    run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.env-steps", "100000",
+                "--run.eval-episodes", "0", *COUPLED])
+    wait_for(lambda: run.replay_state().get("inserted", 0) > 0, 180, "the run to start", run.proc, run.log)
+    manifest = next((run_dir / "redis" / "appendonlydir").glob("*.manifest"))
+    manifest.write_text("not a manifest\n")  # read only at startup: the running server does not notice
+    os.kill(run.child("redis-server"), signal.SIGKILL)
+    killed = time.monotonic()
+    assert run.wait(REDIS_GIVE_UP_S + 60) == 2, run.text[-3000:]
+    ended = time.monotonic() - killed
+    assert "did not come back within" in run.text and "--run.resume" in run.text, run.text[-3000:]
+    assert ended < REDIS_GIVE_UP_S + 40, ended
+    print(f"\nredis lost for good: the run ended {ended:.1f} s after the kill")
+
+
+@pytest.mark.faults
 def test_killed_learner_is_restarted_from_its_checkpoint(tmp_path: Path, runs) -> None:
     run_dir = tmp_path / "run"
     every = 50
