@@ -13,8 +13,10 @@ Usage: python bench/system.py [--task cheetah_run] [--preset debug] [--actors 1,
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,21 +26,27 @@ import numpy as np
 
 # Run as `python bench/system.py`, this folder comes first on sys.path and bench/learner.py would
 # shadow the learner package: put the repository root first.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from bench.machine import commit, cpu_name, dirty, write_report  # noqa: E402
-from common.config import parse_cli  # noqa: E402
-from deploy.launcher import train  # noqa: E402
 from deploy.wandb_reader import find_offline_runs, read_history  # noqa: E402
 
 
 def run_once(preset: str, task: str, actors: int, env_steps: int, spi: float) -> dict[str, float]:
+    """One training through the real entry point in a child process (a fresh Ray per run, as a user gets)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = parse_cli([preset, "--run.task", task, "--actors.num", str(actors), "--run.env-steps", str(env_steps),
-                         "--run.eval-episodes", "0", "--replay.samples-per-insert", str(spi),
-                         "--run.dir", os.path.join(tmp, "run"), "--run.wandb-mode", "offline"])
-        summary = train(cfg)
-        rows = [r for run in find_offline_runs(cfg.run.dir) for r in read_history(run)]
+        run_dir = os.path.join(tmp, "run")
+        argv = [preset, "--run.task", task, "--actors.num", str(actors), "--run.env-steps", str(env_steps),
+                "--run.eval-episodes", "0", "--replay.samples-per-insert", str(spi), "--run.dir", run_dir,
+                "--run.wandb-mode", "offline"]
+        child = subprocess.run([sys.executable, "-m", "deploy.train", *argv], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "RAY_ADDRESS": "local"}, cwd=ROOT)
+        if child.returncode != 0:
+            raise SystemExit(f"bench/system.py: the run with {actors} actors failed (exit {child.returncode}); "
+                             "its messages are above")
+        summary = json.loads(child.stdout[child.stdout.index('{\n  "summary"'):])["summary"]
+        rows = [r for run in find_offline_runs(run_dir) for r in read_history(run)]
     joint = [r for r in rows if r.get("counters/updates", 0) > 0]
     return {
         "wall_clock_s": summary["wall_clock_s"],
