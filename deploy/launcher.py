@@ -83,11 +83,11 @@ def connect_ray(cfg: Config) -> bool:
             return True
         except (ConnectionError, RuntimeError):
             pass
-    os.environ.pop("RAY_ADDRESS", None)  # ray.init would otherwise read "local" back
     # Logical CPUs may exceed the physical ones: the actors, learner and evaluator mostly wait on
-    # each other, and the tests run them all on 2 cores.
+    # each other, and the tests run them all on 2 cores. address="local": with no address, ray.init would
+    # join the newest cluster recorded in /tmp/ray/ray_current_cluster (another run's on this machine).
     wanted = cfg.actors.num * cfg.actors.num_cpus + 2
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False,
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False,
              log_to_driver=True, configure_logging=False)
     return False
 
