@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -26,14 +24,14 @@ from actors.worker import ActorWorker, EnvFactory
 from common.config import Config, ConfigError
 from common.envs import make_env, select_gl_backend
 from common.tasks import resolve_task
+from deploy.ray_runtime import connect_ray, gpu_available, replay_inserts
 from deploy.run_dir import RunDir, prepare_run_dir, write_traceback
-from deploy.run_logger import ActorWaitMeter, RunLogger, bound_scalars, bound_text, format_eta
+from deploy.run_logger import ActorWaitMeter, RunLogger, bound_scalars, progress_line
 from deploy.supervisor import LearnerSupervisor, RedisWatchdog, RestartsExhaustedError, StopSignals
 from deploy.weights import BOARD_NAME, RayWeightPublisher, RayWeightSource, WeightBoard
 from learner.checkpoint import latest_checkpoint
 from learner.process import LearnerProcess
 from replay_service import RedisServer, connect
-from replay_service.schema import STATE
 from replay_service.server import redact
 
 log = logging.getLogger(__name__)
@@ -65,44 +63,6 @@ def derived_config(cfg: Config) -> Config:
         raise ConfigError(f"replay.capacity ({cfg.replay.capacity}) is smaller than the initial collection "
                          f"({needed} transitions); raise --replay.capacity")
     return dataclasses.replace(cfg, replay=dataclasses.replace(cfg.replay, min_size=needed))
-
-
-def connect_ray(cfg: Config) -> bool:
-    """Join a cluster when there is one, else start a local Ray; returns True for a cluster.
-
-    RAY_ADDRESS=<host:port> or `auto` joins that cluster; RAY_ADDRESS=local always starts a private
-    local Ray (what the tests use, so they never join a cluster that happens to be running).
-    """
-    address = os.environ.get("RAY_ADDRESS", "")
-    if address and address != "local":
-        ray.init(address=address, log_to_driver=True)
-        return True
-    if not address:
-        try:
-            ray.init(address="auto", log_to_driver=True)
-            return True
-        except (ConnectionError, RuntimeError):
-            pass
-    # Logical CPUs may exceed the physical ones: the actors, learner and evaluator mostly wait on
-    # each other, and the tests run them all on 2 cores. address="local": with no address, ray.init would
-    # join the newest cluster recorded in /tmp/ray/ray_current_cluster (another run's on this machine).
-    wanted = cfg.actors.num * cfg.actors.num_cpus + 2
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False,
-             log_to_driver=True, configure_logging=False)
-    return False
-
-
-def replay_inserts(url: str, cfg: Config) -> int:
-    """Transitions ever inserted into the replay at `url` (its shared counter)."""
-    client = connect(url, cfg.replay.connect_timeout_s)
-    try:
-        return int(client.hget(STATE, "inserted") or 0)
-    finally:
-        client.close()
-
-
-def gpu_available() -> bool:
-    return ray.cluster_resources().get("GPU", 0) >= 1
 
 
 def train(cfg: Config, env_factory: EnvFactory | None = None,
@@ -368,22 +328,8 @@ class Driver:
         if info["figure"] is not None:
             self.logger.image(self.state.env_steps, "model/samples", info["figure"],
                               "rows: ground truth, posterior, conditional prior, prior")
-        self.logger.progress(self._progress_line(scalars))
-
-    def _progress_line(self, scalars: dict[str, float]) -> str:
-        total, done = self.cfg.run.env_steps, self.state.env_steps
-        rate = scalars["perf/env_steps_per_s"]
-        eta_text = format_eta((total - done) / rate if rate > 0 else float("nan"))
-        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-        counters = self.learner_info["counters"]
-        phase = self.learner_info.get("phase", "?")
-        # Agent steps are policy decisions (env steps / action repeat): the unit of the initial collection.
-        agent = (f"agent {self.state.agent_steps:,}/{self.cfg.initial_collection_size:,}" if phase == "collect"
-                 else f"agent {self.state.agent_steps:,}")
-        return (f"[{phase}] env {done:,}/{total:,} | {agent} | upd {counters['updates']:,}"
-                f" (+{counters['pretrain_updates']:,}/{self.cfg.learner.model_pretrain_steps:,} model) | ret {fmt(self.train_return)} | eval "
-                f"{fmt(self.eval_return)} | {rate:.0f} env/s | {scalars['perf/updates_per_s']:.1f} upd/s"
-                f"{bound_text(phase, scalars)} | ETA {eta_text}")
+        self.logger.progress(progress_line(self.cfg, self.learner_info, self.state.env_steps, self.state.agent_steps,
+                                           scalars, self.train_return, self.eval_return))
 
     def _maybe_evaluate(self, wait: bool = False, final: bool = False) -> None:
         """Collect a finished evaluation; start the next one when the schedule says so.

@@ -102,6 +102,24 @@ def bound_text(phase: str, scalars: dict[str, float]) -> str:
     return f" | {bound} (actors wait {fraction(wait)}, learner waits {fraction(learner_wait)})"
 
 
+def progress_line(cfg: Config, learner_info: dict[str, Any], env_steps: int, agent_steps: int,
+                  scalars: dict[str, float], train_return: float | None, eval_return: float | None) -> str:
+    """The terminal's one-line view of a run: phase, steps, updates, returns, rates, bound side, ETA."""
+    total = cfg.run.env_steps
+    rate = scalars["perf/env_steps_per_s"]
+    eta_text = format_eta((total - env_steps) / rate if rate > 0 else float("nan"))
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    counters = learner_info["counters"]
+    phase = learner_info.get("phase", "?")
+    # Agent steps are policy decisions (env steps / action repeat): the unit of the initial collection.
+    agent = (f"agent {agent_steps:,}/{cfg.initial_collection_size:,}" if phase == "collect"
+             else f"agent {agent_steps:,}")
+    return (f"[{phase}] env {env_steps:,}/{total:,} | {agent} | upd {counters['updates']:,}"
+            f" (+{counters['pretrain_updates']:,}/{cfg.learner.model_pretrain_steps:,} model) | ret {fmt(train_return)}"
+            f" | eval {fmt(eval_return)} | {rate:.0f} env/s | {scalars['perf/updates_per_s']:.1f} upd/s"
+            f"{bound_text(phase, scalars)} | ETA {eta_text}")
+
+
 def wandb_mode(requested: str) -> str:
     """Resolve `run.wandb_mode=auto`: online only when the user has configured W&B."""
     if requested != "auto":
