@@ -113,7 +113,9 @@ class Learner:
         self.sac_updates = 0
         self._finite = torch.ones(len(LOSSES), dtype=torch.bool, device=self.device)
         self._unchecked_updates = 0
-        compile_setting = cfg.learner.compile
+        # Resolved once ("auto" -> what this device gets): the hot path never re-decides, and warns once.
+        compile_setting = execution.resolve_compile(cfg.learner.compile, self.device)
+        self.precision = execution.resolve_precision(cfg.learner.precision, self.device)
         self._cuda_graphs = execution.compile_mode(compile_setting, self.device) == "max-autotune"
         self._model = execution.compile_step(self._model_loss, compile_setting, self.device)
         self._model_critic = execution.compile_step(self._model_critic_losses, compile_setting, self.device)
@@ -207,7 +209,7 @@ class Learner:
     # The three forward passes below are what `learner.compile` compiles (with their backward graphs);
     # the optimiser steps between them run eagerly as fused kernels.
     def _model_loss(self, batch: Batch, noise: UpdateNoise) -> tuple[torch.Tensor, Metrics]:
-        with execution.autocast(self.device, self.cfg.learner.precision):
+        with execution.autocast(self.device, self.precision):
             posterior = self.model.posterior(self.model.encoder(batch.obs), batch.action, batch.first,
                                              noise=(noise.z1, noise.z2))
             return model_loss(self.model, batch, self.cfg.model, posterior=posterior)
@@ -217,7 +219,7 @@ class Learner:
         """Eq. 9 on the head of the batch and eq. 10 on all of it, from one encoder and posterior pass."""
         n, model = self.cfg.model.batch_size, self.model
         head, tail = batch.head(n), Batch(*(t[n:] for t in batch))
-        with execution.autocast(self.device, self.cfg.learner.precision):
+        with execution.autocast(self.device, self.precision):
             # The tail's pass builds no graph; the head's has gradients for eq. 9 and is detached for the
             # critic. The SAC latents thus come from the model before this step's model update, as in the
             # official implementation's single gradient tape.
@@ -239,11 +241,11 @@ class Learner:
         return (loss_model, loss_critic), transition, {**metrics, **critic_metrics}
 
     def _actor_loss(self, transition: LatentTransition, eps: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
-        with execution.autocast(self.device, self.cfg.learner.precision):
+        with execution.autocast(self.device, self.precision):
             return actor_loss(self.sac_networks, transition, self.cfg.sac, eps=eps)
 
     def _alpha_loss(self, transition: LatentTransition, eps: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
-        with execution.autocast(self.device, self.cfg.learner.precision):
+        with execution.autocast(self.device, self.precision):
             return alpha_loss(self.sac_networks, transition, self.cfg.sac, eps=eps)
 
     def _prepare(self, batch: Batch) -> Batch:
