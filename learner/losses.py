@@ -1,7 +1,7 @@
 """SLAC's objectives, one pure function per paper equation: (networks, batch, cfg) -> (loss, metrics).
 
 None of them steps an optimiser or logs; the `Learner` does. Metric values are detached 0-d tensors
-(the learner turns them into floats once per update, so a CUDA learner syncs once, not per metric).
+(the learner process sums them on the device and fetches them every `learner.metrics_every` updates).
 Shapes: B batch, T = tau + 1 frames, A action dim, Z = z1_dim + z2_dim, H = actor history size.
 """
 
