@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -13,6 +15,7 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -33,13 +36,44 @@ RECONNECT_S = 30.0
 """Seconds a client keeps retrying a dropped connection: covers a restart of the embedded server."""
 _RECONNECT_TRIES = 6 + int(RECONNECT_S)  # 0.05 s doubling to 1 s in 5 tries, then 1 s each
 
+LOOPBACK = ("127.0.0.1", "localhost")
+PASSWORD_ENV = "SLAC_REPLAY_PASSWORD"
+"""The `replay` user's password when set (the same value on every node); else a random one per RedisServer."""
+ADMIN_USER, REPLAY_USER = "admin", "replay"
+
+# The `replay` user (actors, learner, driver) may run only these commands, and only on keys `~replay:*`
+# (Redis 7 checks every redis.call inside a script too, keys built in the script included): every Redis
+# call of replay_service/, learner/, actors/ and deploy/. Left out on purpose: CONFIG (GET too: Redis 7.0
+# cannot allow one parameter, and GET * reads the whole config; a client that needs the snapshot's path
+# takes RedisServer.rdb_path), FLUSHALL/FLUSHDB, KEYS/SCAN, DEBUG, MODULE, ACL, SHUTDOWN, SELECT, pub/sub.
+# The admin user, known only to the launcher's RedisServer, runs SHUTDOWN and CONFIG SET.
+_REPLAY_COMMANDS = (
+    # redis-py's connection set-up (AUTH, or HELLO with RESP3; CLIENT SETNAME: connect() names its
+    # clients) and health checks (PING).
+    "auth", "hello", "ping", "client|setname",
+    # SequenceReplay.sync's MULTI/EXEC pipeline (redis-py sends DISCARD when it aborts one).
+    "multi", "exec", "discard",
+    # ensure_schema's EVAL; register_script's EVALSHA, with SCRIPT LOAD after NOSCRIPT and SCRIPT
+    # EXISTS in pipelines.
+    "eval", "evalsha", "script|load", "script|exists",
+    # Data, from the clients and from the schema and flush scripts (redis-py's incr() sends INCRBY).
+    "exists", "get", "set", "mget", "getrange", "del", "incrby", "hget", "hmget", "hset", "hgetall", "hincrby",
+    # SequenceReplay.snapshot(), which every learner checkpoint calls: BGSAVE writes dump.rdb into the
+    # server's own dir under the name the launcher fixed (a fork; no data changes), and INFO persistence
+    # tells when it is done. INFO is read-only and holds no secrets.
+    "bgsave", "info",
+)
+# CLIENT SETINFO (redis-py sends it on connect, ignoring a refusal) exists from Redis 7.2: 7.0 rejects
+# an ACL that names it.
+_SETINFO_SINCE = (7, 2)
+
 
 class RedisNotInstalledError(RuntimeError):
     """The redis-server executable is missing."""
 
 
 class ReplayConnectionError(ConnectionError):
-    """A replay Redis server did not answer in time."""
+    """A replay Redis server did not answer in time, or refused the client's password."""
 
 
 def maxmemory_bytes(cfg: ReplayConfig) -> int:
@@ -48,8 +82,19 @@ def maxmemory_bytes(cfg: ReplayConfig) -> int:
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced, for messages and logs."""
-    return re.sub(r"//([^@/]*):[^@/]*@", r"//\1:***@", url)
+    """The URL with any password replaced (`user:pass@`, `:pass@`, `?password=`), for messages and logs."""
+    url = re.sub(r"//([^/:@]*):[^/]*@", r"//\1:***@", url)  # up to the last @ before the path
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+
+
+def _auth_refused(url: str, exc: Exception) -> ReplayConnectionError:
+    parts = urlsplit(url)
+    who = f"the password of user '{parts.username}'" if parts.username else (
+        "the password" if parts.password else "a client without a password")
+    return ReplayConnectionError(
+        f"the replay Redis at {redact(url)} refused {who} ({exc}). A secured replay (a cluster run) has ACL "
+        f"users: connect with the replay URL the launcher hands out (it carries the `replay` user's password), "
+        f"and if the server was started with {PASSWORD_ENV}, set the same {PASSWORD_ENV} on every node.")
 
 
 def connect(url: str, timeout_s: float, name: str | None = None) -> redis.Redis:
@@ -73,6 +118,8 @@ def connect(url: str, timeout_s: float, name: str | None = None) -> redis.Redis:
             break
         except redis.BusyLoadingError as exc:  # the server is loading its AOF: keep waiting
             last_error = exc
+        except (redis.AuthenticationError, redis.AuthenticationWrongNumberOfArgsError) as exc:
+            raise _auth_refused(url, exc) from exc  # waiting longer cannot fix a password
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             last_error = exc
         finally:
@@ -100,14 +147,20 @@ class RedisServer:
 
     Restarting on the same `data_dir` reloads everything from the AOF. `restore_from` seeds an empty
     `data_dir` from an RDB snapshot (`SequenceReplay.snapshot()`), e.g. to resume from a checkpoint copy.
+
+    `secure` (default: iff `host` is not loopback) turns on ACL users for a server other machines can
+    reach: the `default` user is off, `admin` (random password, known only to this object: `admin_url`)
+    can do anything, and `replay` (password $SLAC_REPLAY_PASSWORD, else random: `url`) can run only the
+    replay clients' commands on `replay:*` keys. Passwords and restarts (`start()` again) keep both.
     """
 
     def __init__(self, data_dir: str | Path, cfg: ReplayConfig, *, executable: str = "redis-server",
                  host: str = "127.0.0.1", restore_from: str | Path | None = None,
-                 start_timeout_s: float = 120.0) -> None:
+                 start_timeout_s: float = 120.0, secure: bool | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.cfg = cfg
         self.host = host
+        self.secure = host not in LOOPBACK if secure is None else secure
         self.start_timeout_s = start_timeout_s
         self.restore_from = Path(restore_from) if restore_from else None
         found = shutil.which(executable)
@@ -118,18 +171,34 @@ class RedisServer:
                 "this), or point replay.url at a running server.")
         self.executable = found
         self.port: int | None = cfg.port or None
-        # Listening beyond loopback (a cluster): require a random password, carried in `url`, instead
-        # of turning Redis's protected mode off on the network.
-        self.password = secrets.token_hex(16) if host not in ("127.0.0.1", "localhost") else None
+        # Fixed for the object's life, so a watchdog's start() brings back a server its clients can
+        # still log in to.
+        self._admin_password = secrets.token_urlsafe(24) if self.secure else None
+        self._replay_password = _replay_password() if self.secure else None
+        self._setinfo = self.secure and _version(found) >= _SETINFO_SINCE
         self.process: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize | None = None
 
     @property
     def url(self) -> str:
+        """What the replay's clients (actors, learner, driver) connect with: the `replay` user when secure."""
+        return self._url(REPLAY_USER, self._replay_password)
+
+    @property
+    def admin_url(self) -> str:
+        """The `admin` user's URL when secure (for this launcher only: SHUTDOWN, CONFIG); else `url`."""
+        return self._url(ADMIN_USER, self._admin_password)
+
+    def _url(self, user: str, password: str | None) -> str:
         if self.port is None:
             raise RuntimeError("RedisServer.url: the server has no port yet; call start() first")
-        auth = f":{self.password}@" if self.password else ""
+        auth = f"{user}:{quote(password, safe='')}@" if password is not None else ""
         return f"redis://{auth}{'127.0.0.1' if self.host in ('0.0.0.0', '') else self.host}:{self.port}/0"
+
+    @property
+    def rdb_path(self) -> Path:
+        """Where BGSAVE writes (SequenceReplay.snapshot), for clients that may not CONFIG GET it (`replay`)."""
+        return self.data_dir.resolve() / RDB_FILE
 
     @property
     def log_path(self) -> Path:
@@ -149,7 +218,22 @@ class RedisServer:
                 "--appenddirname", AOF_DIR, "--dbfilename", RDB_FILE, "--save", "",
                 "--maxmemory", str(maxmemory_bytes(self.cfg)), "--maxmemory-policy", "noeviction",
                 "--daemonize", "no", "--logfile", str(self.log_path.resolve()), "--pidfile", str(self.pid_path.resolve()),
-                *(["--requirepass", self.password] if self.password else [])]
+                *(["-"] if self.secure else [])]  # "-": read _secure_config() from stdin too
+
+    def _secure_config(self) -> bytes:
+        """The ACL users and protected mode, given on stdin: a command line is public (`ps`), a file
+        could outlive a crash. Passwords go in as SHA-256 (`#`): the plain text never reaches the server,
+        its log or its error messages (an ACL Redis refuses is logged rule by rule)."""
+        assert self._admin_password is not None and self._replay_password is not None
+        commands = (*_REPLAY_COMMANDS, *(["client|setinfo"] if self._setinfo else []))
+        return "\n".join([
+            "protected-mode yes",
+            "user default off resetpass resetkeys resetchannels -@all",
+            f"user {ADMIN_USER} reset on #{_sha256(self._admin_password)} ~* &* +@all",
+            f"user {REPLAY_USER} reset on #{_sha256(self._replay_password)} ~replay:* -@all "
+            + " ".join(f"+{c}" for c in commands),
+            "",
+        ]).encode()
 
     def start(self) -> RedisServer:
         """Start the child process and wait until it answers (after loading its AOF)."""
@@ -171,9 +255,13 @@ class RedisServer:
                 self.port = _free_port()
             # Own session: a Ctrl-C in the terminal must reach the launcher, which checkpoints and then
             # stops this server itself, not kill the server under the still-running actors.
-            self.process = subprocess.Popen(self._args(appendonly=not restoring), stdin=subprocess.DEVNULL,
+            self.process = subprocess.Popen(self._args(appendonly=not restoring),
+                                            stdin=subprocess.PIPE if self.secure else subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+                                            start_new_session=True,
+                                            env={k: v for k, v in os.environ.items() if k != PASSWORD_ENV})
+            if self.secure:
+                _feed(self.process, self._secure_config())
             if self._wait_ready() or not pick_port:
                 break
         # An owner that exits without stop() must not leave an orphan server holding the port.
@@ -183,7 +271,7 @@ class RedisServer:
                                f"while starting on port {self.port}; its log {self.log_path} ends with:\n"
                                f"{self._log_tail()}")
         if restoring:  # the RDB is loaded: switch AOF on (Redis rewrites the AOF from memory)
-            client = connect(self.url, self.cfg.connect_timeout_s)
+            client = connect(self.admin_url, self.cfg.connect_timeout_s)
             client.config_set("appendonly", "yes")
             if not poll_until(lambda: _aof_ready(client), self.start_timeout_s):
                 raise RuntimeError(f"redis-server did not finish writing its AOF after restoring "
@@ -212,7 +300,7 @@ class RedisServer:
             if not self.running:
                 return False
             try:
-                connect(self.url, 0.2).close()
+                connect(self.admin_url, 0.2).close()
                 return True
             except ReplayConnectionError:
                 continue
@@ -233,8 +321,7 @@ class RedisServer:
             return
         if self.process.poll() is None:
             try:
-                client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
-                                     socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
+                client = redis.Redis.from_url(self.admin_url, socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
                 client.shutdown()
             except redis.RedisError:
                 self.process.terminate()
@@ -260,6 +347,38 @@ class RedisServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _replay_password() -> str:
+    password = os.environ.get(PASSWORD_ENV)
+    if password is None:
+        return secrets.token_urlsafe(24)
+    if not password or any(c.isspace() for c in password):
+        raise ValueError(f"{PASSWORD_ENV} is set but {'empty' if not password else 'contains whitespace'}; set it "
+                         f"to one word (e.g. the output of `openssl rand -hex 16`), the same on every node, or "
+                         f"unset it to get a random password per run")
+    return password
+
+
+def _sha256(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+def _version(executable: str) -> tuple[int, ...]:
+    """redis-server's version, e.g. (7, 0, 15); (0,) if it does not say."""
+    out = subprocess.run([executable, "--version"], capture_output=True, text=True, timeout=30).stdout
+    found = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(x) for x in found.groups()) if found else (0,)
+
+
+def _feed(process: subprocess.Popen[bytes], config: bytes) -> None:
+    """Write the config to the server's stdin and close it (the server reads it to EOF before serving)."""
+    assert process.stdin is not None
+    # A few hundred bytes fit the pipe: never blocks. A server that exited at once (a bad argument)
+    # breaks the pipe; start() then reports it with the log.
+    with contextlib.suppress(BrokenPipeError):
+        process.stdin.write(config)
+        process.stdin.close()
 
 
 def _proc_state(pid: int) -> bytes:
