@@ -63,7 +63,7 @@ def server(module_server: RedisServer) -> RedisServer:
 
 @pytest.fixture
 def fresh(tmp_path: Path) -> Iterator[RedisServer]:
-    """A secure server of this test's own (stopped, or killed, by the test itself)."""
+    """A secure server of this test's own, which the test may kill, orphan or stop (stopped again after it)."""
     server = RedisServer(tmp_path / "redis", CFG, secure=True).start()
     yield server
     server.stop()
