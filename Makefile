@@ -13,6 +13,13 @@ PRESET ?= paper
 ARGS   ?=
 # Test tiers: pytest -m expressions, e.g. `make test MARK="not e2e"`.
 MARK   ?=
+# Actor processes (empty: the preset's).
+ACTORS ?=
+# A Ray cluster to run on: the YAML `make cluster-up` started (remembered in .cluster), or RAY_ADDRESS=http://host:8265.
+# With either, `make train` submits the driver as a Ray job; `CLUSTER=` trains on this machine again.
+CLUSTER ?= $(shell cat .cluster 2>/dev/null)
+JOB    ?=
+ON_CLUSTER := $(if $(or $(CLUSTER),$(filter http://% https://%,$(RAY_ADDRESS))),1,)
 
 # GPU machines take torch's default (CUDA) wheel; CPU machines must not pull ~2 GB of CUDA wheels:
 # use the local CPU wheel when this workplace provides one, else PyTorch's CPU index.
@@ -23,7 +30,7 @@ else
 TORCH_FLAGS := $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),,--index-url https://download.pytorch.org/whl/cpu)
 endif
 
-.PHONY: setup sysdeps test train reproduce bench lint clean
+.PHONY: setup sysdeps test train reproduce bench lint clean cluster-up cluster-down logs stop
 
 setup: $(STAMP)
 
@@ -57,8 +64,37 @@ test: setup
 
 TASK_ARG = $(if $(TASK),--run.task $(TASK),)
 
+ACTORS_ARG = $(if $(ACTORS),--actors.num $(ACTORS),)
+
 train: setup
-	$(PY) -m deploy.train $(PRESET) $(TASK_ARG) $(ARGS)
+ifeq ($(ON_CLUSTER),1)
+	CLUSTER="$(CLUSTER)" $(PY) -m deploy.jobs submit --preset "$(PRESET)" --task "$(TASK)" --actors "$(ACTORS)" -- $(ARGS)
+else
+	$(PY) -m deploy.train $(PRESET) $(TASK_ARG) $(ACTORS_ARG) $(ARGS)
+endif
+
+# A cloud cluster (AWS by default; CLUSTER=deploy/cluster-gcp.yaml or deploy/cluster-local.yaml for the others).
+# Ray's token auth: every node gets this machine's ~/.ray/auth_token (the YAMLs ship it), so only holders of
+# the token can submit jobs or join.
+cluster-up: setup
+	@if grep -q 'ami-EDIT' $(or $(CLUSTER),deploy/cluster.yaml); then \
+	  echo "make cluster-up: $(or $(CLUSTER),deploy/cluster.yaml) still has placeholder AMI ids (ami-EDIT-...): put in" \
+	       "the current ids for your region, printed by the commands in the file's header." >&2; exit 2; fi
+	$(VENV)/bin/ray get-auth-token --generate >/dev/null
+	$(VENV)/bin/ray up -y $(or $(CLUSTER),deploy/cluster.yaml)
+	echo "$(or $(CLUSTER),deploy/cluster.yaml)" > .cluster
+	@echo "cluster up: \`make train TASK=hopper\` now runs there (make cluster-down to tear it down)"
+
+cluster-down: setup
+	$(VENV)/bin/ray down -y $(or $(CLUSTER),deploy/cluster.yaml)
+	rm -f .cluster
+
+# The last job `make train` submitted (or JOB=<id>): follow its logs, or stop it (it checkpoints first).
+logs: setup
+	CLUSTER="$(CLUSTER)" $(PY) -m deploy.jobs logs $(JOB)
+
+stop: setup
+	CLUSTER="$(CLUSTER)" $(PY) -m deploy.jobs stop $(JOB)
 
 # SEEDS runs of the paper's evaluation protocol -> results/<task>/<preset>/{returns.csv,returns.png}.
 reproduce: setup

@@ -94,9 +94,11 @@ class ActorWorker:
         self._stop.set()
 
     # --- the loop ---------------------------------------------------------------------------------
-    def run(self, life: int = 0, max_steps: int | None = None) -> dict[str, float]:
-        """Act until `stop()` (or `max_steps` policy steps, for benchmarks and tests); returns the final
-        counters. `life` counts restarts of this actor."""
+    def run(self, life: int = 0, max_steps: int | None = None, stop_at_inserted: int | None = None) -> dict[str, float]:
+        """Act until `stop()`, or until the replay holds `stop_at_inserted` transitions in all (the run's
+        length: every actor sees it at its next flush, so a run ends within a flush per env of its length
+        however late the driver polls), or `max_steps` policy steps (benchmarks and tests); returns the
+        final counters. `life` counts restarts of this actor."""
         seed = derive_seed(self.cfg.run.seed, self.index, life, self.generation)
         self._seed = seed
         self._rng = np.random.default_rng(seed)
@@ -114,7 +116,8 @@ class ActorWorker:
             self._begin_episode(k, self._envs[k].reset())
         step, loop_start = 0, time.perf_counter()
         try:
-            while not self._stop.is_set() and (max_steps is None or step < max_steps):
+            while not self._stop.is_set() and (max_steps is None or step < max_steps) and not (
+                    stop_at_inserted is not None and max(w.inserted for w in self._writers) >= stop_at_inserted):
                 if step % self.cfg.actors.weight_sync_every == 0:
                     self._refresh_weights()
                 start = time.perf_counter()

@@ -169,6 +169,10 @@ class ActorsConfig:
     """How often Ray restarts a crashed actor process."""
     num_cpus: float = 1.0
     """CPUs Ray reserves per actor."""
+    node_resource: str = "actor"
+    """On a Ray cluster, the custom resource each actor also asks one unit of, so actors run on the nodes that
+    advertise it (deploy/cluster*.yaml's actor node type, which the autoscaler adds as actors are asked for) and
+    never on the head or the learner's GPU node; empty places them anywhere. Unused on a private local Ray."""
 
     def __post_init__(self) -> None:
         _check_positive(self, "actors", "num", "envs_per_actor", "weight_sync_every")
@@ -195,6 +199,13 @@ class LearnerConfig:
     learner process dies."""
     max_restarts: int = 3
     """Times a learner process that dies is restarted from the newest checkpoint before the run gives up."""
+    node_resource: str = "learner"
+    """On a Ray cluster, the custom resource the learner asks one unit of: it runs on the node that advertises
+    it (deploy/cluster*.yaml's GPU node type), using that node's GPU; empty places it anywhere. Unused on a
+    private local Ray."""
+    node_wait_s: float = 1800.0
+    """On a cluster, how long the driver waits for a node with `node_resource` to join (a cloud GPU node
+    takes minutes to boot and run `make setup`) before it stops with an error."""
     log_every_s: float = 1.0
     """Seconds between the driver's polls of every process, i.e. between W&B scalar rows."""
     figure_every: int = 10_000
@@ -219,7 +230,7 @@ class LearnerConfig:
         _check(self.model_pretrain_steps >= 0,
                f"learner.model_pretrain_steps must be >= 0, got {self.model_pretrain_steps}")
         _check_positive(self, "learner", "publish_every", "checkpoint_every", "checkpoint_every_s", "log_every_s",
-                        "figure_every", "metrics_every", "replay_every")
+                        "figure_every", "metrics_every", "replay_every", "node_wait_s")
         _check(self.max_restarts >= 0, f"learner.max_restarts must be >= 0, got {self.max_restarts}")
 
 

@@ -14,47 +14,27 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
 from actors.evaluator import Evaluator
-from actors.worker import ActorWorker, EnvFactory
+from actors.worker import EnvFactory
 from common.config import Config, ConfigError
 from common.envs import make_env, select_gl_backend
 from common.tasks import resolve_task
-from deploy.ray_runtime import connect_ray, gpu_available, replay_inserts
+from deploy.fleet import ActorFleet, RunState
+from deploy.ray_runtime import Placement, connect_ray, placement, replay_inserts
 from deploy.run_dir import RunDir, prepare_run_dir, write_traceback
 from deploy.run_logger import ActorWaitMeter, RunLogger, bound_scalars, progress_line
 from deploy.supervisor import LearnerSupervisor, RedisWatchdog, RestartsExhaustedError, StopSignals
-from deploy.weights import BOARD_NAME, RayWeightPublisher, RayWeightSource, WeightBoard
+from deploy.weights import BOARD_NAME, RayWeightPublisher, WeightBoard
 from learner.checkpoint import latest_checkpoint
 from learner.process import LearnerProcess
 from replay_service import RedisServer, connect
 from replay_service.server import redact
 
 log = logging.getLogger(__name__)
-
-_RESTART_TIMEOUT_S = 120.0
-"""How long the driver waits for Ray to bring a crashed actor back before counting it lost."""
-
-
-@dataclass
-class RunState:
-    """Counters the driver owns; saved in every checkpoint's `extra`."""
-
-    env_steps: int = 0
-    agent_steps: int = 0
-    episodes: int = 0
-    actor_restarts: int = 0
-    env_errors: int = 0
-    next_eval: int = 0
-    last_eval_scheduled: int = -1
-    generation: int = 0
-    evals: int = 0
-    actor_base: dict[int, dict[str, float]] = field(default_factory=dict)
-
 
 def derived_config(cfg: Config) -> Config:
     """Make the replay's minimum size cover the initial collection, or the actors would deadlock."""
@@ -95,15 +75,14 @@ def _train(cfg: Config, run: RunDir, env_factory: EnvFactory | None,
         signals = stack.enter_context(StopSignals())  # after ray.init, which installs its own SIGTERM handler
         watchdog = None
         if not replay_url:
-            # On a cluster every node must reach the embedded server: listen on all interfaces and
-            # hand out this node's address (deploy/cluster.yaml also starts a standalone one).
-            host = "0.0.0.0" if cluster else "127.0.0.1"
-            server = stack.enter_context(RedisServer(run.path / "redis", cfg.replay, host=host))
+            # On a cluster every node must reach the embedded server: it listens on this node's private
+            # address only, with ACL users (the replay's clients get the `replay` user's URL; the admin
+            # password stays in this process). Locally it listens on loopback.
+            host = ray.util.get_node_ip_address() if cluster else "127.0.0.1"
+            server = stack.enter_context(RedisServer(run.path / "redis", cfg.replay, host=host, secure=cluster))
             watchdog = stack.enter_context(RedisWatchdog(server))  # stops before the server does
             replay_url = server.url
-            if cluster:
-                replay_url = replay_url.replace("127.0.0.1", ray.util.get_node_ip_address())
-        driver = Driver(cfg, run, replay_url, action_dim, env_factory, signals, watchdog)
+        driver = Driver(cfg, run, replay_url, action_dim, env_factory, signals, watchdog, placement(cfg, cluster))
         stack.callback(driver.close)
         if on_started is not None:
             on_started({"run_dir": str(run.path), "replay_url": replay_url})
@@ -115,7 +94,7 @@ class Driver:
 
     def __init__(self, cfg: Config, run: RunDir, replay_url: str, action_dim: int,
                  env_factory: EnvFactory | None, signals: StopSignals | None = None,
-                 watchdog: RedisWatchdog | None = None) -> None:
+                 watchdog: RedisWatchdog | None = None, place: Placement | None = None) -> None:
         self.cfg, self.run, self.replay_url = cfg, run, replay_url
         self.signals, self.watchdog = signals or StopSignals(), watchdog
         resume = run.resume_state
@@ -134,10 +113,8 @@ class Driver:
             self.state.generation = 1
         self.logger = RunLogger(cfg, run.path, run_id=resume["extra"]["wandb_run_id"] if resume else None)
         self.board = ray.remote(num_cpus=0)(WeightBoard).options(name=BOARD_NAME).remote()
-        use_gpu = cfg.learner.device != "cpu" and gpu_available()
-        if not use_gpu and cfg.learner.device != "cpu":
-            log.warning("no GPU in the Ray cluster: the learner runs on CPU")
-        learner_cls = ray.remote(num_gpus=1 if use_gpu else 0, num_cpus=1, max_concurrency=2)(LearnerProcess)
+        place = place or placement(cfg, cluster=False)
+        learner_cls = ray.remote(max_concurrency=2, **place.learner)(LearnerProcess)
 
         def make_learner(state: dict[str, Any] | None, restart: int) -> Any:
             name = "slac-learner" if restart == 0 else f"slac-learner-{restart}"  # the dead one's name may linger
@@ -145,22 +122,10 @@ class Driver:
                                                          str(run.path), state)
 
         self.supervisor = LearnerSupervisor(cfg, run.path, make_learner, resume, self.board)
-        # SPREAD: on a cluster the actors go to as many nodes as possible, not all onto the head.
-        actor_cls = ray.remote(num_cpus=cfg.actors.num_cpus, max_restarts=cfg.actors.max_restarts,
-                               max_task_retries=0, max_concurrency=2, scheduling_strategy="SPREAD")(ActorWorker)
-        source = RayWeightSource(BOARD_NAME)
-        self.actors = [actor_cls.options(name=f"slac-actor-{i}").remote(
-            cfg, i, replay_url, source, env_factory, self.state.generation) for i in range(cfg.actors.num)]
         self.evaluator = ray.remote(num_cpus=1)(Evaluator).options(name="slac-evaluator").remote(cfg, env_factory)
-        self.lives = [0] * cfg.actors.num
-        self.alive = [True] * cfg.actors.num
-        self.restarting: dict[int, float] = {}
-        self.pids: dict[int, set[int]] = {}
-        self.restarts_before = self.state.actor_restarts  # from the run being resumed
-        self.actor_nodes: dict[int, str] = {}
-        self.actor_runs = {a.run.remote(0): i for i, a in enumerate(self.actors)}
-        self.last_seen: dict[int, dict[str, float]] = {}
-        self.last_pid: dict[int, int] = {}
+        self.action_repeat = resolve_task(cfg.run.task).action_repeat
+        self.fleet = ActorFleet(cfg, replay_url, env_factory, self.state, self.carried, place.actors,
+                                self.action_repeat)
         self.eval_ref: tuple[Any, int, int, int] | None = None
         self.pending_checkpoint: Any = None
         # From the checkpoint when resuming: the first poll's updates/s then counts only new updates.
@@ -172,7 +137,6 @@ class Driver:
                                              "replay": {"inserted": 0.0, "sampled": 0.0}, "phase": "collect"}
         self.train_return: float | None = None
         self.eval_return: float | None = None
-        self.action_repeat = resolve_task(cfg.run.task).action_repeat
         self.wait_meter = ActorWaitMeter()
         self.started = self.last_poll = time.monotonic()
         self.closed = False
@@ -185,7 +149,7 @@ class Driver:
     def loop(self) -> dict[str, Any]:
         interrupted = False
         try:
-            while self.state.env_steps < self.cfg.run.env_steps:
+            while self.state.env_steps < self.cfg.run.env_steps and not self.fleet.done:
                 tick = time.monotonic()
                 self._check_processes()
                 self._poll()
@@ -200,91 +164,35 @@ class Driver:
         return self._finish(interrupted)
 
     def _check_processes(self) -> None:
-        done, _ = ray.wait(list(self.actor_runs), num_returns=len(self.actor_runs), timeout=0)
-        for ref in done:
-            index = self.actor_runs.pop(ref)
-            try:
-                ray.get(ref)
-            except ray.exceptions.RayActorError as exc:
-                self._actor_died(index, exc)
-        for index, since in list(self.restarting.items()):
-            self._resume_actor(index, since)
         if self.watchdog is not None:
             self.watchdog.check()
-        # While Redis is being restarted a learner that failed on it would only fail again: wait for Redis.
+        # While Redis is being restarted a process that failed on it would only fail again: wait for Redis.
         redis_down = self.watchdog is not None and self.watchdog.down
+        self.fleet.check(redis_down)
         restored = None if redis_down else self.supervisor.check(self.learner_info["counters"])
         if restored is not None:  # counters went back to the checkpoint; rates and schedules follow them
             self.learner_info = {**self.learner_info, "counters": restored}
             self.last_checkpoint_updates = restored["updates"] + restored["pretrain_updates"]
             self.last_checkpoint_version = restored["version"]
             self.pending_checkpoint = None
-        if not any(self.alive):
+        if not any(self.fleet.alive):
             raise RestartsExhaustedError(
                 f"every actor died and exhausted its restarts (actors.max_restarts {self.cfg.actors.max_restarts}); "
                 f"see the actor logs above. Fix the cause, then continue with --run.resume {self.run.path}.")
 
-    def _actor_died(self, index: int, exc: Exception) -> None:
-        """Its `run` failed: Ray is restarting the process (or gave up); fold its counters into the base."""
-        seen = self.last_seen.pop(index, None)
-        if seen:  # so totals never go backwards when the new life starts from zero
-            self._bank(index, seen)
-        log.warning("actor %d stopped (%s); waiting for Ray to restart it", index, type(exc).__name__)
-        self.restarting.setdefault(index, time.monotonic())
-
-    def _bank(self, index: int, seen: dict[str, float]) -> None:
-        base = self.state.actor_base.setdefault(index, {})
-        for key in ("env_steps", "steps", "env_errors"):
-            base[key] = base.get(key, 0) + seen.get(key, 0)
-
-    def _resume_actor(self, index: int, since: float) -> None:
-        """Once the restarted actor answers, start a new life (fresh seeds) on it."""
-        try:
-            report = ray.get(self.actors[index].poll.remote(), timeout=1)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
-            if time.monotonic() - since > _RESTART_TIMEOUT_S or isinstance(exc, ray.exceptions.ActorDiedError):
-                log.error("actor %d is gone for good (%s)", index, type(exc).__name__)
-                self.alive[index] = False
-                del self.restarting[index]
-            return
-        self._count_pid(index, report["pid"])
-        del self.restarting[index]
-        self.lives[index] += 1
-        self.actor_runs[self.actors[index].run.remote(self.lives[index])] = index
-
-    def _count_pid(self, index: int, pid: int) -> None:
-        """Restarts counted exactly: each new process id of an actor is one restart."""
-        pids = self.pids.setdefault(index, set())
-        if pid not in pids:
-            pids.add(pid)
-            self.state.actor_restarts = self.restarts_before + sum(len(p) - 1 for p in self.pids.values())
-
     def _poll(self) -> None:
-        polls = [(i, a.poll.remote()) for i, a in enumerate(self.actors) if self.alive[i] and i not in self.restarting]
         rates, lags, returns, lengths, timeouts, waits = [], [], [], [], 0, []
-        for i, ref in polls:
-            try:
-                report = ray.get(ref, timeout=10)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                continue  # restarting; its run ref reports the death
+        for report in self.fleet.poll():
             counters = report["counters"]
-            self._count_pid(i, report["pid"])
-            if self.last_pid.get(i, report["pid"]) != report["pid"] and i in self.last_seen:
-                # Ray restarted it before its failed run reached us: bank the dead life's counters now.
-                self._bank(i, self.last_seen.pop(i))
-            self.last_pid[i] = report["pid"]
-            self.actor_nodes[i] = report["node_id"]
-            self.last_seen[i] = counters
             rates.append(counters["steps_per_s"] * self.action_repeat)
             lags.append(counters["version_lag"])
             timeouts += counters["limiter_timeouts"]
-            wait = self.wait_meter.fraction(i, time.monotonic(), counters["replay_s"])
+            wait = self.wait_meter.fraction(report["index"], time.monotonic(), counters["replay_s"])
             if wait is not None:
                 waits.append(wait)
             for episode in report["episodes"]:
                 returns.append(episode["return"])
                 lengths.append(episode["length"])
-        self._update_totals()
         self.state.episodes += len(returns)
         try:
             info = ray.get(self.learner.poll.remote(), timeout=30)
@@ -441,19 +349,15 @@ class Driver:
                    "replay_server_stalls_s": [round(s, 1) for s in self.watchdog.stalls_s] if self.watchdog else [],
                    "checkpoint": checkpoint, "run_dir": str(self.run.path),
                    "wandb_run_id": self.logger.run_id, "interrupted": interrupted,
-                   "actor_nodes": len(set(self.actor_nodes.values())), "replay_url": redact(self.replay_url),
+                   "actor_nodes": len(set(self.fleet.nodes.values())), "actor_node_ids": sorted(set(self.fleet.nodes.values())),
+                   "learner_node_id": self.learner_info.get("node_id"), "replay_url": redact(self.replay_url),
                    "replay": self.learner_info.get("replay", {})}
         self.logger.finish({k: v for k, v in summary.items() if isinstance(v, int | float | str)})
         self.closed = True
         return summary
 
     def _stop_processes(self) -> None:
-        for actor in self.actors:
-            actor.stop.remote()
-        done, pending = ray.wait(list(self.actor_runs), num_returns=len(self.actor_runs), timeout=10)
-        for ref in pending:  # blocked on the rate limiter: nothing buffered there is stored yet
-            ray.kill(self.actors[self.actor_runs[ref]], no_restart=True)
-        self._poll_actors_quietly()
+        self.fleet.stop()
         self.learner.stop.remote()
         try:
             ray.get(self.supervisor.run_ref)
@@ -462,29 +366,9 @@ class Driver:
         except ray.exceptions.RayActorError:
             log.error("the learner process died before the run stopped")
 
-    def _poll_actors_quietly(self) -> None:
-        for i, actor in enumerate(self.actors):
-            try:
-                self.last_seen[i] = ray.get(actor.poll.remote(), timeout=5)["counters"]
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-                continue
-        self._update_totals()
-
-    def _update_totals(self) -> None:
-        """Env steps and env errors over every life of the run: the totals carried from before a resume,
-        then every life of every actor in this one (dead lives live in actor_base)."""
-        def total(key: str) -> int:
-            return int(self.carried[key] + sum(
-                self.state.actor_base.get(i, {}).get(key, 0) + self.last_seen.get(i, {}).get(key, 0)
-                for i in range(len(self.actors))))
-
-        self.state.env_steps = max(self.state.env_steps, total("env_steps"))
-        self.state.agent_steps = max(self.state.agent_steps, total("steps"))
-        self.state.env_errors = total("env_errors")
-
     def close(self) -> None:
         """Tear down the Ray processes even when the loop failed."""
-        for handle in [*self.actors, self.learner, self.evaluator, self.board]:
+        for handle in [*self.fleet.actors, self.learner, self.evaluator, self.board]:
             try:
                 ray.kill(handle, no_restart=True)
             except Exception:  # noqa: BLE001 - best effort during teardown

@@ -5,14 +5,20 @@ The only place that decides between a cluster and this machine (deploy/launcher.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 
-from common.config import Config
+from common.config import Config, ConfigError
 from replay_service import connect
 from replay_service.schema import STATE
+
+log = logging.getLogger(__name__)
 
 
 def connect_ray(cfg: Config) -> bool:
@@ -52,3 +58,61 @@ def replay_inserts(url: str, cfg: Config) -> int:
 def gpu_available() -> bool:
     """Whether the Ray cluster offers a whole GPU for the learner."""
     return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The Ray options that put the learner and the actors on their nodes."""
+
+    learner: dict[str, Any] = field(default_factory=dict)
+    actors: dict[str, Any] = field(default_factory=dict)
+    learner_gpu: bool = False
+
+
+def _nodes_with(resource: str) -> list[dict[str, Any]]:
+    return [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(resource, 0) > 0]
+
+
+def placement(cfg: Config, cluster: bool, poll_s: float = 2.0) -> Placement:
+    """Where the learner and the actors run.
+
+    On a private local Ray everything shares this machine; the learner takes the GPU if there is one. On a
+    cluster the learner asks for one unit of `learner.node_resource` (the GPU node type of deploy/cluster*.yaml
+    advertises it) and uses that node's GPU; the driver waits for that node to join, since a cloud GPU node
+    boots for minutes. Each actor asks for one unit of `actors.node_resource`: the autoscaler adds actor nodes
+    for them, so none need to exist yet.
+    """
+    wants_gpu = cfg.learner.device != "cpu"
+    resource = cfg.learner.node_resource if cluster else ""
+    if not resource:
+        use_gpu = wants_gpu and gpu_available()
+        learner: dict[str, Any] = {"num_gpus": 1 if use_gpu else 0, "num_cpus": 1}
+    else:
+        deadline, said = time.monotonic() + cfg.learner.node_wait_s, False
+        while not (nodes := _nodes_with(resource)):
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"no node of the Ray cluster offers the `{resource}` resource after {cfg.learner.node_wait_s:.0f} s, "
+                    "so the learner has nowhere to run. With deploy/cluster*.yaml the autoscaler starts the GPU node "
+                    "that advertises it (see `ray status` and the autoscaler log: `ray exec <yaml> 'tail -n 100 "
+                    "/tmp/ray/session_latest/logs/monitor.*'`); on a cluster of your own start that node with "
+                    f"`ray start --resources '{{\"{resource}\": 1}}'`, or pass --learner.node-resource '' to put the "
+                    "learner anywhere.")
+            if not said:
+                log.warning("waiting for a node with the `%s` resource to join the cluster (a cloud GPU node takes "
+                            "a few minutes to boot and set up)", resource)
+                said = True
+            time.sleep(poll_s)
+        use_gpu = wants_gpu and nodes[0]["Resources"].get("GPU", 0) >= 1
+        learner = {"num_gpus": 1 if use_gpu else 0, "num_cpus": 1, "resources": {resource: 1}}
+    actors: dict[str, Any] = {"num_cpus": cfg.actors.num_cpus}
+    if cluster and cfg.actors.node_resource:
+        actors["resources"] = {cfg.actors.node_resource: 1}
+        if not _nodes_with(cfg.actors.node_resource):
+            log.warning("no node offers the `%s` resource yet: the actors wait for the autoscaler to add actor "
+                        "nodes (deploy/cluster*.yaml). On a cluster without an autoscaler, start actor nodes with "
+                        "`ray start --resources '{\"%s\": <CPUs>}'` or pass --actors.node-resource ''.",
+                        cfg.actors.node_resource, cfg.actors.node_resource)
+    if not use_gpu and wants_gpu:
+        log.warning("no GPU %s: the learner runs on CPU", "on the learner's node" if resource else "in the Ray cluster")
+    return Placement(learner=learner, actors=actors, learner_gpu=use_gpu)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import ray
 import torch
 
 from common.config import Config
@@ -30,6 +31,7 @@ from learner.checkpoint import save_checkpoint
 from learner.learner import Learner
 from learner.pipeline import BatchPrefetcher, MetricSums
 from replay_service import SequenceReplay
+from replay_service.server import RDB_FILE
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,9 @@ class LearnerProcess:
         self._wait_mark = (time.monotonic(), 0.0)
         self._figure: np.ndarray | None = None
         self._phase = "collect"
+        self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        # The embedded server's snapshot, in the run dir on the head (the `replay` user may not CONFIG GET it).
+        self._rdb_path = None if cfg.replay.url else self.run_dir / "redis" / RDB_FILE
         limit = cfg.replay
         # A block may not take more than a quarter of the limiter's slack, so writers never stall on it.
         self.block = max(1, min(cfg.learner.replay_every, int(limit.samples_per_insert * limit.spi_tolerance / 4)))
@@ -102,7 +107,7 @@ class LearnerProcess:
             mark_time, mark_waited = self._wait_mark
             self._wait_mark = (now, waited)
             metrics["bound/learner_wait_fraction"] = min(1.0, (waited - mark_waited) / max(now - mark_time, 1e-6))
-        return {"metrics": metrics, "counters": counters, "phase": self._phase, "figure": figure,
+        return {"metrics": metrics, "counters": counters, "phase": self._phase, "figure": figure, "node_id": self._node_id,
                 "replay": self.replay.stats(current_version=counters["version"])}
 
     def stop(self) -> None:
@@ -118,7 +123,7 @@ class LearnerProcess:
                      "config": self.cfg.to_dict(), "extra": extra,
                      # The state before any batch drawn ahead: a resumed run samples that batch again.
                      "sample_generator": pending[0] if pending else self._generator.get_state(),
-                     "replay_snapshot": self.replay.snapshot()}
+                     "replay_snapshot": self.replay.snapshot(rdb_path=self._rdb_path)}
             updates = self.counters["pretrain_updates"] + self.counters["updates"]
             return str(save_checkpoint(self.run_dir / "checkpoints", updates, state))
 

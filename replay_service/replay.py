@@ -172,9 +172,12 @@ class SequenceReplay:
             out["staleness_sampled"] = current_version - out["sampled_version_mean"]
         return out
 
-    def snapshot(self, copy_to: str | Path | None = None, timeout_s: float = 600.0) -> str:
+    def snapshot(self, copy_to: str | Path | None = None, timeout_s: float = 600.0,
+                 rdb_path: str | Path | None = None) -> str:
         """BGSAVE and wait for it; returns the RDB path (on the server's host), or `copy_to` after copying.
 
+        The path comes from CONFIG GET; a client the server's ACL refuses CONFIG (the `replay` user of a
+        secure RedisServer) passes `rdb_path`, the server's `RedisServer.rdb_path`, instead.
         `RedisServer(data_dir, cfg, restore_from=path)` starts a server on that snapshot.
         """
         saves = self._client.info("persistence")["rdb_saves"]
@@ -188,9 +191,14 @@ class SequenceReplay:
             raise RuntimeError(f"replay snapshot: BGSAVE on {describe(self._client)} did not succeed within "
                                f"{timeout_s} s (status {info.get('rdb_last_bgsave_status')}); check the server's "
                                "log and free disk space")
-        conf = self._client.config_get("dir")
-        conf.update(self._client.config_get("dbfilename"))
-        path = Path(conf["dir"]) / conf["dbfilename"]
+        try:
+            conf = self._client.config_get("dir")
+            conf.update(self._client.config_get("dbfilename"))
+            path = Path(conf["dir"]) / conf["dbfilename"]
+        except redis.exceptions.NoPermissionError:
+            if rdb_path is None:
+                raise
+            path = Path(rdb_path)
         if copy_to is None:
             return str(path)
         copy_to = Path(copy_to)

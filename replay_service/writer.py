@@ -35,14 +35,17 @@ from replay_service.server import connect, redact
 # Atomically: drop a replayed flush (same writer token and seq: its reply was lost), refuse it whole
 # if the rate limiter says inserts are too far ahead, else append its rows at `head`, count its
 # transitions and evict the oldest rows (FIFO) while over capacity (transitions) or frame capacity.
-# Replies {1, base, duplicate} when written, {0, inserted, sampled} when refused.
+# Replies {1, base, duplicate, inserted} when written (inserted: the replay's total after it, which the
+# actors compare with the run's length), {0, inserted, sampled} when refused.
 _FLUSH = """#!lua
 local meta, state, acks = KEYS[1], KEYS[2], KEYS[3]
 local rowp, token, seq, ntrans = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local ack = redis.call('HGET', acks, token)
 if ack then
   local last_seq, last_base = string.match(ack, '(%d+):(%d+)')
-  if tonumber(last_seq) >= seq then return {1, tonumber(last_base), 1} end
+  if tonumber(last_seq) >= seq then
+    return {1, tonumber(last_base), 1, tonumber(redis.call('HGET', state, 'inserted') or 0)}
+  end
 end
 local m = redis.call('HMGET', meta, 'capacity', 'frame_capacity', 'min_size', 'samples_per_insert', 'spi_tolerance')
 local cap, fcap, minsz, spi, tol = tonumber(m[1]), tonumber(m[2]), tonumber(m[3]), tonumber(m[4]), tonumber(m[5])
@@ -67,7 +70,7 @@ while stored > cap or head - tail > fcap do
 end
 redis.call('HSET', state, 'head', head, 'tail', tail, 'stored', stored, 'inserted', inserted + ntrans)
 redis.call('HSET', acks, token, seq .. ':' .. base)
-return {1, base, 0}
+return {1, base, 0, inserted + ntrans}
 """
 
 
@@ -147,6 +150,8 @@ class ReplayWriter:
         self._queue: deque[_Batch] = deque()
         self._stats = _Stats()
         self._zero_action = np.zeros(action_dim, np.float32)
+        self.inserted = 0
+        """The replay's total of inserted transitions (every writer's) as of this writer's last flush."""
 
     # --- the actor's calls ------------------------------------------------------------------------
     def begin_episode(self, first_obs: np.ndarray) -> None:
@@ -278,6 +283,7 @@ class ReplayWriter:
         if blocked_since is not None:
             self._stats.blocked_s += time.monotonic() - blocked_since
         base, duplicate = int(reply[1]), int(reply[2])
+        self.inserted = max(self.inserted, int(reply[3]))
         batch.episode.last_index = base + len(batch.rows) - 1
         self._stats.flushes += 1
         self._stats.duplicate_flushes += duplicate

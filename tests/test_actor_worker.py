@@ -75,3 +75,22 @@ def test_poll_counts_a_write_held_by_the_rate_limiter_while_it_waits(url: str) -
         worker.stop()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_two_actors_stop_themselves_at_the_runs_length_within_a_flush_each(url: str) -> None:
+    """The run's length as a replay total: each actor sees it at its next flush and stops, however late the
+    driver would have polled; together they overshoot by at most one flush per env."""
+    cfg = debug()
+    cfg = replace(cfg, replay=replace(cfg.replay, min_size=1, spi_tolerance=10_000.0, flush_every=7),
+                  actors=replace(cfg.actors, envs_per_actor=2))
+    workers = [ActorWorker(cfg, i, url, _NoWeights(), env_factory=_RandomFrames) for i in range(2)]
+    target = 300
+    results: list[dict[str, float]] = []
+    threads = [threading.Thread(target=lambda w=w: results.append(w.run(stop_at_inserted=target)), daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 2, "an actor did not stop at the run's length"
+    steps = sum(r["steps"] for r in results)  # one transition per env step, each stored at close
+    assert target <= steps <= target + 2 * 2 * cfg.replay.flush_every, steps

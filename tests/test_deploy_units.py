@@ -1,16 +1,14 @@
 """Units of the distributed layer that need no cluster: history padding, seeds, weight board,
-checkpoint files and resume checks, the cluster YAML, the W&B reader, the progress line's ETA and bound."""
+checkpoint files and resume checks, the cluster job's command line, the W&B reader, the progress line's ETA and bound."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from actors.history import History, stack_histories
 from actors.worker import derive_seed
@@ -24,8 +22,6 @@ from learner.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-
-CLUSTER_YAML = Path(__file__).resolve().parents[1] / "deploy" / "cluster.yaml"
 
 
 def _frame(value: int) -> np.ndarray:
@@ -84,16 +80,15 @@ def test_resume_may_change_run_length_but_not_the_task() -> None:
     assert resume_conflicts(cfg, other_task) == ["run.task: saved 'cheetah_run', now 'hopper'"]
 
 
-def test_cluster_yaml_validates_and_bad_yaml_is_rejected() -> None:
-    from ray.autoscaler._private.util import prepare_config, validate_config
+def test_a_cluster_job_runs_the_entry_point_with_a_run_dir_outside_rays_working_dir() -> None:
+    from deploy.jobs import entrypoint
 
-    cfg = yaml.safe_load(CLUSTER_YAML.read_text())
-    validate_config(prepare_config(copy.deepcopy(cfg)))
-    assert any("redis-server" in c for c in cfg["head_start_ray_commands"])
-    bad = copy.deepcopy(cfg)
-    bad["max_workerz"] = 3
-    with pytest.raises(Exception, match="max_workerz"):
-        validate_config(prepare_config(bad))
+    command = entrypoint("paper", "hopper", "64", ["--run.seed", "3"], "~/slac-runs/hopper-1")
+    assert command == "python -m deploy.train paper --run.task hopper --actors.num 64 --run.seed 3 --run.dir ~/slac-runs/hopper-1"
+    # A run dir or a resume given by the user wins; odd characters are quoted for the job's shell.
+    assert "slac-runs" not in entrypoint("", "", "", ["--run.resume", "/data/run 1"], "~/slac-runs/x")
+    assert "'/data/run 1'" in entrypoint("", "", "", ["--run.resume", "/data/run 1"], "~/slac-runs/x")
+    assert entrypoint("debug", "", "", ["--run.dir=/tmp/r"], "~/x").endswith("--run.dir=/tmp/r")
 
 
 def test_eta_is_zero_past_the_run_length_and_counts_whole_hours() -> None:

@@ -213,8 +213,9 @@ def test_make_train_with_an_unknown_task_fails_at_once() -> None:
 
 def test_two_node_cluster_spreads_actors_and_shares_the_replay(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real multi-node Ray cluster (two raylets): the launcher joins it through RAY_ADDRESS, starts
-    Redis on all interfaces under this node's address, and spreads the actors over both nodes."""
+    """A real multi-node Ray cluster (two raylets) of the user's own, without the node resources of
+    deploy/cluster*.yaml (so `--learner.node-resource '' --actors.node-resource ''`): the launcher joins it
+    through RAY_ADDRESS, starts Redis on this node's address, and spreads the actors over both nodes."""
     from ray.cluster_utils import Cluster
 
     from deploy.launcher import train
@@ -225,7 +226,8 @@ def test_two_node_cluster_spreads_actors_and_shares_the_replay(tmp_path: Path,
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
     try:
         cfg = parse_cli(["debug", "--run.task", "finger_spin", "--run.dir", str(tmp_path / "cluster"),
-                         "--actors.num", "2", "--run.env-steps", "1200", "--run.eval-episodes", "0"])
+                         "--actors.num", "2", "--run.env-steps", "1200", "--run.eval-episodes", "0",
+                         "--learner.node-resource", "", "--actors.node-resource", ""])
         summary = train(cfg)
     finally:
         cluster.shutdown()

@@ -406,20 +406,19 @@ def test_known_failures_are_a_short_error(tmp_path: Path, runs, case: str) -> No
 def test_resumed_totals_count_on_from_the_checkpoint() -> None:
     """The known bug: the saved steps of actors that never died were in no base, so a resumed run's
     total stayed at the saved value until the new lives' own counts passed it."""
-    from deploy.launcher import Driver, RunState
+    from deploy.fleet import ActorFleet, RunState
 
-    driver = Driver.__new__(Driver)
-    driver.state = RunState(env_steps=64_996, agent_steps=16_249, env_errors=1)
-    driver.carried = {"env_steps": 64_996, "steps": 16_249, "env_errors": 1}
-    driver.actors = [None, None]
-    driver.last_seen = {0: {"env_steps": 8, "steps": 2, "env_errors": 0}, 1: {"env_steps": 4, "steps": 1}}
-    driver.state.actor_base = {}
-    driver._update_totals()
-    assert (driver.state.env_steps, driver.state.agent_steps, driver.state.env_errors) == (65_008, 16_252, 1)
-    driver._bank(0, driver.last_seen.pop(0))  # actor 0 dies; its new life starts from zero
-    driver.last_seen[0] = {"env_steps": 4, "steps": 1, "env_errors": 1}
-    driver._update_totals()
-    assert (driver.state.env_steps, driver.state.agent_steps, driver.state.env_errors) == (65_012, 16_253, 2)
+    fleet = ActorFleet.__new__(ActorFleet)
+    fleet.state = RunState(env_steps=64_996, agent_steps=16_249, env_errors=1)
+    fleet.carried = {"env_steps": 64_996, "steps": 16_249, "env_errors": 1}
+    fleet.actors = [None, None]
+    fleet.last_seen = {0: {"env_steps": 8, "steps": 2, "env_errors": 0}, 1: {"env_steps": 4, "steps": 1}}
+    fleet._update_totals()
+    assert (fleet.state.env_steps, fleet.state.agent_steps, fleet.state.env_errors) == (65_008, 16_252, 1)
+    fleet._bank(0, fleet.last_seen.pop(0))  # actor 0 dies; its new life starts from zero
+    fleet.last_seen[0] = {"env_steps": 4, "steps": 1, "env_errors": 1}
+    fleet._update_totals()
+    assert (fleet.state.env_steps, fleet.state.agent_steps, fleet.state.env_errors) == (65_012, 16_253, 2)
 
 
 def test_a_second_signal_does_not_interrupt_the_graceful_stop(capsys: pytest.CaptureFixture[str]) -> None:
@@ -442,7 +441,8 @@ def test_checkpoints_are_also_written_by_time_and_after_pretraining() -> None:
     import dataclasses
     from types import SimpleNamespace
 
-    from deploy.launcher import Driver, RunState
+    from deploy.fleet import RunState
+    from deploy.launcher import Driver
 
     cfg = debug()
     driver = Driver.__new__(Driver)

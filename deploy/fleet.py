@@ -1,0 +1,199 @@
+"""The actor processes of a run: their `run` tasks, deaths, restarts and counters over every life.
+
+Ray restarts a crashed actor process (up to `actors.max_restarts`); the fleet then starts a new life on it
+with fresh seeds, and banks the dead life's counters so the run's totals never go backwards. A `run` that
+raised while its process lives on (e.g. the replay unreachable while its server restarts) gets a new life
+too. Each life stops itself once the replay holds the run's length (`stop_at_inserted`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import redis
+
+from actors.worker import ActorWorker, EnvFactory
+from common.config import Config
+from deploy.ray_runtime import replay_inserts
+from deploy.weights import BOARD_NAME, RayWeightSource
+from replay_service import ReplayConnectionError
+
+log = logging.getLogger(__name__)
+
+RESTART_TIMEOUT_S = 120.0
+"""How long the fleet waits for Ray to bring a crashed actor back before counting it lost."""
+
+
+@dataclass
+class RunState:
+    """Counters the driver owns; saved in every checkpoint's `extra`."""
+
+    env_steps: int = 0
+    agent_steps: int = 0
+    episodes: int = 0
+    actor_restarts: int = 0
+    env_errors: int = 0
+    next_eval: int = 0
+    last_eval_scheduled: int = -1
+    generation: int = 0
+    evals: int = 0
+    actor_base: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+class ActorFleet:
+    """`actors.num` Ray actors stepping environments into the replay at `replay_url`.
+
+    `state` is the driver's RunState: the fleet keeps its step, error and restart totals current, counting on
+    from `carried` (the totals of the run's earlier lives, for a resumed run).
+    """
+
+    def __init__(self, cfg: Config, replay_url: str, env_factory: EnvFactory | None, state: RunState,
+                 carried: dict[str, float], options: dict[str, Any], action_repeat: int) -> None:
+        self.cfg, self.replay_url, self.state, self.carried = cfg, replay_url, state, carried
+        self.action_repeat = action_repeat
+        # The run's length as the replay's total of inserted transitions: each life stops itself there.
+        self.start_inserted = replay_inserts(replay_url, cfg)
+        remaining = -(-max(cfg.run.env_steps - state.env_steps, 0) // action_repeat)
+        self.stop_at_inserted = self.start_inserted + remaining
+        # SPREAD: on a cluster the actors go to as many nodes as possible.
+        actor_cls = ray.remote(max_restarts=cfg.actors.max_restarts, max_task_retries=0, max_concurrency=2,
+                               scheduling_strategy="SPREAD", **options)(ActorWorker)
+        source = RayWeightSource(BOARD_NAME)
+        self.actors = [actor_cls.options(name=f"slac-actor-{i}").remote(
+            cfg, i, replay_url, source, env_factory, state.generation) for i in range(cfg.actors.num)]
+        self.lives = [0] * cfg.actors.num
+        self.alive = [True] * cfg.actors.num
+        self.run_failures = [0] * cfg.actors.num
+        self.restarting: dict[int, float] = {}
+        self.pids: dict[int, set[int]] = {}
+        self.restarts_before = state.actor_restarts  # from the run being resumed
+        self.nodes: dict[int, str] = {}
+        self.finished: set[int] = set()  # actors whose run reached the run's length
+        self.last_seen: dict[int, dict[str, float]] = {}
+        self.last_pid: dict[int, int] = {}
+        self.runs = {a.run.remote(0, stop_at_inserted=self.stop_at_inserted): i for i, a in enumerate(self.actors)}
+
+    @property
+    def done(self) -> bool:
+        """Every live actor reached the run's length."""
+        return len(self.finished) >= sum(self.alive)
+
+    def check(self, redis_down: bool) -> None:
+        """Collect ended runs; start new lives on restarted actors (not while Redis is down: they would fail)."""
+        done, _ = ray.wait(list(self.runs), num_returns=len(self.runs), timeout=0)
+        for ref in done:
+            index = self.runs.pop(ref)
+            try:
+                ray.get(ref)
+                self.finished.add(index)
+            except ray.exceptions.RayActorError as exc:
+                self._died(index, exc)
+            except ray.exceptions.RayTaskError as exc:
+                self._run_failed(index, exc)
+        if not redis_down:
+            for index, since in list(self.restarting.items()):
+                self._resume(index, since)
+
+    def _died(self, index: int, exc: Exception) -> None:
+        """Its process died: Ray is restarting it (or gave up); fold its counters into the base."""
+        seen = self.last_seen.pop(index, None)
+        if seen:  # so totals never go backwards when the new life starts from zero
+            self._bank(index, seen)
+        log.warning("actor %d stopped (%s); waiting for Ray to restart it", index, type(exc).__name__)
+        self.restarting.setdefault(index, time.monotonic())
+
+    def _run_failed(self, index: int, exc: ray.exceptions.RayTaskError) -> None:
+        """Its `run` raised but the process lives on with its counters: a new life, at most max_restarts times."""
+        self.run_failures[index] += 1
+        cause = str(getattr(exc, "cause", None) or exc).strip().splitlines() or [type(exc).__name__]
+        if self.run_failures[index] > self.cfg.actors.max_restarts:
+            log.error("actor %d failed %d times (last: %s); it is gone for good", index, self.run_failures[index],
+                      cause[-1])
+            self.alive[index] = False
+            return
+        log.warning("actor %d failed (%s); starting it again", index, cause[-1])
+        self.restarting.setdefault(index, time.monotonic())
+
+    def _bank(self, index: int, seen: dict[str, float]) -> None:
+        base = self.state.actor_base.setdefault(index, {})
+        for key in ("env_steps", "steps", "env_errors"):
+            base[key] = base.get(key, 0) + seen.get(key, 0)
+
+    def _resume(self, index: int, since: float) -> None:
+        """Once the restarted actor answers, start a new life (fresh seeds) on it."""
+        try:
+            report = ray.get(self.actors[index].poll.remote(), timeout=1)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+            if time.monotonic() - since > RESTART_TIMEOUT_S or isinstance(exc, ray.exceptions.ActorDiedError):
+                log.error("actor %d is gone for good (%s)", index, type(exc).__name__)
+                self.alive[index] = False
+                del self.restarting[index]
+            return
+        self._count_pid(index, report["pid"])
+        del self.restarting[index]
+        self.lives[index] += 1
+        self.runs[self.actors[index].run.remote(self.lives[index], stop_at_inserted=self.stop_at_inserted)] = index
+
+    def _count_pid(self, index: int, pid: int) -> None:
+        """Restarts counted exactly: each new process id of an actor is one restart."""
+        pids = self.pids.setdefault(index, set())
+        if pid not in pids:
+            pids.add(pid)
+            self.state.actor_restarts = self.restarts_before + sum(len(p) - 1 for p in self.pids.values())
+
+    def poll(self) -> list[dict[str, Any]]:
+        """The reports of the live actors (counters, episodes since the last poll); totals brought up to date."""
+        polls = [(i, a.poll.remote()) for i, a in enumerate(self.actors) if self.alive[i] and i not in self.restarting]
+        reports = []
+        for i, ref in polls:
+            try:
+                report = ray.get(ref, timeout=10)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                continue  # restarting; its run ref reports the death
+            self._count_pid(i, report["pid"])
+            if self.last_pid.get(i, report["pid"]) != report["pid"] and i in self.last_seen:
+                # Ray restarted it before its failed run reached us: bank the dead life's counters now.
+                self._bank(i, self.last_seen.pop(i))
+            self.last_pid[i] = report["pid"]
+            self.nodes[i] = report["node_id"]
+            self.last_seen[i] = report["counters"]
+            reports.append(report)
+        self._update_totals()
+        return reports
+
+    def stop(self) -> None:
+        """Stop every run; one still held by the rate limiter after 10 s is killed (its buffer is not stored)."""
+        for actor in self.actors:
+            actor.stop.remote()
+        _, pending = ray.wait(list(self.runs), num_returns=len(self.runs), timeout=10)
+        for ref in pending:
+            ray.kill(self.actors[self.runs[ref]], no_restart=True)
+        for i, actor in enumerate(self.actors):
+            try:
+                self.last_seen[i] = ray.get(actor.poll.remote(), timeout=5)["counters"]
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                continue
+        self._update_totals()
+        # An actor killed mid-run took steps after its last poll; those it stored are in the replay's count.
+        try:
+            stored = replay_inserts(self.replay_url, self.cfg) - self.start_inserted
+        except (ReplayConnectionError, redis.RedisError):
+            return
+        self.state.agent_steps = max(self.state.agent_steps, int(self.carried["steps"]) + stored)
+        self.state.env_steps = max(self.state.env_steps, int(self.carried["env_steps"]) + stored * self.action_repeat)
+
+    def _update_totals(self) -> None:
+        """Env steps and env errors over every life of the run: the totals carried from before a resume,
+        then every life of every actor in this one (dead lives live in actor_base)."""
+        def total(key: str) -> int:
+            return int(self.carried[key] + sum(
+                self.state.actor_base.get(i, {}).get(key, 0) + self.last_seen.get(i, {}).get(key, 0)
+                for i in range(len(self.actors))))
+
+        self.state.env_steps = max(self.state.env_steps, total("env_steps"))
+        self.state.agent_steps = max(self.state.agent_steps, total("steps"))
+        self.state.env_errors = total("env_errors")

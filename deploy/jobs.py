@@ -1,0 +1,218 @@
+"""`make train` / `make logs` / `make stop` against a Ray cluster: the driver runs there as a Ray job.
+
+The driver (`python -m deploy.train`) is submitted with `ray job submit` semantics (the working tree as the
+job's working_dir), so it lives on the head and survives the laptop disconnecting. Where the cluster is:
+`RAY_ADDRESS=http://host:8265` (a job server you can reach), or `CLUSTER=deploy/cluster.yaml` (the YAML of
+`make cluster-up`): the job server then listens only on the head's 127.0.0.1 and is reached through
+`ray dashboard`'s SSH port-forward, opened for the duration of the command. The last job's id and address
+are kept in `.slac-job` (or $SLAC_JOB_FILE), so `make logs` and `make stop` need no arguments.
+
+    python -m deploy.jobs submit --preset paper --task hopper --actors 64 -- <extra deploy.train args>
+    python -m deploy.jobs logs [JOB_ID]        # follows until the job ends
+    python -m deploy.jobs stop [JOB_ID]        # SIGTERM: the driver checkpoints, then stops
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+JOB_FILE = Path(os.environ.get("SLAC_JOB_FILE", REPO / ".slac-job"))
+# Never shipped with the job: the venv, runs, git history, local results (the job builds what it needs).
+EXCLUDES = [".venv", ".git", "runs", "results", "bench/results", "wandb", "**/__pycache__", ".slac-job", ".cluster"]
+# Seconds Ray lets a stopped job's driver take before SIGKILL: enough to write the final checkpoint.
+STOP_WAIT_S = 300
+# Forwarded to the job when set here: W&B goes online with the user's account.
+FORWARDED_ENV = ("WANDB_API_KEY", "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_BASE_URL")
+
+log = logging.getLogger(__name__)
+
+
+class JobError(RuntimeError):
+    """A job command that cannot work as asked (no cluster configured, no job recorded, tunnel failed)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(url: str) -> bool:
+    """Whether an HTTP server answers at `url` (401 included: Ray's token check is the SDK's business)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/api/version", timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def job_server(address: str = "", cluster: str = "") -> Iterator[str]:
+    """The job server's http address: `address` itself, or a `ray dashboard` tunnel to `cluster`'s head."""
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    cluster = cluster or os.environ.get("CLUSTER", "")
+    if address.startswith(("http://", "https://")):
+        yield address.rstrip("/")
+        return
+    if not cluster:
+        raise JobError("no cluster to submit to: set CLUSTER=deploy/cluster.yaml (after `make cluster-up`) or "
+                       "RAY_ADDRESS=http://<head>:8265; without either, `make train` runs on this machine.")
+    if not Path(cluster).is_file():
+        raise JobError(f"CLUSTER={cluster}: no such cluster YAML; use one of deploy/cluster*.yaml")
+    port = _free_port()
+    tunnel = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "dashboard", "--port", str(port), "--remote-port", "8265", cluster],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(url):
+            if tunnel.poll() is not None or time.monotonic() > deadline:
+                err = (tunnel.stderr.read().decode(errors="replace") if tunnel.stderr else "")[-800:]
+                raise JobError(f"could not reach the job server of {cluster} through `ray dashboard` (is the cluster "
+                               f"up? `make cluster-up`; `ray status` on the head with `ray attach {cluster}`): {err}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        tunnel.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            tunnel.wait(10)
+
+
+def _client(url: str) -> Any:
+    # The cluster's nodes run with Ray's token auth and this machine's token (deploy/cluster*.yaml ship
+    # ~/.ray/auth_token): send it. Set before Ray is imported, which reads the mode once.
+    if os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(url)
+
+
+def wandb_url(run_id: str) -> str:
+    """Where the run will show up in W&B (the entity is the API key's default unless WANDB_ENTITY says)."""
+    project = os.environ.get("WANDB_PROJECT", "slac-dist")
+    entity = os.environ.get("WANDB_ENTITY", "<your-entity>")
+    return f"https://wandb.ai/{entity}/{project}/runs/{run_id}"
+
+
+def entrypoint(preset: str, task: str, actors: str, extra: Sequence[str], run_dir: str) -> str:
+    """The job's command line: deploy.train, with a run directory outside Ray's temporary working_dir."""
+    args = [preset] if preset else []
+    args += ["--run.task", task] if task else []
+    args += ["--actors.num", actors] if actors else []
+    args += list(extra)
+    command = "python -m deploy.train " + " ".join(shlex.quote(a) for a in args)
+    if not any(a.startswith(("--run.dir", "--run.resume", "--run-dir", "--run-resume")) for a in args):
+        command += f" --run.dir {run_dir}"  # unquoted: the job's shell expands its `~` to the head's home
+    return command
+
+
+def submit(preset: str, task: str, actors: str, extra: Sequence[str]) -> dict[str, str]:
+    """Submit the driver as a Ray job; returns what `.slac-job` records."""
+    run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env.update(WANDB_RUN_ID=run_id, WANDB_MODE="online" if "WANDB_API_KEY" in env else "offline",
+               RAY_JOB_STOP_WAIT_TIME_S=str(STOP_WAIT_S), PYTHONUNBUFFERED="1")
+    # `~` is the head's home: the job's shell expands it. Runs outlive Ray's per-session working_dir there.
+    run_dir = f"~/slac-runs/{task or preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    command = entrypoint(preset, task, actors, extra, run_dir)
+    with job_server() as url:
+        job_id = _client(url).submit_job(entrypoint=command, runtime_env={
+            "working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env})
+    record = {"job_id": job_id, "address": os.environ.get("RAY_ADDRESS", ""), "cluster": os.environ.get("CLUSTER", ""),
+              "wandb_run_id": run_id, "entrypoint": command}
+    JOB_FILE.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"submitted job {job_id}\n  driver: {command}\n"
+          f"  W&B:    {wandb_url(run_id) if env['WANDB_MODE'] == 'online' else 'offline (set WANDB_API_KEY to watch it online); files in the run dir on the head'}\n"
+          f"  follow: make logs    stop (checkpoints first): make stop", flush=True)
+    return record
+
+
+def _recorded(job_id: str) -> tuple[str, dict[str, str]]:
+    record = json.loads(JOB_FILE.read_text()) if JOB_FILE.is_file() else {}
+    job_id = job_id or record.get("job_id", "")
+    if not job_id:
+        raise JobError(f"no job to act on: none recorded in {JOB_FILE} (submit one with `make train` on a cluster) "
+                       "and no JOB=<id> given")
+    return job_id, record
+
+
+def logs(job_id: str = "", follow: bool = True) -> str:
+    """Print the job's logs (following them until it ends); returns its final status."""
+    job_id, record = _recorded(job_id)
+    with job_server(os.environ.get("RAY_ADDRESS") or record.get("address", ""),
+                    os.environ.get("CLUSTER") or record.get("cluster", "")) as url:
+        client = _client(url)
+        if follow:
+            async def tail() -> None:
+                async for chunk in client.tail_job_logs(job_id):
+                    print(chunk, end="", flush=True)
+
+            asyncio.run(tail())
+        else:
+            print(client.get_job_logs(job_id), end="", flush=True)
+        status = str(client.get_job_status(job_id))
+    print(f"\njob {job_id}: {status}", flush=True)
+    return status
+
+
+def stop(job_id: str = "") -> None:
+    """Stop the job: the driver gets SIGTERM, writes a checkpoint and stops every process."""
+    job_id, record = _recorded(job_id)
+    with job_server(os.environ.get("RAY_ADDRESS") or record.get("address", ""),
+                    os.environ.get("CLUSTER") or record.get("cluster", "")) as url:
+        client = _client(url)
+        client.stop_job(job_id)
+        print(f"stopping job {job_id}: the driver writes a checkpoint first (up to {STOP_WAIT_S} s)", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.jobs", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("submit", help="submit the driver as a Ray job")
+    s.add_argument("--preset", default="")
+    s.add_argument("--task", default="")
+    s.add_argument("--actors", default="")
+    s.add_argument("extra", nargs="*", help="more deploy.train arguments (after --)")
+    lg = sub.add_parser("logs", help="follow a job's logs")
+    lg.add_argument("job_id", nargs="?", default="")
+    lg.add_argument("--no-follow", action="store_true")
+    st = sub.add_parser("stop", help="stop a job (it checkpoints first)")
+    st.add_argument("job_id", nargs="?", default="")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "submit":
+            submit(args.preset, args.task, args.actors, args.extra)
+        elif args.command == "logs":
+            status = logs(args.job_id, follow=not args.no_follow)
+            return 0 if status in ("SUCCEEDED", "RUNNING", "PENDING") else 1
+        else:
+            stop(args.job_id)
+    except (JobError, ConnectionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The cluster path, proved locally (marker `cluster`): no cloud here, but real Ray nodes and a real job server.
+
+- A `ray.cluster_utils.Cluster` of a head and two workers advertising the custom resources of
+  deploy/cluster*.yaml (`learner` on one, `actor` on the other): a debug run through the real entry point
+  joins it as on a cloud head, puts the learner and the actors on their nodes, hands every process the
+  embedded replay's address on the head with the `replay` ACL user, and finishes with the expected updates.
+- A local Ray head with its job server: `make train RAY_ADDRESS=http://...` submits a debug run as a Ray job,
+  and `make logs` follows it to the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.config import parse_cli
+
+pytestmark = pytest.mark.cluster
+REPO = Path(__file__).resolve().parents[1]
+RUN = ["debug", "--run.task", "cheetah", "--actors.num", "2", "--run.eval-episodes", "0",
+       "--replay.samples-per-insert", "0.25", "--run.env-steps", "1600"]
+
+
+def _summary(text: str) -> dict[str, Any]:
+    assert '{\n  "summary"' in text, f"no summary printed:\n{text[-4000:]}"
+    return json.JSONDecoder().raw_decode(text[text.index('{\n  "summary"'):])[0]["summary"]
+
+
+def _expected_updates(summary: dict[str, Any]) -> tuple[float, float]:
+    cfg = parse_cli(["debug", "--replay.samples-per-insert", "0.25"])
+    min_size = max(cfg.replay.min_size, cfg.initial_collection_size)
+    expected = (summary["replay"]["inserted"] - min_size) * cfg.replay.samples_per_insert
+    return expected, cfg.replay.spi_tolerance + 2 * cfg.replay.flush_every
+
+
+def test_learner_and_actors_land_on_their_nodes_and_reach_the_replay_on_the_head(tmp_path: Path) -> None:
+    from ray.cluster_utils import Cluster
+
+    started = time.monotonic()
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 2, "include_dashboard": False})
+    try:
+        learner_node = cluster.add_node(num_cpus=1, resources={"learner": 1})
+        actor_node = cluster.add_node(num_cpus=2, resources={"actor": 2})
+        cluster.wait_for_nodes()
+        env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS=cluster.address)
+        env.setdefault("MUJOCO_GL", "egl")
+        proc = subprocess.run([sys.executable, "-m", "deploy.train", *RUN, "--run.dir", str(tmp_path / "run")],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        summary = _summary(proc.stdout)
+        head_ip = cluster.head_node.node_ip_address
+    finally:
+        cluster.shutdown()
+    wall = time.monotonic() - started
+    assert summary["learner_node_id"] == learner_node.node_id, summary
+    assert summary["actor_node_ids"] == [actor_node.node_id], (summary["actor_node_ids"], actor_node.node_id)
+    # Every process got the head's address and the ACL user, never the admin (the password is redacted).
+    assert re.fullmatch(rf"redis://replay:\*+@{re.escape(head_ip)}:\d+/0", summary["replay_url"]), summary["replay_url"]
+    assert summary["env_steps"] >= 1600 and not summary["interrupted"]
+    expected, slack = _expected_updates(summary)
+    assert abs(summary["updates"] - expected) <= slack, (summary["updates"], expected)
+    print(f"\nmulti-node run (head + learner node + actor node, debug preset, 1600 env steps): {wall:.0f} s wall "
+          f"clock including the cluster's start")
+
+
+def _port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def job_server() -> Iterator[str]:
+    """A local Ray head with its dashboard (the job server) on 127.0.0.1, as deploy/cluster*.yaml starts it."""
+    temp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    dashboard = _port()
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    proc = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={_port()}", "--include-dashboard=true",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=4",
+                             '--resources={"learner": 1, "actor": 2}', f"--temp-dir={temp}", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            # Jobs run `python` from PATH: the venv's, as deploy/cluster*.yaml arrange on the nodes.
+                            env=dict(os.environ, RAY_ADDRESS="", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
+    url = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/version", timeout=2):
+                    break
+            except urllib.error.HTTPError:  # 401: up, and asking for Ray's token as it should
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the Ray head's job server did not start"
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # --block: the head stops its processes when told to
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_make_train_submits_a_ray_job_and_make_logs_follows_it(tmp_path: Path, job_server: str) -> None:
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, RAY_ADDRESS=job_server, SLAC_JOB_FILE=str(tmp_path / "job.json"), CLUSTER="")
+    env.setdefault("MUJOCO_GL", "egl")
+    args = " ".join(RUN[3:] + ["--run.dir", str(run_dir)])
+    submitted = subprocess.run(["make", "-s", "train", "PRESET=debug", "TASK=cheetah", f"ARGS={args}"], cwd=REPO,
+                               env=env, capture_output=True, text=True, timeout=300)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job_id = json.loads((tmp_path / "job.json").read_text())["job_id"]
+    assert f"submitted job {job_id}" in submitted.stdout and "make logs" in submitted.stdout, submitted.stdout
+    followed = subprocess.run(["make", "-s", "logs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
+    assert f"job {job_id}: SUCCEEDED" in followed.stdout, followed.stdout[-3000:]
+    summary = _summary(followed.stdout)
+    assert summary["env_steps"] >= 1600 and summary["run_dir"] == str(run_dir) and Path(summary["checkpoint"]).exists()
+    assert summary["replay_url"].startswith("redis://replay:"), summary["replay_url"]  # a job runs on the cluster
