@@ -39,8 +39,6 @@ STOP_WAIT_S = 300
 # Forwarded to the job when set here: W&B goes online with the user's account.
 FORWARDED_ENV = ("WANDB_API_KEY", "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_BASE_URL")
 
-log = logging.getLogger(__name__)
-
 
 class JobError(RuntimeError):
     """A job command that cannot work as asked (no cluster configured, no job recorded, tunnel failed)."""
@@ -136,6 +134,7 @@ def submit(preset: str, task: str, actors: str, extra: Sequence[str]) -> dict[st
     # `~` is the head's home: the job's shell expands it. Runs outlive Ray's per-session working_dir there.
     run_dir = f"~/slac-runs/{task or preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     command = entrypoint(preset, task, actors, extra, run_dir)
+    logging.getLogger("ray").setLevel(logging.ERROR)  # not a line per file Ray's packaging skips
     with job_server() as url:
         job_id = _client(url).submit_job(entrypoint=command, runtime_env={
             "working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env})
@@ -208,9 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if status in ("SUCCEEDED", "RUNNING", "PENDING") else 1
         else:
             stop(args.job_id)
-    except (JobError, ConnectionError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (JobError, ConnectionError, RuntimeError) as exc:  # the SDK's HTTP errors are RuntimeErrors
+        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nstopped following; the job goes on (`make stop` stops it)", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -7,6 +7,7 @@ WANDB_MODE set) or asked for a mode with `--run.wandb-mode`. Every scalar is plo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -14,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,24 +149,41 @@ class RunLogger:
         # Progress goes to stderr, leaving stdout to results (the JSON summary, bench output).
         self._tty = sys.stderr.isatty()
         self._last_line = 0.0
+        self._wandb_lost = False
         log.info("W&B run %s (%s), files in %s", self.run.id, mode, run_dir / "wandb")
 
     @property
     def run_id(self) -> str:
         return self.run.id
 
+    def _to_wandb(self, send: Callable[[], object]) -> None:
+        """Send to W&B unless its service process is gone. A SIGTERM to the driver's whole process tree (`ray
+        job stop`, a preempted machine) reaches wandb's service too: the run must still stop cleanly and
+        write its checkpoint, so W&B's failure is logged once and the run goes on without it."""
+        if self._wandb_lost:
+            return
+        try:
+            send()
+        except Exception as exc:  # noqa: BLE001 - wandb raises assorted errors once its service has died
+            self._wandb_lost = True
+            with contextlib.suppress(Exception):  # so its exit hook does not try the dead service again
+                wandb.teardown()
+            log.warning("W&B stopped taking data (%s: %s; its service process is gone, e.g. stopped with the "
+                        "driver): the run goes on without it; eval.csv, checkpoints and the W&B files written so "
+                        "far are kept", type(exc).__name__, exc)
+
     def scalars(self, env_steps: int, values: dict[str, float]) -> None:
-        self.run.log({"env_steps": env_steps, **values})
+        self._to_wandb(lambda: self.run.log({"env_steps": env_steps, **values}))
 
     def image(self, env_steps: int, key: str, image: np.ndarray, caption: str) -> None:
-        self.run.log({"env_steps": env_steps, key: wandb.Image(image, caption=caption)})
+        self._to_wandb(lambda: self.run.log({"env_steps": env_steps, key: wandb.Image(image, caption=caption)}))
 
     def video(self, env_steps: int, key: str, frames: np.ndarray, fps: int = 15) -> None:
         """Log uint8 frames [T, 3, H, W] as a GIF (no moviepy needed)."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "episode.gif"
             imageio.mimsave(path, list(frames.transpose(0, 2, 3, 1)), duration=1.0 / fps, loop=0)
-            self.run.log({"env_steps": env_steps, key: wandb.Video(str(path), format="gif")})
+            self._to_wandb(lambda: self.run.log({"env_steps": env_steps, key: wandb.Video(str(path), format="gif")}))
 
     def evaluation(self, env_steps: int, scheduled: int, updates: int, version: int, returns: list[float]) -> None:
         """One row of eval.csv and the eval/ scalars; version 0 is the uniform random policy."""
@@ -188,6 +207,9 @@ class RunLogger:
     def finish(self, summary: dict[str, Any]) -> None:
         if self._tty:
             sys.stderr.write("\n")
-        for key, value in summary.items():
-            self.run.summary[key] = value
-        self.run.finish()
+        def send() -> None:
+            for key, value in summary.items():
+                self.run.summary[key] = value
+            self.run.finish()
+
+        self._to_wandb(send)

@@ -86,7 +86,7 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def job_server() -> Iterator[str]:
     """A local Ray head with its dashboard (the job server) on 127.0.0.1, as deploy/cluster*.yaml starts it."""
     temp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
@@ -137,3 +137,28 @@ def test_make_train_submits_a_ray_job_and_make_logs_follows_it(tmp_path: Path, j
     summary = _summary(followed.stdout)
     assert summary["env_steps"] >= 1600 and summary["run_dir"] == str(run_dir) and Path(summary["checkpoint"]).exists()
     assert summary["replay_url"].startswith("redis://replay:"), summary["replay_url"]  # a job runs on the cluster
+
+
+def test_make_stop_stops_a_job_with_a_checkpoint(tmp_path: Path, job_server: str) -> None:
+    """`make stop`: Ray sends the driver SIGTERM and waits (RAY_JOB_STOP_WAIT_TIME_S from deploy/jobs.py) while
+    it checkpoints and stops every process, as on a preempted machine."""
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, RAY_ADDRESS=job_server, SLAC_JOB_FILE=str(tmp_path / "job.json"), CLUSTER="")
+    env.setdefault("MUJOCO_GL", "egl")
+    args = " ".join(RUN[3:-2] + ["--run.env-steps", "1000000", "--run.dir", str(run_dir)])
+    submitted = subprocess.run(["make", "-s", "train", "PRESET=debug", "TASK=cheetah", f"ARGS={args}"], cwd=REPO,
+                               env=env, capture_output=True, text=True, timeout=300)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    deadline = time.monotonic() + 240
+    while not list((run_dir / "checkpoints").glob("ckpt_*.pt")):  # in joint training: the first policy is out
+        assert time.monotonic() < deadline, "the job never reached joint training"
+        time.sleep(1)
+    stopped = subprocess.run(["make", "-s", "stop"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert stopped.returncode == 0 and "stopping job" in stopped.stdout, stopped.stdout + stopped.stderr
+    followed = subprocess.run(["make", "-s", "logs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert "stopped by SIGTERM" in followed.stdout and "--run.resume" in followed.stdout, followed.stdout[-3000:]
+    # W&B's service got the SIGTERM too: one warning, not a traceback (its exit hook included).
+    assert "Traceback" not in followed.stdout and "W&B stopped taking data" in followed.stdout, followed.stdout[-3000:]
+    summary = _summary(followed.stdout)
+    assert summary["interrupted"] and Path(summary["checkpoint"]).exists(), summary
+    assert ": STOPPED" in followed.stdout.splitlines()[-1], followed.stdout[-500:]

@@ -70,7 +70,9 @@ def test_an_empty_eval_csv_is_a_clear_error(tmp_path: Path) -> None:
 def test_make_reproduce_two_seeds_end_to_end(tmp_path: Path) -> None:
     env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
     args = [sys.executable, "-m", "deploy.reproduce", "debug", "--run.task", "cheetah_run", "--seeds", "2",
-            "--run.env-steps", "1200", "--run.eval-episodes", "2", "--results", str(tmp_path / "results"),
+            # 2000 env steps (500 agent steps) pass the initial collection (100) and the limiter's slack (200):
+            # the run reaches joint training, so the evaluation at its length uses a trained policy.
+            "--run.env-steps", "2000", "--run.eval-every", "2000", "--run.eval-episodes", "2", "--results", str(tmp_path / "results"),
             "--runs", str(tmp_path / "runs")]
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"reproduce failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -78,12 +80,12 @@ def test_make_reproduce_two_seeds_end_to_end(tmp_path: Path) -> None:
     # Per seed: an evaluation at step 0 by the uniform random policy, and one at the run's length.
     for seed in (0, 1):
         rows = list(csv.DictReader((out / f"seed{seed}" / "eval.csv").open()))
-        assert [int(r["scheduled_env_steps"]) for r in rows] == [0, 1_200]
+        assert [int(r["scheduled_env_steps"]) for r in rows] == [0, 2_000]
         assert rows[0]["policy_version"] == "0" and int(rows[1]["policy_version"]) >= 1
-        assert int(rows[1]["env_steps"]) >= 1_200 and len(rows[1]["returns"].split()) == 2
+        assert int(rows[1]["env_steps"]) >= 2_000 and len(rows[1]["returns"].split()) == 2
     merged = list(csv.reader((out / "returns.csv").open()))
     assert tuple(merged[0]) == RETURNS_COLUMNS
-    assert [(r[0], r[1]) for r in merged[1:]] == [("0", "0"), ("0", "1"), ("1200", "0"), ("1200", "1")]
+    assert [(r[0], r[1]) for r in merged[1:]] == [("0", "0"), ("0", "1"), ("2000", "0"), ("2000", "1")]
     assert (out / "returns.png").stat().st_size > 10_000
     summary = json.loads((out / "summary.json").read_text())
     assert summary["random_policy"]["episodes"] == 4 and summary["machine"]["cores"] == os.cpu_count()
