@@ -127,10 +127,14 @@ def entrypoint(preset: str, task: str, actors: str, extra: Sequence[str], run_di
 
 def submit(preset: str, task: str, actors: str, extra: Sequence[str]) -> dict[str, str]:
     """Submit the driver as a Ray job; returns what `.slac-job` records."""
-    run_id = os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-    env.update(WANDB_RUN_ID=run_id, WANDB_MODE="online" if "WANDB_API_KEY" in env else "offline",
+    env.update(WANDB_MODE="online" if "WANDB_API_KEY" in env else "offline",
                RAY_JOB_STOP_WAIT_TIME_S=str(STOP_WAIT_S), PYTHONUNBUFFERED="1")
+    # A new run gets its W&B id here, so its URL can be printed now; a resumed run keeps its checkpoint's.
+    resuming = any(a.startswith(("--run.resume", "--run-resume")) for a in extra)
+    run_id = "" if resuming else os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
+    if run_id:
+        env["WANDB_RUN_ID"] = run_id
     # `~` is the head's home: the job's shell expands it. Runs outlive Ray's per-session working_dir there.
     run_dir = f"~/slac-runs/{task or preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     command = entrypoint(preset, task, actors, extra, run_dir)
@@ -141,8 +145,11 @@ def submit(preset: str, task: str, actors: str, extra: Sequence[str]) -> dict[st
     record = {"job_id": job_id, "address": os.environ.get("RAY_ADDRESS", ""), "cluster": os.environ.get("CLUSTER", ""),
               "wandb_run_id": run_id, "entrypoint": command}
     JOB_FILE.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"submitted job {job_id}\n  driver: {command}\n"
-          f"  W&B:    {wandb_url(run_id) if env['WANDB_MODE'] == 'online' else 'offline (set WANDB_API_KEY to watch it online); files in the run dir on the head'}\n"
+    if env["WANDB_MODE"] == "offline":
+        where = "offline (set WANDB_API_KEY to watch it online); files in the run dir on the head"
+    else:
+        where = wandb_url(run_id) if run_id else "the resumed run's own W&B run (its URL is in `make logs`)"
+    print(f"submitted job {job_id}\n  driver: {command}\n  W&B:    {where}\n"
           f"  follow: make logs    stop (checkpoints first): make stop", flush=True)
     return record
 

@@ -150,7 +150,8 @@ class RunLogger:
         self._tty = sys.stderr.isatty()
         self._last_line = 0.0
         self._wandb_lost = False
-        log.info("W&B run %s (%s), files in %s", self.run.id, mode, run_dir / "wandb")
+        url = self.run.url if mode == "online" else None
+        log.info("W&B run %s (%s), files in %s%s", self.run.id, mode, run_dir / "wandb", f", {url}" if url else "")
 
     @property
     def run_id(self) -> str:
