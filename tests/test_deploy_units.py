@@ -129,3 +129,13 @@ def test_progress_line_names_the_bound_side_while_training() -> None:
     assert bound_text("train", bound_scalars([], {"inserted": 500.0, "sampled": 400.0}, cfg)).startswith(
         " | balanced (actors wait -, learner waits -)")
     assert bound_text("pretrain", held) == ""
+
+
+def test_a_run_that_ends_inside_the_limiters_slack_is_warned_about() -> None:
+    from deploy.launcher import short_run_warning
+
+    cfg = debug()  # 100 agent steps of initial collection, 200 of slack: 300 agent steps, 1200 env steps on cheetah
+    short = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, task="cheetah_run", env_steps=1200))
+    assert "above 1200" in short_run_warning(short)
+    assert short_run_warning(dataclasses.replace(short, run=dataclasses.replace(short.run, env_steps=1204))) is None
+    assert short_run_warning(cfg) is None  # the debug preset's own length trains a policy
