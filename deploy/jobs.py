@@ -22,13 +22,14 @@ import logging
 import os
 import secrets
 import shlex
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from replay_service.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 JOB_FILE = Path(os.environ.get("SLAC_JOB_FILE", REPO / ".slac-job"))
@@ -42,12 +43,6 @@ FORWARDED_ENV = ("WANDB_API_KEY", "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_BASE_U
 
 class JobError(RuntimeError):
     """A job command that cannot work as asked (no cluster configured, no job recorded, tunnel failed)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answers(url: str) -> bool:
@@ -77,7 +72,7 @@ def job_server(address: str = "", cluster: str = "") -> Iterator[str]:
                        "RAY_ADDRESS=http://<head>:8265; without either, `make train` runs on this machine.")
     if not Path(cluster).is_file():
         raise JobError(f"CLUSTER={cluster}: no such cluster YAML; use one of deploy/cluster*.yaml")
-    port = _free_port()
+    port = free_port()
     tunnel = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "dashboard", "--port", str(port), "--remote-port", "8265", cluster],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -163,11 +158,16 @@ def _recorded(job_id: str) -> tuple[str, dict[str, str]]:
     return job_id, record
 
 
+def _recorded_server(record: dict[str, str]) -> contextlib.AbstractContextManager[str]:
+    """The job server of a recorded job: RAY_ADDRESS or CLUSTER when set now, else where it was submitted."""
+    return job_server(os.environ.get("RAY_ADDRESS") or record.get("address", ""),
+                      os.environ.get("CLUSTER") or record.get("cluster", ""))
+
+
 def logs(job_id: str = "", follow: bool = True) -> str:
     """Print the job's logs (following them until it ends); returns its final status."""
     job_id, record = _recorded(job_id)
-    with job_server(os.environ.get("RAY_ADDRESS") or record.get("address", ""),
-                    os.environ.get("CLUSTER") or record.get("cluster", "")) as url:
+    with _recorded_server(record) as url:
         client = _client(url)
         if follow:
             async def tail() -> None:
@@ -185,10 +185,8 @@ def logs(job_id: str = "", follow: bool = True) -> str:
 def stop(job_id: str = "") -> None:
     """Stop the job: the driver gets SIGTERM, writes a checkpoint and stops every process."""
     job_id, record = _recorded(job_id)
-    with job_server(os.environ.get("RAY_ADDRESS") or record.get("address", ""),
-                    os.environ.get("CLUSTER") or record.get("cluster", "")) as url:
-        client = _client(url)
-        client.stop_job(job_id)
+    with _recorded_server(record) as url:
+        _client(url).stop_job(job_id)
         print(f"stopping job {job_id}: the driver writes a checkpoint first (up to {STOP_WAIT_S} s)", flush=True)
 
 

@@ -136,7 +136,8 @@ def connect(url: str, timeout_s: float, name: str | None = None) -> redis.Redis:
                                 health_check_interval=30, client_name=name)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -252,7 +253,7 @@ class RedisServer:
         pick_port = self.port is None
         for _attempt in range(5):
             if pick_port:
-                self.port = _free_port()
+                self.port = free_port()
             # Own session: a Ctrl-C in the terminal must reach the launcher, which checkpoints and then
             # stops this server itself, not kill the server under the still-running actors.
             self.process = subprocess.Popen(self._args(appendonly=not restoring),

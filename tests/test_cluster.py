@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from common.config import parse_cli
+from replay_service.server import free_port
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[1]
@@ -78,21 +79,13 @@ def test_learner_and_actors_land_on_their_nodes_and_reach_the_replay_on_the_head
           f"clock including the cluster's start")
 
 
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def job_server() -> Iterator[str]:
     """A local Ray head with its dashboard (the job server) on 127.0.0.1, as deploy/cluster*.yaml starts it."""
     temp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
-    dashboard = _port()
+    dashboard = free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    proc = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={_port()}", "--include-dashboard=true",
+    proc = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={free_port()}", "--include-dashboard=true",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=4",
                              '--resources={"learner": 1, "actor": 2}', f"--temp-dir={temp}", "--disable-usage-stats"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
