@@ -9,12 +9,19 @@ STAMP  := $(VENV)/.installed
 # Empty TASK means the preset's own task (paper: cheetah_run; cpu: finger_spin).
 TASK   ?=
 SEEDS  ?= 1
+PARALLEL ?= auto
+TASKS  ?=
 PRESET ?= paper
 ARGS   ?=
 # Test tiers: pytest -m expressions, e.g. `make test MARK="not e2e"`.
 MARK   ?=
 # Actor processes (empty: the preset's).
 ACTORS ?=
+# make eval / make export: a run directory, its checkpoint (empty: the newest), episodes, file format.
+RUN    ?=
+CKPT   ?=
+EPISODES ?= 10
+FORMAT ?= torchscript
 # A Ray cluster to run on: the YAML `make cluster-up` started (remembered in .cluster), or RAY_ADDRESS=http://host:8265.
 # With either, `make train` submits the driver as a Ray job; `CLUSTER=` trains on this machine again.
 CLUSTER ?= $(shell cat .cluster 2>/dev/null)
@@ -30,7 +37,7 @@ else
 TORCH_FLAGS := $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),,--index-url https://download.pytorch.org/whl/cpu)
 endif
 
-.PHONY: setup sysdeps test train reproduce bench lint clean cluster-up cluster-down logs stop
+.PHONY: setup sysdeps test train reproduce eval export bench lint clean cluster-up cluster-down logs stop
 
 setup: $(STAMP)
 
@@ -96,9 +103,22 @@ logs: setup
 stop: setup
 	CLUSTER="$(CLUSTER)" $(PY) -m deploy.jobs stop $(JOB)
 
-# SEEDS runs of the paper's evaluation protocol -> results/<task>/<preset>/{returns.csv,returns.png}.
+# SEEDS runs of the paper's evaluation protocol -> results/<task>/<preset>/{returns.csv,returns.png}, PARALLEL
+# of them at once (auto: as many as the cores and GPU memory allow); TASKS=a,b,c for several tasks, and
+# results/<preset>/table.md beside the published figures.
 reproduce: setup
-	$(PY) -m deploy.reproduce $(PRESET) $(TASK_ARG) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m deploy.reproduce $(PRESET) $(TASK_ARG) $(if $(TASKS),--tasks $(TASKS),) --seeds $(SEEDS) \
+	  --parallel $(PARALLEL) $(ARGS)
+
+# A trained run: play EPISODES episodes per policy (stochastic, deterministic) -> <run>/eval/<ckpt>.json + GIFs.
+eval: setup
+	@test -n "$(RUN)" || { echo "make eval: RUN=<run directory> is required (ls runs/)" >&2; exit 2; }
+	$(PY) -m deploy.evaluate "$(RUN)" --episodes $(EPISODES) $(if $(CKPT),--ckpt "$(CKPT)",)
+
+# The policy as one TorchScript (.pt) or ONNX file -> <run>/export/; examples/play_exported.py runs it.
+export: setup
+	@test -n "$(RUN)" || { echo "make export: RUN=<run directory> is required (ls runs/)" >&2; exit 2; }
+	$(PY) -m deploy.export "$(RUN)" --format $(FORMAT) $(if $(CKPT),--ckpt "$(CKPT)",)
 
 BENCH_TAG = $(shell hostname)-$(shell date +%Y-%m-%d)
 bench: setup

@@ -28,11 +28,12 @@ class Evaluator:
         self.cfg = cfg
         self.env_factory = env_factory or default_env_factory(cfg.run.task)
 
-    def evaluate(self, weights: dict[str, Any] | None, episodes: int, seed: int, record_video: bool = False
-                 ) -> dict[str, Any]:
+    def evaluate(self, weights: dict[str, Any] | None, episodes: int, seed: int, record_video: bool = False,
+                 deterministic: bool = False) -> dict[str, Any]:
         """Play `episodes` episodes; returns returns, lengths, env steps and optionally video frames.
 
         `weights` None plays uniform random actions in [-1, 1] (policy version 0), seeded by `seed`.
+        `deterministic` acts with tanh of the policy's mean instead of sampling (`make eval` reports both).
         """
         policy = Policy.from_weights(weights, seed=seed) if weights is not None else None
         uniform = np.random.default_rng(seed)
@@ -49,7 +50,7 @@ class Evaluator:
                 if policy is None:
                     action = uniform.uniform(-1.0, 1.0, env.action_dim).astype(np.float32)
                 else:
-                    action = ring.act(policy)[0]
+                    action = ring.act(policy, deterministic=deterministic)[0]
                 obs, reward, terminated, truncated, info = env.step(action)
                 ring.push(0, action, obs)
                 total, length, steps = total + reward, length + 1, steps + info["env_steps"]

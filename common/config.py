@@ -256,6 +256,15 @@ class RunConfig:
     """W&B project."""
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     """auto: online when WANDB_API_KEY or WANDB_MODE is set, else offline."""
+    group: str = ""
+    """W&B group: runs that belong together (`make reproduce` sets <task>-<preset>, so W&B shows the mean
+    and band over its seeds); empty: none."""
+    job_type: str = "train"
+    """W&B job type (`make reproduce` sets `reproduce`)."""
+    tags: tuple[str, ...] = ()
+    """W&B tags (`make reproduce` sets task, preset, seed and commit)."""
+    name: str = ""
+    """W&B run name; empty: the run directory's name."""
 
     def __post_init__(self) -> None:
         # Canonicalise aliases so config.json and run names always carry the registry's name.
@@ -336,6 +345,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}: {value!r} is not one of {typing.get_args(tp)}")
         return value
+    if origin is tuple and typing.get_args(tp)[-1:] == (Ellipsis,):  # tuple[X, ...]: any length
+        if not isinstance(value, Sequence) or isinstance(value, str):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(typing.get_args(tp)[0], v, key) for v in value)
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != len(args):

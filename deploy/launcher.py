@@ -1,8 +1,8 @@
 """The composition root behind `make train`: Redis, Ray, learner, actors, evaluator, logging, stop.
 
 On one machine everything is embedded: a local Ray, a redis-server started in the run directory, W&B
-offline. On a cluster (`RAY_ADDRESS` set, or a running cluster found by `ray.init(address="auto")`)
-the processes are placed across its nodes and the replay URL must be reachable from all of them.
+offline, and a run starts its own private Ray whatever else runs on the machine. On a cluster
+(`RAY_ADDRESS` set, as it is for a Ray job; deploy/ray_runtime.connect_ray) the processes are placed across its nodes and the replay URL must be reachable from all of them.
 The driver loop here only polls, logs and decides when to evaluate, checkpoint and stop; the work
 happens in the Ray processes.
 """

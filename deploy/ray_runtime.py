@@ -22,24 +22,21 @@ log = logging.getLogger(__name__)
 
 
 def connect_ray(cfg: Config) -> bool:
-    """Join a cluster when there is one, else start a local Ray; returns True for a cluster.
+    """Join a Ray cluster only when asked to, else start a private local Ray; returns True for a cluster.
 
-    RAY_ADDRESS=<host:port> or `auto` joins that cluster; RAY_ADDRESS=local always starts a private
-    local Ray (what the tests use, so they never join a cluster that happens to be running).
+    Asked to means RAY_ADDRESS names one: `host:port`, `auto` (a cluster started on this machine with
+    `ray start --head`), or what Ray sets for a driver it runs as a Ray job (`make train` on a `make
+    cluster-up` cluster submits one). Without it, or with RAY_ADDRESS=local, every run starts its own Ray,
+    whatever other runs on the machine are doing: a run never joins another run's private Ray (ray.init
+    with address "auto" would, through /tmp/ray/ray_current_cluster) and waits for a learner node that
+    never comes.
     """
     address = os.environ.get("RAY_ADDRESS", "")
     if address and address != "local":
         ray.init(address=address, log_to_driver=True)
         return True
-    if not address:
-        try:
-            ray.init(address="auto", log_to_driver=True)
-            return True
-        except (ConnectionError, RuntimeError):
-            pass
     # Logical CPUs may exceed the physical ones: the actors, learner and evaluator mostly wait on
-    # each other, and the tests run them all on 2 cores. address="local": with no address, ray.init would
-    # join the newest cluster recorded in /tmp/ray/ray_current_cluster (another run's on this machine).
+    # each other, and the tests run them all on 2 cores.
     wanted = cfg.actors.num * cfg.actors.num_cpus + 2
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False,
              log_to_driver=True, configure_logging=False)

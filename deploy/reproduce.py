@@ -1,18 +1,23 @@
-"""`make reproduce TASK=<task> SEEDS=<n> [PRESET=paper] [ARGS=...]`: n seeds, the paper's protocol, one curve.
+"""`make reproduce TASK=<task> SEEDS=<n> [PARALLEL=k] [PRESET=paper] [ARGS=...]`: n seeds, the paper's protocol.
 
 Appendix C's protocol: evaluate at environment step 0 and every 10 000 environment steps, 10 episodes of
 the stochastic policy each (`run.eval_every`, `run.eval_episodes`; the harness sets them, and says so
 when ARGS overrides them). Each seed k is one ordinary training run (the launcher behind `make train`,
 `run.seed` = base seed + k) in `runs/reproduce/<task>/<preset>/seed<k>`, which keeps its checkpoints,
-replay and W&B files. The harness then writes, under `results/<task>/<preset>/`:
+replay and W&B files; k of them run at once (deploy/seeds.py; by default as many as the machine's cores
+and GPU memory allow, 1 on a 2-core CPU). Every seed's W&B run carries the group `<task>-<preset>`, the job
+type `reproduce`, the tags task, preset, seed and commit and the name `<task>-<preset>-seed<k>`, so W&B's
+grouping shows the mean and band over seeds. The harness then writes, under `results/<task>/<preset>/`:
 
     seed<k>/eval.csv   the seed's evaluations (copied from its run directory)
     returns.csv        env_steps, seed, return_mean, return_std (one row per grid point and seed)
     returns.png        mean and min-max band over seeds, published SLAC points, random-policy line
     summary.json       the command, commit, machine, wall clock and updates/s of each seed, the baseline
 
-and logs the figure to every seed's W&B run. Seeds run one after another (each run uses the whole
-machine). Running the same command again skips finished seeds and resumes an interrupted one.
+logs the figure to every seed's W&B run, and rewrites `results/<preset>/table.md` (deploy/results_table.py):
+return at 100k and 500k environment steps of every task reproduced with the preset, beside the published
+figures. `TASKS=a,b,c` does all this for several tasks, one after another. Running the same command again
+skips finished seeds and resumes an interrupted one.
 """
 
 from __future__ import annotations
@@ -34,14 +39,12 @@ from typing import Any
 import imageio.v2 as imageio
 
 from common.config import Config, parse_cli
+from deploy.results_table import write_table
 from deploy.returns_plot import plot_returns, random_baseline, read_evaluations, write_returns
+from deploy.seeds import SeedFailed, SeedRun, default_parallel, run_seeds
 from deploy.train import known_errors
 
 log = logging.getLogger(__name__)
-
-
-class SeedFailed(RuntimeError):
-    """A seed's training run did not finish; the message says how to continue."""
 
 
 PAPER_EVAL_EVERY = 10_000
@@ -93,30 +96,6 @@ def protocol_config(cfg: Config, overrides: list[str]) -> Config:
     return dataclasses.replace(cfg, run=run)
 
 
-def run_seed(preset_args: list[str], cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Train one seed in `run_dir` through `deploy.train` in a child process (a fresh Ray and W&B per
-    seed): skip it when finished, resume it when interrupted, else start it. Returns its summary."""
-    done = run_dir / "done.json"
-    if done.exists():
-        log.info("seed %d already finished in %s; skipping it", cfg.run.seed, run_dir)
-        return json.loads(done.read_text())
-    where = ["--run.resume", str(run_dir)] if (run_dir / "config.json").exists() else ["--run.dir", str(run_dir)]
-    if where[0] == "--run.resume":
-        log.info("resuming seed %d from %s", cfg.run.seed, run_dir)
-    argv = [*preset_args, "--run.seed", str(cfg.run.seed), "--run.eval-every", str(cfg.run.eval_every),
-            "--run.eval-episodes", str(cfg.run.eval_episodes), *where]
-    # Progress and logs pass through on stderr; stdout carries the run's JSON summary.
-    child = subprocess.run([sys.executable, "-m", "deploy.train", *argv], stdout=subprocess.PIPE, text=True)
-    if child.returncode != 0:
-        raise SeedFailed(f"seed {cfg.run.seed} stopped with exit code {child.returncode} (its messages are above; "
-                         f"its run directory is {run_dir}); run the same command again to resume it")
-    summary = json.loads(child.stdout[child.stdout.index('{\n  "summary"'):])["summary"]
-    if summary["interrupted"]:
-        raise SeedFailed(f"seed {cfg.run.seed} was interrupted; run the same command again to resume it")
-    done.write_text(json.dumps(summary, indent=2, default=str))
-    return summary
-
-
 def publish(png: Path, caption: str, runs: list[dict[str, Any]]) -> None:
     """Log the figure to every seed's W&B run (reopened by id), at the run's last environment step."""
     from deploy.run_logger import RunLogger
@@ -130,6 +109,62 @@ def publish(png: Path, caption: str, runs: list[dict[str, Any]]) -> None:
         logger.finish({})
 
 
+def reproduce_task(rest: list[str], base: Config, preset: str, seeds: int, parallel: int | None,
+                   results: Path, runs_root: Path, code: str) -> dict[str, Any]:
+    """Train `seeds` seeds of one task (`parallel` at a time) and write its results; returns its summary."""
+    task = base.run.task
+    out = results / task / preset
+    out.mkdir(parents=True, exist_ok=True)
+    user_args = [a for i, a in enumerate(rest) if i > 0 and a != "--run.task" and rest[i - 1] != "--run.task"]
+    command = "make reproduce " + shlex.join([f"TASK={task}", f"SEEDS={seeds}", f"PRESET={preset}"]
+                                              + ([f"ARGS={shlex.join(user_args)}"] if user_args else []))
+    tags = [task, preset, f"commit-{code[:12]}" + ("-dirty" if code.endswith("-dirty") else "")]
+    seed_runs = []
+    for k in range(seeds):
+        seed = base.run.seed + k
+        argv = [*rest, "--run.task", task, "--run.seed", str(seed), "--run.eval-every", str(base.run.eval_every),
+                "--run.eval-episodes", str(base.run.eval_episodes), "--run.group", f"{task}-{preset}",
+                "--run.job-type", "reproduce", "--run.name", f"{task}-{preset}-seed{seed}",
+                "--run.tags", *tags, f"seed{seed}"]
+        seed_runs.append(SeedRun(seed, (runs_root / task / preset / f"seed{seed}").resolve(), argv))
+    k = parallel or default_parallel(base, seeds)
+    log.info("%s, preset %s: %d seed%s, %d at a time", task, preset, seeds, "s" * (seeds != 1), k)
+    summaries = run_seeds(seed_runs, k)
+    runs, evaluations = [], []
+    for run, summary in zip(seed_runs, summaries, strict=True):
+        (out / f"seed{run.seed}").mkdir(exist_ok=True)
+        shutil.copyfile(run.run_dir / "eval.csv", out / f"seed{run.seed}" / "eval.csv")
+        evaluations += read_evaluations(out / f"seed{run.seed}" / "eval.csv", run.seed)
+        updates = summary["updates"] + summary["pretrain_updates"]
+        wall = summary["wall_clock_s"]
+        runs.append({"seed": run.seed, "run_dir": str(run.run_dir), "wandb_run_id": summary["wandb_run_id"],
+                     "env_steps": summary["env_steps"], "updates": summary["updates"],
+                     "pretrain_updates": summary["pretrain_updates"], "wall_clock_s": wall,
+                     "updates_per_s": round(updates / wall, 2) if wall else None,
+                     **{k: summary.get(k) for k in ("harness_wall_clock_s", "harness_started_at", "harness_finished_at")}})
+    write_returns(evaluations, out / "returns.csv")
+    random_mean, random_std, episodes = random_baseline(evaluations)
+    plot_returns(evaluations, task, preset, out / "returns.png", note=f"preset {preset}")
+    publish(out / "returns.png", f"{task}, preset {preset}: {len(runs)} seeds", runs)
+    summary = {"command": command, "commit": code, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+               "task": task, "preset": preset, "parallel": k, "config": base.to_dict(),
+               "random_policy": {"return_mean": random_mean, "return_std": random_std, "episodes": episodes},
+               "final_return_mean": {r["seed"]: next(e.mean for e in reversed(evaluations) if e.seed == r["seed"])
+                                     for r in runs},
+               "seeds": runs}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return {"results": str(out), "returns_png": str(out / "returns.png"), "random_policy_return": random_mean,
+            "final_return_mean": summary["final_return_mean"]}
+
+
+def _parallel(value: str) -> int | None:
+    if value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seeds at once or `auto`, got {value!r}")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(
@@ -137,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Every other argument is a preset and config overrides, exactly as for `python -m deploy.train` "
                "(`python -m deploy.train paper --help` lists them).")
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds (run.seed, run.seed + 1, ...)")
+    parser.add_argument("--parallel", type=_parallel, default=None,
+                        help="seeds at once (default `auto`: as many as the cores and GPU memory allow)")
+    parser.add_argument("--tasks", default="", help="comma-separated tasks, one after another (instead of --run.task)")
     parser.add_argument("--results", default="results", help="where results/<task>/<preset>/ goes")
     parser.add_argument("--runs", default="runs/reproduce", help="where the seeds' run directories go")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -144,56 +182,28 @@ def main(argv: list[str] | None = None) -> int:
     if ours.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {ours.seeds}")
     preset = rest[0] if rest and not rest[0].startswith("-") else "paper"
+    tasks = [t.strip() for t in ours.tasks.split(",") if t.strip()]
     try:
-        base = protocol_config(parse_cli(rest), rest)
+        bases = [protocol_config(parse_cli([*rest, *(["--run.task", t] if t else [])]), rest) for t in tasks or [""]]
     except known_errors() as exc:
         log.error("%s", exc)
         return 2
-    task = base.run.task
-    out = Path(ours.results) / task / preset
-    out.mkdir(parents=True, exist_ok=True)
-    user_args = [a for i, a in enumerate(rest) if i > 0 and a != "--run.task" and rest[i - 1] != "--run.task"]
-    command = "make reproduce " + shlex.join([f"TASK={task}", f"SEEDS={ours.seeds}", f"PRESET={preset}"]
-                                              + ([f"ARGS={shlex.join(user_args)}"] if user_args else []))
     code = commit()  # recorded before the seeds run: the code they run is the code at the start
-    runs, evaluations = [], []
-    for k in range(ours.seeds):
-        seed = base.run.seed + k
-        cfg = dataclasses.replace(base, run=dataclasses.replace(base.run, seed=seed))
-        run_dir = (Path(ours.runs) / task / preset / f"seed{seed}").resolve()
-        started = time.monotonic()
+    results = Path(ours.results)
+    outcomes = []
+    for base in bases:
         try:
-            summary = run_seed(rest, cfg, run_dir)
-        except KeyboardInterrupt:  # the child got the same Ctrl-C and checkpoints itself
-            log.error("interrupted during seed %d; run the same command again to resume it", seed)
+            outcomes.append(reproduce_task(rest, base, preset, ours.seeds, ours.parallel, results, Path(ours.runs),
+                                           code))
+        except KeyboardInterrupt:  # the children got the same Ctrl-C and checkpoint themselves
+            log.error("interrupted during %s; run the same command again to resume it", base.run.task)
             return 130
         except SeedFailed as exc:
             log.error("%s", exc)
             return 1
-        (out / f"seed{seed}").mkdir(exist_ok=True)
-        shutil.copyfile(run_dir / "eval.csv", out / f"seed{seed}" / "eval.csv")
-        evaluations += read_evaluations(out / f"seed{seed}" / "eval.csv", seed)
-        updates = summary["updates"] + summary["pretrain_updates"]
-        wall = summary["wall_clock_s"]
-        runs.append({"seed": seed, "run_dir": str(run_dir), "wandb_run_id": summary["wandb_run_id"],
-                     "env_steps": summary["env_steps"], "updates": summary["updates"],
-                     "pretrain_updates": summary["pretrain_updates"], "wall_clock_s": wall,
-                     "updates_per_s": round(updates / wall, 2) if wall else None,
-                     "harness_wall_clock_s": round(time.monotonic() - started, 1)})
-    write_returns(evaluations, out / "returns.csv")
-    random_mean, random_std, episodes = random_baseline(evaluations)
-    plot_returns(evaluations, task, preset, out / "returns.png", note=f"preset {preset}")
-    publish(out / "returns.png", f"{task}, preset {preset}: {len(runs)} seeds", runs)
-    summary = {"command": command, "commit": code, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-               "task": task, "preset": preset, "config": base.to_dict(),
-               "random_policy": {"return_mean": random_mean, "return_std": random_std, "episodes": episodes},
-               "final_return_mean": {r["seed"]: next(e.mean for e in reversed(evaluations) if e.seed == r["seed"])
-                                     for r in runs},
-               "seeds": runs}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(json.dumps({"results": str(out), "returns_png": str(out / "returns.png"),
-                      "random_policy_return": random_mean, "final_return_mean": summary["final_return_mean"]},
-                     indent=2))
+    table = write_table(results, preset)
+    report = {**outcomes[0], "table": str(table)} if len(outcomes) == 1 else {"tasks": outcomes, "table": str(table)}
+    print(json.dumps(report, indent=2))
     return 0
 
 

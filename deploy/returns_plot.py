@@ -15,15 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-# SLAC's returns in the official result files (10 seeds, the best decoder variance of each task) at 100k
-# and 500k environment steps, as quoted in this project's learning issue; the other tasks are not
-# tabulated there.
-PUBLISHED_SLAC: dict[str, dict[int, float]] = {
-    "cheetah_run": {100_000: 413.0, 500_000: 707.0},
-    "walker_walk": {100_000: 529.0, 500_000: 952.0},
-    "ball_in_cup_catch": {100_000: 918.0, 500_000: 967.0},
-    "finger_spin": {100_000: 951.0, 500_000: 983.0},
-}
+from deploy.published import published as published_returns
+
 RETURNS_COLUMNS = ("env_steps", "seed", "return_mean", "return_std")
 
 
@@ -98,7 +91,7 @@ def plot_returns(evaluations: list[Evaluation], task: str, preset: str, path: Pa
     if episodes:
         ax.axhline(random_mean, color="gray", linestyle="--",
                    label=f"uniform random policy ({random_mean:.1f}, {episodes} episodes)")
-    published = PUBLISHED_SLAC.get(task, {})
+    published = published_returns("SLAC", task)
     # Points far beyond the curve would squash it into the left edge: draw those within reach, name the rest.
     shown = {k: v for k, v in published.items() if k <= 1.25 * max(steps.max(), 1)}
     beyond = ", ".join(f"{k // 1000}k: {v:.0f}" for k, v in published.items() if k not in shown)

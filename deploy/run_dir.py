@@ -56,7 +56,7 @@ def prepare_run_dir(cfg: Config) -> RunDir:
     The returned RunDir holds the directory's lock until `release()`."""
     if cfg.run.resume:
         return _reopen(cfg)
-    path = Path(cfg.run.dir or f"runs/{cfg.run.task}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    path = Path(cfg.run.dir).resolve() if cfg.run.dir else _new_default_dir(cfg)
     if (path / "config.json").exists():
         raise ConfigError(f"{path} already holds a run; resume it with --run.resume {path} or pick another --run.dir")
     path.mkdir(parents=True, exist_ok=True)
@@ -64,6 +64,21 @@ def prepare_run_dir(cfg: Config) -> RunDir:
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(path)))
     (path / "config.json").write_text(cfg.to_json())
     return RunDir(path, cfg, None, fd)
+
+
+def _new_default_dir(cfg: Config) -> Path:
+    """runs/<task>-<timestamp>, or with -2, -3, ... when another run took that name in the same second
+    (several `make train` started together): mkdir is atomic, so two drivers never share a directory."""
+    base = Path("runs").resolve() / f"{cfg.run.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"could not pick a new run directory next to {base}; pass --run.dir")
 
 
 def write_traceback(run_dir: str | Path, exc: BaseException) -> Path:

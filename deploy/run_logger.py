@@ -131,6 +131,15 @@ def wandb_mode(requested: str) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
+def write_gif(path: Path, frames: np.ndarray, fps: int = 15, scale: int = 1) -> Path:
+    """Write uint8 frames [T, 3, H, W] as a looping GIF, each pixel `scale` x `scale` (no ffmpeg needed)."""
+    images = frames.transpose(0, 2, 3, 1)
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+    imageio.mimsave(path, list(images), duration=1.0 / fps, loop=0)
+    return path
+
+
 class RunLogger:
     """W&B + eval.csv + progress line for one run directory."""
 
@@ -139,7 +148,9 @@ class RunLogger:
         mode = wandb_mode(cfg.run.wandb_mode)
         self.run = wandb.init(project=cfg.run.wandb_project, dir=str(run_dir), mode=mode, id=run_id,
                               resume="allow" if run_id else None, config=cfg.to_dict(),
-                              name=run_dir.name, settings=wandb.Settings(console="off", silent=True))
+                              name=cfg.run.name or run_dir.name, group=cfg.run.group or None,
+                              job_type=cfg.run.job_type or None, tags=list(cfg.run.tags) or None,
+                              settings=wandb.Settings(console="off", silent=True))
         self.run.define_metric("env_steps")
         self.run.define_metric("*", step_metric="env_steps")
         self.eval_path = run_dir / "eval.csv"
@@ -182,8 +193,7 @@ class RunLogger:
     def video(self, env_steps: int, key: str, frames: np.ndarray, fps: int = 15) -> None:
         """Log uint8 frames [T, 3, H, W] as a GIF (no moviepy needed)."""
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "episode.gif"
-            imageio.mimsave(path, list(frames.transpose(0, 2, 3, 1)), duration=1.0 / fps, loop=0)
+            path = write_gif(Path(tmp) / "episode.gif", frames, fps)
             self._to_wandb(lambda: self.run.log({"env_steps": env_steps, key: wandb.Video(str(path), format="gif")}))
 
     def evaluation(self, env_steps: int, scheduled: int, updates: int, version: int, returns: list[float]) -> None:

@@ -88,3 +88,18 @@ def read_config(run_path: str | Path) -> dict[str, Any]:
                 if not key.startswith("_"):
                     config[key] = json.loads(item.value_json)
     return config
+
+
+def read_run_info(run_path: str | Path) -> dict[str, Any]:
+    """The run record's identity as W&B shows it: id, name, group, job type and tags (the last run record
+    wins: a resumed run writes one per session)."""
+    info: dict[str, Any] = {}
+    for file in sorted(Path(run_path).glob("run-*.wandb")):
+        for raw in _records(file.read_bytes()):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(raw)
+            if record.WhichOneof("record_type") == "run":
+                run = record.run
+                info = {"id": run.run_id, "name": run.display_name, "group": run.run_group,
+                        "job_type": run.job_type, "tags": list(run.tags)}
+    return info

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.config import parse_cli
+from deploy.results_table import write_table
 from deploy.returns_plot import (
     RETURNS_COLUMNS,
     curve,
@@ -21,7 +23,8 @@ from deploy.returns_plot import (
     write_returns,
 )
 from deploy.run_logger import EVAL_COLUMNS
-from deploy.wandb_reader import find_offline_runs, read_history
+from deploy.seeds import default_parallel
+from deploy.wandb_reader import find_offline_runs, read_history, read_run_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,10 +69,51 @@ def test_an_empty_eval_csv_is_a_clear_error(tmp_path: Path) -> None:
         read_evaluations(_eval_csv(tmp_path / "e.csv", []), seed=0)
 
 
+def _reproduced(results: Path, task: str, preset: str, seeds: dict[int, list[tuple[int, float]]]) -> None:
+    """What `make reproduce` leaves for one task: returns.csv and summary.json."""
+    out = results / task / preset
+    out.mkdir(parents=True)
+    with (out / "returns.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(RETURNS_COLUMNS)
+        for seed, points in seeds.items():
+            for steps, ret in points:
+                writer.writerow([steps, seed, ret, 1.0])
+    (out / "summary.json").write_text(json.dumps({"task": task, "commit": "0123456789abcdef-dirty", "seeds": [
+        {"seed": s, "wall_clock_s": 1800.0 * (s + 1)} for s in seeds]}))
+
+
+def test_the_table_puts_each_task_beside_the_published_figures(tmp_path: Path) -> None:
+    _reproduced(tmp_path, "finger_spin", "cpu", {0: [(0, 0.0), (100_000, 400.0)], 1: [(0, 1.0), (100_000, 500.0)]})
+    _reproduced(tmp_path, "hopper", "cpu", {0: [(0, 10.0), (100_000, 90.0), (500_000, 300.0)]})
+    (tmp_path / "cheetah_run" / "cpu").mkdir(parents=True)  # a reproduce that never finished: no row
+    table = write_table(tmp_path, "cpu")
+    assert table == tmp_path / "cpu" / "table.md"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.read_text().splitlines()
+            if line.startswith("| ") and "---" not in line and not line.startswith("| task")}
+    assert sorted(rows) == ["finger_spin", "hopper"]
+    finger = rows["finger_spin"].split(" | ")
+    assert finger[1:5] == ["2", "450 ± 50 (n=2)", "—", "450 ± 50 (n=2) at 100,000"]
+    assert finger[5:9] == ["951 / 983", "901 / 938", "325 / 789", "493 / 573"]  # SLAC, DrQ, DrQ-v2, DreamerV3
+    assert finger[9] == "45.0 min" and finger[10].startswith("0123456789ab-dirty")
+    hopper = rows["hopper"].split(" | ")
+    assert hopper[2:4] == ["90 ± 0 (n=1)", "300 ± 0 (n=1)"] and hopper[5:9] == ["—"] * 4
+
+
+def test_parallel_seeds_by_default_fit_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = parse_cli(["cpu"])  # one actor: a run needs 3 cores with its learner and evaluator
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert default_parallel(cfg, seeds=3) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert default_parallel(cfg, seeds=3) == 3 and default_parallel(cfg, seeds=8) == 5
+
+
 @pytest.mark.e2e
-def test_make_reproduce_two_seeds_end_to_end(tmp_path: Path) -> None:
-    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
+def test_make_reproduce_two_seeds_in_parallel_end_to_end(tmp_path: Path) -> None:
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)  # each seed starts its own private Ray, beside the other
     args = [sys.executable, "-m", "deploy.reproduce", "debug", "--run.task", "cheetah_run", "--seeds", "2",
+            "--parallel", "2",
             # 2000 env steps (500 agent steps) pass the initial collection (100) and the limiter's slack (200):
             # the run reaches joint training, so the evaluation at its length uses a trained policy.
             "--run.env-steps", "2000", "--run.eval-every", "2000", "--run.eval-episodes", "2", "--results", str(tmp_path / "results"),
@@ -91,11 +135,25 @@ def test_make_reproduce_two_seeds_end_to_end(tmp_path: Path) -> None:
     assert summary["random_policy"]["episodes"] == 4 and summary["machine"]["cores"] == os.cpu_count()
     assert summary["command"].startswith("make reproduce TASK=cheetah_run SEEDS=2 PRESET=debug")
     assert all(s["updates_per_s"] > 0 for s in summary["seeds"])
-    # The figure went to every seed's W&B run.
+    assert summary["parallel"] == 2
+    # Both ran at once: each started before the other finished.
+    starts = [s["harness_started_at"] for s in summary["seeds"]]
+    ends = [s["harness_finished_at"] for s in summary["seeds"]]
+    assert max(starts) < min(ends)
+    assert "2 seeds, 2 at a time" in proc.stderr
+    # The figure went to every seed's W&B run, and the seeds are one W&B group with readable names and tags.
     for seed in (0, 1):
-        history = [row for run in find_offline_runs(tmp_path / "runs" / "cheetah_run" / "debug" / f"seed{seed}")
-                   for row in read_history(run)]
+        runs = find_offline_runs(tmp_path / "runs" / "cheetah_run" / "debug" / f"seed{seed}")
+        history = [row for run in runs for row in read_history(run)]
         assert any(row.get("reproduce/returns/_type") == "image-file" for row in history)
+        info = read_run_info(runs[0])
+        assert info["group"] == "cheetah_run-debug" and info["job_type"] == "reproduce"
+        assert info["name"] == f"cheetah_run-debug-seed{seed}"
+        assert info["tags"][:2] == ["cheetah_run", "debug"] and info["tags"][-1] == f"seed{seed}"
+        assert info["tags"][2].startswith("commit-" + summary["commit"][:12])
+        assert (tmp_path / "runs" / "cheetah_run" / "debug" / f"seed{seed}" / "logs" / "train.log").stat().st_size > 0
+    table = (tmp_path / "results" / "debug" / "table.md").read_text()
+    assert "| cheetah_run | 2 | — | — |" in table and "413 / 707" in table
     # Running it again skips the finished seeds and rebuilds the same curve.
     before = (out / "returns.csv").read_text()
     again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

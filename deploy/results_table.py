@@ -1,0 +1,84 @@
+"""`results/<preset>/table.md`: each reproduced task's return at 100k and 500k environment steps over its
+seeds, beside the published figures (deploy/published.py) and the wall clock per run.
+
+Built from what `make reproduce` leaves under `results/<task>/<preset>/` (returns.csv, summary.json), so
+the table covers every task reproduced with the preset, whichever invocation ran it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy.published import CHECKPOINTS, PUBLISHED, published
+
+
+def _seed_means(returns_csv: Path) -> dict[int, dict[int, float]]:
+    """{grid env steps: {seed: mean return}} of a task's returns.csv."""
+    table: dict[int, dict[int, float]] = {}
+    with returns_csv.open(newline="") as f:
+        for row in csv.DictReader(f):
+            table.setdefault(int(row["env_steps"]), {})[int(row["seed"])] = float(row["return_mean"])
+    return table
+
+
+def _at(table: dict[int, dict[int, float]], steps: int) -> str:
+    """mean ± std over seeds at `steps` (every seed must have that grid point), else a dash."""
+    values = list(table.get(steps, {}).values())
+    if not values:
+        return "—"
+    return f"{np.mean(values):.0f} ± {np.std(values):.0f} (n={len(values)})"
+
+
+def _hours(seconds: list[float]) -> str:
+    if not seconds:
+        return "—"
+    mean = float(np.mean(seconds))
+    return f"{mean / 3600:.2f} h" if mean >= 3600 else f"{mean / 60:.1f} min"
+
+
+def task_row(task_dir: Path) -> dict[str, Any] | None:
+    """The table's row for one `results/<task>/<preset>/` folder, or None when it holds no finished reproduce."""
+    summary_file, returns_csv = task_dir / "summary.json", task_dir / "returns.csv"
+    if not (summary_file.is_file() and returns_csv.is_file()):
+        return None
+    summary = json.loads(summary_file.read_text())
+    table = _seed_means(returns_csv)
+    last = max(table)
+    seeds = summary.get("seeds", [])
+    return {"task": summary.get("task", task_dir.parent.name), "seeds": len(seeds),
+            **{f"at_{k}": _at(table, k) for k in CHECKPOINTS},
+            "final": f"{_at(table, last)} at {last:,}",
+            "wall_clock": _hours([s["wall_clock_s"] for s in seeds if s.get("wall_clock_s")]),
+            "commit": str(summary.get("commit", "?"))[:12] + ("-dirty" if str(summary.get("commit")).endswith("-dirty")
+                                                               else "")}
+
+
+def write_table(results: Path, preset: str) -> Path:
+    """Write results/<preset>/table.md from every results/<task>/<preset>/ there is; returns its path."""
+    rows = [row for task_dir in sorted(results.glob(f"*/{preset}")) if (row := task_row(task_dir))]
+    methods = list(PUBLISHED)
+    lines = [f"# Preset `{preset}`: return at 100k / 500k environment steps",
+             "",
+             "slac-dist: mean ± std over seeds of each seed's evaluation (10 episodes of the stochastic policy,",
+             "appendix C); `—` where the runs did not reach that point. Published figures (100k / 500k, pixels,",
+             "mean over seeds) and their sources: deploy/published.py. Wall clock: mean per seed's run.",
+             "",
+             "| task | seeds | slac-dist 100k | slac-dist 500k | last point | " + " | ".join(methods)
+             + " | wall clock per run | commit |",
+             "|---|---|---|---|---|" + "---|" * len(methods) + "---|---|"]
+    for row in rows:
+        theirs = []
+        for method in methods:
+            figures = published(method, row["task"])
+            theirs.append(" / ".join(f"{figures[k]:.0f}" for k in CHECKPOINTS) if figures else "—")
+        lines.append(f"| {row['task']} | {row['seeds']} | {row['at_100000']} | {row['at_500000']} | {row['final']} | "
+                     + " | ".join(theirs) + f" | {row['wall_clock']} | {row['commit']} |")
+    out = results / preset / "table.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    return out

@@ -1,0 +1,161 @@
+"""Running a reproduce's seeds: each an ordinary `deploy.train` run in a child process, k at a time.
+
+Each child has its own private Ray, embedded Redis, W&B run and run directory (deploy/ray_runtime.py), so
+seeds side by side never see each other. With one at a time the child's progress passes through to the
+terminal; with several, each child's output goes to `<run dir>/logs/train.log` and the harness prints one
+line per seed every `status_every_s`. A finished seed (done.json) is skipped, an interrupted one resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from common.config import Config
+
+log = logging.getLogger(__name__)
+
+GPU_GIB_PER_LEARNER = 8.0
+"""GPU memory one learner is assumed to need when choosing how many seeds share a GPU. Not measured yet
+(no GPU was lent to this project so far): an upper guess for the paper preset, whose networks, Adam state
+and batches of 256 x 9 frames take a few GiB."""
+
+
+class SeedFailed(RuntimeError):
+    """A seed's training run did not finish; the message says how to continue."""
+
+
+def default_parallel(cfg: Config, seeds: int) -> int:
+    """How many seeds fit on this machine at once: the cores each run's processes need (its actors, the
+    learner, the evaluator) and, with a GPU, the learners' memory; at least 1 (1 on a 2-core CPU)."""
+    per_run = cfg.actors.num * cfg.actors.num_cpus + 2
+    k = max(1, math.floor((os.cpu_count() or 1) / per_run))
+    import torch
+
+    if cfg.learner.device != "cpu" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        k = min(k, max(1, int(free / 2**30 // GPU_GIB_PER_LEARNER)))
+    return max(1, min(k, seeds))
+
+
+@dataclass
+class SeedRun:
+    """One seed's child process (or its finished summary)."""
+
+    seed: int
+    run_dir: Path
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    log_file: IO[str] | None = None
+    summary: dict[str, Any] | None = None
+    started: float = field(default_factory=time.monotonic)
+    started_at: float = 0.0
+    """Unix time the child started (summary: harness_started_at), to tell seeds that overlapped."""
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "logs" / "train.log"
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.run_dir / "logs" / "train.stdout"
+
+    def start(self, quiet: bool) -> None:
+        """Start the child; `quiet` sends its progress to logs/train.log instead of the terminal."""
+        done = self.run_dir / "done.json"
+        if done.exists():
+            log.info("seed %d already finished in %s; skipping it", self.seed, self.run_dir)
+            self.summary = json.loads(done.read_text())
+            return
+        resume = (self.run_dir / "config.json").exists()
+        where = ["--run.resume", str(self.run_dir)] if resume else ["--run.dir", str(self.run_dir)]
+        log.info("%s seed %d in %s", "resuming" if resume else "starting", self.seed, self.run_dir)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        stderr = self.log_file = self.log_path.open("a") if quiet else None
+        self.started, self.started_at = time.monotonic(), time.time()
+        # stdout carries the run's JSON summary (a file, not a pipe nobody drains while the run lasts);
+        # progress and logs go to stderr.
+        with self.stdout_path.open("w") as stdout:
+            self.process = subprocess.Popen([sys.executable, "-m", "deploy.train", *self.argv, *where],
+                                            stdout=stdout, stderr=stderr)
+
+    def finish(self) -> dict[str, Any]:
+        """Wait for the child; its summary (also written to done.json), or SeedFailed."""
+        if self.summary is not None:
+            return self.summary
+        assert self.process is not None
+        self.process.wait()
+        if self.log_file:
+            self.log_file.close()
+        out = self.stdout_path.read_text()
+        where = f"its log is {self.log_path}" if self.log_file else "its messages are above"
+        if self.process.returncode != 0:
+            raise SeedFailed(f"seed {self.seed} stopped with exit code {self.process.returncode} ({where}; its run "
+                             f"directory is {self.run_dir}); run the same command again to resume it")
+        summary = json.loads(out[out.index('{\n  "summary"'):])["summary"]
+        if summary["interrupted"]:
+            raise SeedFailed(f"seed {self.seed} was interrupted; run the same command again to resume it")
+        summary["harness_wall_clock_s"] = round(time.monotonic() - self.started, 1)
+        summary["harness_started_at"], summary["harness_finished_at"] = round(self.started_at, 1), round(time.time(), 1)
+        (self.run_dir / "done.json").write_text(json.dumps(summary, indent=2, default=str))
+        self.summary = summary
+        return summary
+
+    def last_line(self) -> str:
+        """The newest line of the child's log (its progress line), for the harness's status."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+                lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        progress = [ln for ln in lines if ln.startswith("[")]  # the progress line: `[phase] env ... | ETA`
+        return (progress or lines or [""])[-1].strip()
+
+
+def run_seeds(runs: list[SeedRun], parallel: int, status_every_s: float = 30.0) -> list[dict[str, Any]]:
+    """Run every seed, `parallel` at a time; their summaries in seed order.
+
+    A failing seed stops new ones from starting; those running finish (or checkpoint on Ctrl-C, which
+    reaches every child), then SeedFailed names the first failure.
+    """
+    quiet = parallel > 1
+    pending, running, failures = list(runs), [], []
+    last_status = time.monotonic()
+    try:
+        while pending or running:
+            while pending and len(running) < parallel and not failures:
+                run = pending.pop(0)
+                run.start(quiet)
+                if run.summary is None:
+                    running.append(run)
+            if not running:
+                break
+            for run in [r for r in running if r.process is not None and r.process.poll() is not None]:
+                running.remove(run)
+                try:
+                    run.finish()
+                    log.info("seed %d finished (%.0f s)", run.seed, run.summary["harness_wall_clock_s"])
+                except SeedFailed as exc:
+                    failures.append(exc)
+            if quiet and running and time.monotonic() - last_status >= status_every_s:
+                for run in running:
+                    print(f"seed {run.seed}: {run.last_line()}", file=sys.stderr, flush=True)
+                last_status = time.monotonic()
+            time.sleep(0.5)
+    except KeyboardInterrupt:  # every child got the same Ctrl-C and checkpoints itself: let them
+        for run in running:
+            if run.process is not None:
+                run.process.wait()
+        raise
+    if failures:
+        raise failures[0]
+    return [run.summary for run in runs if run.summary is not None]
