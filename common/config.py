@@ -210,10 +210,13 @@ class LearnerConfig:
     """Seconds between the driver's polls of every process, i.e. between W&B scalar rows."""
     figure_every: int = 10_000
     """Updates between figure-7 style model sample grids."""
-    compile: Literal["auto", "none", "default", "max"] = "auto"
-    """torch.compile of the update's loss passes: none (eager), default (inductor), max (max-autotune; CUDA graphs
-    on CUDA); auto = default on CUDA and on a CPU with a C++ compiler (1.12-1.22x on 2 cores, bench/results),
-    else none. Compiling costs 1-2 minutes once per process (less with inductor's disk cache)."""
+    compile: Literal["auto", "none", "default", "reduce-overhead", "max"] = "auto"
+    """torch.compile of the update's loss passes: none (eager), default (inductor), reduce-overhead (inductor and CUDA
+    graphs: a captured update replays with one launch instead of ~800 from the CPU), max (max-autotune, also with
+    CUDA graphs; long compiles). Without CUDA, reduce-overhead is default and max drops the graphs. auto =
+    reduce-overhead on CUDA (if capturing fails the learner warns once and goes on with default), default on a CPU
+    with a C++ compiler (1.12-1.22x on 2 cores, bench/results), else none. Compiling costs 1-2 minutes once per
+    process (less with inductor's disk cache)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """bf16 autocast of convolutions and matrix products (losses, KL, log-probabilities and Adam stay fp32);
     auto = bf16 on CUDA, fp32 on CPU (bf16 needs a CPU with native bf16, e.g. AVX512-BF16, to pay off)."""

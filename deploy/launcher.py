@@ -221,6 +221,8 @@ class Driver:
             # Dead or restarting: the supervisor sees it at the next check; log what we had.
             info = {**self.learner_info, "metrics": {}, "figure": None}
         previous = self.learner_info["counters"]
+        if info.get("execution") and info["execution"] != self.learner_info.get("execution"):
+            self.logger.note("execution", info["execution"])  # which compile mode really runs (after any fallback)
         self.learner_info = info
         self.supervisor.progress(info["counters"])
         elapsed = max(time.monotonic() - self.last_poll, 1e-6)
@@ -372,7 +374,7 @@ class Driver:
                    "wandb_run_id": self.logger.run_id, "interrupted": interrupted,
                    "actor_nodes": len(set(self.fleet.nodes.values())), "actor_node_ids": sorted(set(self.fleet.nodes.values())),
                    "learner_node_id": self.learner_info.get("node_id"), "replay_url": redact(self.replay_url),
-                   "replay": self.learner_info.get("replay", {})}
+                   "replay": self.learner_info.get("replay", {}), "execution": self.learner_info.get("execution")}
         self.logger.finish({k: v for k, v in summary.items() if isinstance(v, int | float | str)})
         self.closed = True
         return summary

@@ -184,6 +184,10 @@ class RunLogger:
                         "driver): the run goes on without it; eval.csv, checkpoints and the W&B files written so "
                         "far are kept", type(exc).__name__, exc)
 
+    def note(self, key: str, value: Any) -> None:
+        """A fact about the run that is not a time series (e.g. the learner's execution mode): W&B config `key`."""
+        self._to_wandb(lambda: self.run.config.update({key: value}, allow_val_change=True))
+
     def scalars(self, env_steps: int, values: dict[str, float]) -> None:
         self._to_wandb(lambda: self.run.log({"env_steps": env_steps, **values}))
 

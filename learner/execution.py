@@ -4,15 +4,22 @@ The losses (learner/losses.py) and the update's structure (learner/learner.py) a
 path; this module only wraps the step function and says how optimisers and autocast are set up, so the
 eager path is the reference the compiled path is tested against (tests/test_execution.py).
 
-- `compile`: `none` runs eagerly; `default` is inductor's default mode; `max` is `max-autotune` (on CUDA
-  this captures CUDA graphs, with inductor copying each sampled batch into the graph's static input
-  buffers; on CPU `max-autotune-no-cudagraphs`). Shapes are static: one batch size per step function.
+- `compile`: `none` runs eagerly; `default` is inductor's default mode, which launches every kernel from
+  the CPU (~800 per update: a cap of a few hundred updates/s however fast the GPU); `reduce-overhead`
+  adds CUDA graphs without max-autotune's long compile, inductor copying each sampled batch into the
+  graph's static input buffers; `max` is `max-autotune` (CUDA graphs too; on CPU
+  `max-autotune-no-cudagraphs`). `auto` is reduce-overhead on CUDA. Shapes are static: one batch size per
+  step function. Capturing can fail on a new driver or torch; the learner then warns once and carries on
+  with `default` (`Learner.update`'s guard), and reports the mode that ran (`Learner.execution`).
 - Compilation happens at the first call of each step function, once per process. Inductor's FX-graph
   and AOT-autograd caches (on by default, in TORCHINDUCTOR_CACHE_DIR or /tmp/torchinductor_<user>)
   make later processes on the same machine compile faster; Dynamo's tracing is paid every time.
-- `precision`: `bf16` autocasts convolutions and matrix products; every network returns fp32
-  (common/networks.py), so KL terms, log-probabilities, the tanh Jacobian, the losses and Adam's state
-  stay fp32.
+- `precision`: `bf16` autocasts the convolutions and matrix products of the latent model (encoder,
+  decoder, latent and reward heads); every network returns fp32 (common/networks.py), so KL terms,
+  log-probabilities, the tanh Jacobian, the losses and Adam's state stay fp32. The critics, their
+  targets and the actor run wholly in fp32 (`full_precision`): a bf16 output layer rounds Q between 256
+  and 512 to steps of 2.0, the size of a whole step's reward on DMC tasks, so TD targets would carry
+  rounding noise as large as their signal; those networks are under 1 % of the update's FLOPs.
 """
 
 from __future__ import annotations
@@ -30,15 +37,19 @@ log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_MODES = {"default": "default", "max": "max-autotune"}
+_MODES = {"default": "default", "reduce-overhead": "reduce-overhead", "max": "max-autotune"}
+CUDA_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
+"""torch.compile modes that capture CUDA graphs (on CUDA)."""
 
 
 def resolve_compile(setting: str, device: torch.device) -> str:
-    """`learner.compile` with auto resolved: default wherever inductor can build its kernels (CUDA; a CPU
-    with a C++ compiler on PATH, where it measured 1.12-1.22x on 2 cores, bench/results), else none."""
+    """`learner.compile` with auto resolved: reduce-overhead (CUDA graphs) on CUDA, default on a CPU with a C++
+    compiler on PATH (measured 1.12-1.22x on 2 cores, bench/results), else none."""
     if setting != "auto":
         return setting
-    if device.type == "cuda" or cpp_compiler() is not None:
+    if device.type == "cuda":
+        return "reduce-overhead"
+    if cpp_compiler() is not None:
         return "default"
     log.warning("learner.compile=auto: no C++ compiler (g++/c++/clang++) on PATH, so the update runs eagerly; "
                 "install one (Debian: apt install g++) for the compiled CPU update")
@@ -65,15 +76,16 @@ def compile_mode(setting: str, device: torch.device) -> str | None:
     if setting not in _MODES:
         raise ValueError(f"learner.compile must be none, default or max, got {setting!r}")
     mode = _MODES[setting]
-    if mode == "max-autotune" and device.type != "cuda":
-        return "max-autotune-no-cudagraphs"  # CUDA graphs need CUDA
+    if device.type != "cuda":  # CUDA graphs need CUDA
+        return {"max-autotune": "max-autotune-no-cudagraphs", "reduce-overhead": "default"}.get(mode, mode)
     return mode
 
 
-def compile_step(fn: F, setting: str, device: torch.device) -> F:
+def compile_step(fn: F, setting: str, device: torch.device, mode: str | None = None) -> F:
     """`fn` (a loss's forward pass) itself, or compiled: inductor compiles the forward graph and, through
-    AOT autograd, its backward graph; `loss.backward()` then runs the compiled backward."""
-    mode = compile_mode(setting, device)
+    AOT autograd, its backward graph; `loss.backward()` then runs the compiled backward. `mode` (a
+    torch.compile mode) overrides the one `setting` gives."""
+    mode = mode or compile_mode(setting, device)
     if mode is None:
         return fn
     return torch.compile(fn, mode=mode, dynamic=False)  # type: ignore[return-value]
@@ -96,6 +108,11 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         raise ValueError(f"learner.precision must be fp32 or bf16, got {precision!r}")
     with torch.autocast(device.type, dtype=torch.bfloat16):
         yield
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """Autocast off (fp32) inside an `autocast` region, or nothing outside one: where Q values are computed."""
+    return torch.autocast(device.type, enabled=False)
 
 
 class FirstCallTimer:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -38,6 +40,8 @@ from learner.losses import (
     model_loss,
 )
 
+log = logging.getLogger(__name__)
+
 MODEL_KEYS = frozenset({"model/loss", "model/reconstruction", "model/kl", "model/reward", "model/image_mse",
                         "model/reward_mse"})
 SAC_KEYS = frozenset({"critic/loss", "critic/q1", "critic/q2", "critic/target", "actor/loss", "actor/entropy",
@@ -45,6 +49,9 @@ SAC_KEYS = frozenset({"critic/loss", "critic/q1", "critic/q2", "critic/target", 
 LOSSES = ("model", "critic", "actor", "alpha")
 """The four objectives whose finiteness the learner tracks, in the order of its flags."""
 STATE_FORMAT = 1
+GUARDED_CALLS = 3
+"""Calls of each step function during which a failing CUDA-graph mode falls back to inductor's default mode
+(CUDA-graph trees warm up on the first call, record on the second and replay from the third)."""
 
 
 def polyak_update(online: torch.nn.Module, target: torch.nn.Module, coef: float) -> None:
@@ -101,6 +108,13 @@ class Learner:
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         for module in (self.model, self.actor, self.critic, self.critic_target):
             module.to(self.device)
+        if self.device.type == "cuda":
+            # The fp32 paths (precision fp32; the critics and actor under bf16): TF32 tensor cores for matrix
+            # products and convolutions (10-bit mantissa products, fp32 accumulation), cuDNN's autotuner for the
+            # static shapes of every update.
+            torch.set_float32_matmul_precision("high")
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
         self.log_alpha = torch.tensor(math.log(s.init_alpha), device=self.device, requires_grad=True)
         adam = execution.adam_options()
         self.model_optimizer = torch.optim.Adam(self.model.parameters(), lr=m.lr, **adam)
@@ -116,12 +130,25 @@ class Learner:
         # Resolved once ("auto" -> what this device gets): the hot path never re-decides, and warns once.
         compile_setting = execution.resolve_compile(cfg.learner.compile, self.device)
         self.precision = execution.resolve_precision(cfg.learner.precision, self.device)
-        self._cuda_graphs = execution.compile_mode(compile_setting, self.device) == "max-autotune"
-        self._model = execution.compile_step(self._model_loss, compile_setting, self.device)
-        self._model_critic = execution.compile_step(self._model_critic_losses, compile_setting, self.device)
-        self._actor = execution.compile_step(self._actor_loss, compile_setting, self.device)
-        self._alpha = execution.compile_step(self._alpha_loss, compile_setting, self.device)
+        self._build_steps(execution.compile_mode(compile_setting, self.device))
+        self._fallback: str | None = None
+        self._calls = dict.fromkeys(self._steps, 0)
         self.first_call = execution.FirstCallTimer(self.device)
+
+    def _build_steps(self, mode: str | None) -> None:
+        """(Re)build the four step functions in torch.compile `mode` (None: eager)."""
+        self._mode = mode
+        self._cuda_graphs = self.device.type == "cuda" and mode in execution.CUDA_GRAPH_MODES
+        self._steps = {name: execution.compile_step(fn, "none" if mode is None else "default", self.device, mode)
+                       for name, fn in (("model", self._model_loss), ("model_critic", self._model_critic_losses),
+                                        ("actor", self._actor_loss), ("alpha", self._alpha_loss))}
+
+    @property
+    def execution(self) -> dict[str, Any]:
+        """How the update runs now: torch.compile mode (none = eager), precision, CUDA graphs, and why a CUDA-graph
+        mode was given up, if it was (the learner process reports it to W&B)."""
+        return {"compile": self._mode or "none", "precision": self.precision, "cuda_graphs": self._cuda_graphs,
+                "fallback": self._fallback}
 
     @property
     def sac_networks(self) -> SacNetworks:
@@ -148,17 +175,19 @@ class Learner:
                              f"{self.cfg.sac.batch_size} (its head of model.batch_size {self.cfg.model.batch_size} "
                              "trains the model)")
         noise = self._draw_noise(batch.batch_size)
+        self._zero_grads(self.model_optimizer, self.critic_optimizer, self.actor_optimizer, self.alpha_optimizer)
         if self._cuda_graphs:
             # A new iteration for CUDA-graph trees: this update's graph outputs may overwrite the last one's.
             torch.compiler.cudagraph_mark_step_begin()
-        losses, transition, metrics = self.first_call("model_critic", self._model_critic, batch, noise)
-        _step((self.model_optimizer, self.critic_optimizer), losses[0] + losses[1])
+        losses, transition, metrics = self._guarded("model_critic", (batch, noise),
+                                                    (self.model_optimizer, self.critic_optimizer),
+                                                    lambda out: out[0][0] + out[0][1])
         polyak_update(self.critic, self.critic_target, self.cfg.sac.target_update_coef)
-        loss_actor, actor_metrics = self.first_call("actor", self._actor, transition, noise.action)
-        _step((self.actor_optimizer,), loss_actor)
+        loss_actor, actor_metrics = self._guarded("actor", (transition, noise.action), (self.actor_optimizer,),
+                                                  lambda out: out[0])
         if self.cfg.sac.auto_entropy:
-            loss_alpha, alpha_metrics = self.first_call("alpha", self._alpha, transition, noise.alpha_action)
-            _step((self.alpha_optimizer,), loss_alpha)
+            loss_alpha, alpha_metrics = self._guarded("alpha", (transition, noise.alpha_action),
+                                                      (self.alpha_optimizer,), lambda out: out[0])
         else:
             loss_alpha = torch.zeros((), device=self.device)
             alpha_metrics = {"alpha/loss": loss_alpha, "alpha/value": self.log_alpha.detach().exp()}
@@ -171,14 +200,47 @@ class Learner:
     def update_model(self, batch: Batch) -> Metrics:
         """One Adam step of the model alone on eq. 9 (the pre-training phase); metrics as in `update`."""
         batch = self._prepare(batch)
+        self._zero_grads(self.model_optimizer)
         if self._cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        loss, metrics = self.first_call("model", self._model, batch, self._draw_noise(batch.batch_size))
-        _step((self.model_optimizer,), loss)
+        loss, metrics = self._guarded("model", (batch, self._draw_noise(batch.batch_size)), (self.model_optimizer,),
+                                      lambda out: out[0])
         self._finite[0] &= torch.isfinite(loss)
         self.model_updates += 1
         self._unchecked_updates += 1
         return _expect(metrics, MODEL_KEYS)
+
+    @staticmethod
+    def _zero_grads(*optimizers: torch.optim.Optimizer) -> None:
+        """Clear gradients before the forward passes, not between forward and backward: with CUDA graphs the
+        previous step's `.grad` tensors alias graph outputs that the next replay overwrites."""
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def _guarded(self, name: str, args: tuple[Any, ...], optimizers: tuple[torch.optim.Optimizer, ...],
+                 loss_of: Callable[[Any], torch.Tensor]) -> Any:
+        """Run step function `name`, backward and its optimisers' steps. In a CUDA-graph mode, during the first
+        GUARDED_CALLS calls of each step function (capture and first replays), a failure before the optimisers
+        stepped switches every step function to inductor's default mode with one warning and runs this step
+        again: nothing is stepped twice, and the run goes on."""
+        self._calls[name] += 1
+        try:
+            out = self.first_call(name, self._steps[name], *args)
+            _step(optimizers, loss_of(out))
+            return out
+        except Exception as exc:
+            if self._mode not in execution.CUDA_GRAPH_MODES or self._calls[name] > GUARDED_CALLS:
+                raise
+            failed = self._mode
+            self._fallback = f"{failed}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            log.warning("learner: torch.compile mode %s failed in its first updates (%s); continuing with inductor's "
+                        "default mode, without CUDA graphs (traceback at debug level)", failed, self._fallback)
+            log.debug("the failure of %s", failed, exc_info=True)
+            self._build_steps("default")
+            self._zero_grads(*optimizers)
+            out = self.first_call(name, self._steps[name], *args)
+            _step(optimizers, loss_of(out))
+            return out
 
     def check_finite(self) -> None:
         """Raise FloatingPointError if any loss was NaN or infinite since the last check (one device sync).
@@ -236,16 +298,20 @@ class Learner:
             features = torch.cat([head_features.detach(), tail_features])
             z = torch.cat([head_posterior.z.detach(), tail_posterior.z])
             transition = latent_transition(batch, features, z)
+        # The critics, their targets and the actor run in fp32 whatever learner.precision says (see
+        # `execution.full_precision`): under 1 % of the update's FLOPs, and bf16 would round Q near 400 to
+        # steps of 2, as large as a step's reward.
+        with execution.full_precision(self.device):
             loss_critic, critic_metrics = critic_loss(self.sac_networks, transition, self.cfg.sac,
                                                       eps=noise.next_action)
         return (loss_model, loss_critic), transition, {**metrics, **critic_metrics}
 
     def _actor_loss(self, transition: LatentTransition, eps: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
-        with execution.autocast(self.device, self.precision):
+        with execution.full_precision(self.device):
             return actor_loss(self.sac_networks, transition, self.cfg.sac, eps=eps)
 
     def _alpha_loss(self, transition: LatentTransition, eps: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
-        with execution.autocast(self.device, self.precision):
+        with execution.full_precision(self.device):
             return alpha_loss(self.sac_networks, transition, self.cfg.sac, eps=eps)
 
     def _prepare(self, batch: Batch) -> Batch:
@@ -340,9 +406,8 @@ class Learner:
 
 
 def _step(optimizers: tuple[torch.optim.Optimizer, ...], loss: torch.Tensor) -> None:
-    """Clear gradients, backward, one Adam step per optimiser (the loss's finiteness is tracked on the device)."""
-    for optimizer in optimizers:
-        optimizer.zero_grad(set_to_none=True)
+    """Backward, then one Adam step per optimiser (gradients were cleared before the forward pass; the loss's
+    finiteness is tracked on the device)."""
     loss.backward()
     for optimizer in optimizers:
         optimizer.step()

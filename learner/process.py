@@ -108,6 +108,7 @@ class LearnerProcess:
             self._wait_mark = (now, waited)
             metrics["bound/learner_wait_fraction"] = min(1.0, (waited - mark_waited) / max(now - mark_time, 1e-6))
         return {"metrics": metrics, "counters": counters, "phase": self._phase, "figure": figure, "node_id": self._node_id,
+                "execution": self.learner.execution,
                 "replay": self.replay.stats(current_version=counters["version"])}
 
     def stop(self) -> None:

@@ -103,6 +103,9 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
     assert scheduled == sorted(scheduled) and all(s % cfg.run.eval_every == 0 or s == 4400 for s in scheduled)
     assert any("eval/video" in "".join(row) for row in rows) and any("model/samples" in "".join(r) for r in rows)
     assert read_config(runs[0])["model"]["z1_dim"] == cfg.model.z1_dim
+    # The execution mode that really ran (after any CUDA-graph fallback) is in W&B's config and the summary.
+    assert read_config(runs[0])["execution"] == summary["execution"] == {
+        "compile": "none", "precision": "fp32", "cuda_graphs": False, "fallback": None}
 
     # Resume: same W&B run id, counters continue, same replay data.
     resumed = _train_cli([*common, "--run.resume", str(run_dir), "--run.env-steps", "5200"])

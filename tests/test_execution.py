@@ -112,14 +112,91 @@ def test_execution_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert execution.compile_mode("default", cuda) == "default"
     assert execution.compile_mode("max", cuda) == "max-autotune"  # CUDA graphs
     assert execution.compile_mode("max", cpu) == "max-autotune-no-cudagraphs"
+    assert execution.compile_mode("reduce-overhead", cuda) == "reduce-overhead"
+    assert execution.compile_mode("reduce-overhead", cpu) == "default"  # CUDA graphs need CUDA
     with pytest.raises(ValueError, match="learner.compile"):
         execution.compile_mode("fast", cpu)
     with pytest.raises(ValueError, match="learner.precision"), execution.autocast(cpu, "fp16"):
         pass
-    assert execution.resolve_compile("auto", cuda) == "default"
+    assert execution.resolve_compile("auto", cuda) == "reduce-overhead"
     assert execution.resolve_compile("auto", cpu) == ("default" if execution.cpp_compiler() else "none")
     with monkeypatch.context() as m:
         m.setattr(execution.shutil, "which", lambda name: None)  # no C++ compiler: eager on CPU, compiled on CUDA
-        assert execution.resolve_compile("auto", cpu) == "none" and execution.resolve_compile("auto", cuda) == "default"
+        assert execution.resolve_compile("auto", cpu) == "none"
+        assert execution.resolve_compile("auto", cuda) == "reduce-overhead"
     assert execution.resolve_precision("auto", cuda) == "bf16" and execution.resolve_precision("auto", cpu) == "fp32"
     assert LOSSES == ("model", "critic", "actor", "alpha")
+
+
+def test_bf16_keeps_q_values_and_td_targets_in_full_precision() -> None:
+    """Q near 400 (critic output bias 400, reward 4 per step): bf16 autocast must not round the critics'
+    outputs or the TD target (a bf16 step there is 2.0). Every window of the batch is the same one, so
+    the metrics' batch means are that window's own values and no rounding averages away; the bf16 path's
+    Q values and target stay within 0.05 of fp32 (with the critics under autocast they differ by ~1)."""
+    one = _batch(1, 3)
+    batch = Batch(*(t.expand(CFG.sac.batch_size, *t.shape[1:]).contiguous() for t in one))
+    batch = batch._replace(reward=torch.full_like(batch.reward, 4.0), first=torch.zeros_like(batch.first))
+    metrics = {}
+    for precision in ("fp32", "bf16"):
+        learner = Learner(_learner_cfg(precision=precision), 2, seed=0)
+        with torch.no_grad():
+            for critic in (learner.critic, learner.critic_target):
+                for q in (critic.q1, critic.q2):
+                    q[-1].bias.fill_(400.0 + 0.37)  # not a bf16-representable value
+        metrics[precision] = {k: float(v) for k, v in learner.update(batch).items()}
+    for key in ("critic/q1", "critic/q2", "critic/target"):
+        assert 390 < metrics["fp32"][key] < 410
+        assert abs(metrics["bf16"][key] - metrics["fp32"][key]) < 0.05, (key, metrics)
+
+
+@pytest.mark.parametrize("fail_at_call", [1, 2])
+def test_a_failing_cuda_graph_mode_falls_back_to_default_once(monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture, fail_at_call: int) -> None:
+    """Injected: a CUDA-graph mode whose joint step raises at its first call (capture) or second (first replay).
+    The learner warns once, rebuilds its steps in `default` mode, redoes that step only, and ends with exactly the
+    parameters of a learner that never failed (nothing stepped twice); `execution` names the mode that runs."""
+    built: list[str | None] = []
+
+    def fake_compile_step(fn, setting, device, mode=None):  # eager underneath; the graph mode fails once
+        mode = mode or execution.compile_mode(setting, device)
+        built.append(mode)
+        if mode != "reduce-overhead":
+            return fn
+        calls = [0]
+
+        def flaky(*args):
+            calls[0] += 1
+            if fn.__name__ == "_model_critic_losses" and calls[0] == fail_at_call:
+                raise RuntimeError("CUDA graph capture failed (injected)")
+            return fn(*args)
+        return flaky
+
+    _, reference = _train(Learner(_learner_cfg(compile="none"), 2, seed=5))
+    monkeypatch.setattr(execution, "compile_step", fake_compile_step)
+    monkeypatch.setattr(execution, "compile_mode", lambda setting, device: "reduce-overhead")
+    learner = Learner(_learner_cfg(compile="none"), 2, seed=5)
+    assert learner.execution["compile"] == "reduce-overhead" and learner.execution["fallback"] is None
+    with caplog.at_level("WARNING", logger="learner.learner"):
+        _, params = _train(learner)
+    warnings = [r for r in caplog.records if "continuing with inductor's default mode" in r.message]
+    assert len(warnings) == 1
+    assert learner.execution["compile"] == "default" and "injected" in learner.execution["fallback"]
+    assert built.count("default") == 4  # every step function rebuilt once
+    for key, value in reference.items():
+        torch.testing.assert_close(params[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_failure_after_the_guarded_updates_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(fn, setting, device, mode=None):
+        mode = mode or execution.compile_mode(setting, device)
+
+        def broken(*args):
+            raise RuntimeError("a bug, not a capture problem")
+        return broken if mode == "reduce-overhead" and fn.__name__ == "_actor_loss" else fn
+
+    monkeypatch.setattr(execution, "compile_step", failing)
+    monkeypatch.setattr(execution, "compile_mode", lambda setting, device: "reduce-overhead")
+    learner = Learner(_learner_cfg(compile="none"), 2, seed=5)
+    learner._calls["actor"] = 3  # past the capture and first replays
+    with pytest.raises(RuntimeError, match="a bug"):
+        learner.update(_batch(CFG.sac.batch_size, 0))
