@@ -81,6 +81,8 @@ class ActorWorker:
         with self._lock:
             episodes, self._episodes = self._episodes, []
             counters = dict(self._counters)
+            # Transitions this life's writers have had acknowledged by the replay (what the run's replay must hold).
+            counters["steps_written"] = sum(w.stats()["steps_written"] for w in getattr(self, "_writers", []))
             if self._writing_since is not None:  # a write in progress, perhaps held by the rate limiter
                 counters["replay_s"] += time.perf_counter() - self._writing_since
         now, steps = time.monotonic(), counters["steps"]

@@ -37,6 +37,8 @@ class RunState:
     episodes: int = 0
     actor_restarts: int = 0
     env_errors: int = 0
+    steps_written: int = 0
+    """Transitions the actors' writers had acknowledged, over every life of this session (not carried over a resume)."""
     next_eval: int = 0
     last_eval_scheduled: int = -1
     generation: int = 0
@@ -120,7 +122,7 @@ class ActorFleet:
 
     def _bank(self, index: int, seen: dict[str, float]) -> None:
         base = self.state.actor_base.setdefault(index, {})
-        for key in ("env_steps", "steps", "env_errors"):
+        for key in ("env_steps", "steps", "env_errors", "steps_written"):
             base[key] = base.get(key, 0) + seen.get(key, 0)
 
     def _resume(self, index: int, since: float) -> None:
@@ -190,10 +192,11 @@ class ActorFleet:
         """Env steps and env errors over every life of the run: the totals carried from before a resume,
         then every life of every actor in this one (dead lives live in actor_base)."""
         def total(key: str) -> int:
-            return int(self.carried[key] + sum(
+            return int(self.carried.get(key, 0) + sum(
                 self.state.actor_base.get(i, {}).get(key, 0) + self.last_seen.get(i, {}).get(key, 0)
                 for i in range(len(self.actors))))
 
         self.state.env_steps = max(self.state.env_steps, total("env_steps"))
         self.state.agent_steps = max(self.state.agent_steps, total("steps"))
         self.state.env_errors = total("env_errors")
+        self.state.steps_written = total("steps_written")

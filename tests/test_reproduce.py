@@ -159,3 +159,20 @@ def test_make_reproduce_two_seeds_in_parallel_end_to_end(tmp_path: Path) -> None
     again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "already finished" in again.stderr
     assert (out / "returns.csv").read_text() == before
+
+
+@pytest.mark.e2e
+def test_make_reproduce_several_tasks_writes_the_table(tmp_path: Path) -> None:
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
+    proc = subprocess.run(["make", "-s", "reproduce", "PRESET=debug", "TASKS=cartpole_swingup,finger_spin", "SEEDS=1",
+                           "ARGS=--run.env-steps 1200 --run.eval-every 1200 --run.eval-episodes 1 "
+                           f"--results {tmp_path / 'results'} --runs {tmp_path / 'runs'}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"reproduce failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert [Path(t["results"]).parent.name for t in report["tasks"]] == ["cartpole_swingup", "finger_spin"]
+    for task in ("cartpole_swingup", "finger_spin"):
+        assert (tmp_path / "results" / task / "debug" / "returns.png").is_file()
+        assert json.loads((tmp_path / "results" / task / "debug" / "summary.json").read_text())["task"] == task
+    table = (tmp_path / "results" / "debug" / "table.md").read_text()
+    assert "| cartpole_swingup | 1 |" in table and "| finger_spin | 1 |" in table and "951 / 983" in table
