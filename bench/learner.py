@@ -76,8 +76,16 @@ def operator_profile(fn: Callable[[], object], device: torch.device) -> dict[str
         _sync(device)
     elapsed = time.perf_counter() - start
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU]
-    return {"top_level_operator_calls": sum(e.cpu_parent is None for e in events),
-            "all_operator_events": len(events), "profiled_ms": round(1000 * elapsed, 2)}
+    report = {"top_level_operator_calls": sum(e.cpu_parent is None for e in events),
+              "all_operator_events": len(events), "profiled_ms": round(1000 * elapsed, 2)}
+    if device.type == "cuda":
+        # Kernels the GPU ran and how much of the update's wall clock they cover (busy fraction; under 1 means
+        # the GPU waited for the CPU to launch). A replayed CUDA graph shows its kernels, launched at once.
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy_us = sum(e.device_time for e in kernels)
+        report.update({"cuda_kernels": len(kernels), "gpu_busy_ms": round(busy_us / 1000, 2),
+                       "gpu_busy_fraction": round(busy_us / 1000 / max(1000 * elapsed, 1e-9), 3)})
+    return report
 
 
 def _with(cfg: Config, **learner: object) -> Config:
@@ -89,7 +97,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda if available")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
     parser.add_argument("--updates", type=int, default=5, help="timed updates per variant (after 2 warm-up calls)")
-    parser.add_argument("--compile", choices=["default", "max"], default="default", help="the optimised path's mode")
+    parser.add_argument("--compile", choices=["default", "reduce-overhead", "max"], default="default",
+                        help="the optimised path's learner.compile (reduce-overhead and max capture CUDA graphs on CUDA)")
     parser.add_argument("--precisions", default="", help="comma list of fp32,bf16; default fp32 (CPU), fp32,bf16 (CUDA)")
     parser.add_argument("--action-dim", type=int, default=6, help="cheetah_run has 6")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 keeps torch's default")

@@ -157,8 +157,12 @@ class ReplayConfig:
 class ActorsConfig:
     """The Ray actor processes that step environments."""
 
-    num: int = 2
-    """Number of actor processes."""
+    num: int | Literal["auto"] = "auto"
+    """Number of actor processes. auto: on a private local Ray, the machine's cores less the learner, the
+    evaluator and Redis (at least 1), so a GPU workstation's cores all step environments; on a Ray cluster,
+    `cluster_num` (deploy/ray_runtime.resolve_actor_count)."""
+    cluster_num: int = 2
+    """What `num: auto` means on a Ray cluster, where the autoscaler adds actor nodes for them."""
     envs_per_actor: int = 4
     """Environments each actor steps, batching the policy forward over them: 4 gave the most agent steps/s
     per core with the paper policy on a 2-core EPYC machine, 1.02-1.31x those of 1 on every task (2 was
@@ -175,7 +179,9 @@ class ActorsConfig:
     never on the head or the learner's GPU node; empty places them anywhere. Unused on a private local Ray."""
 
     def __post_init__(self) -> None:
-        _check_positive(self, "actors", "num", "envs_per_actor", "weight_sync_every")
+        _check(self.num == "auto" or (isinstance(self.num, int) and self.num > 0),
+               f"actors.num must be a positive number or auto, got {self.num!r}")
+        _check_positive(self, "actors", "cluster_num", "envs_per_actor", "weight_sync_every")
         _check(self.max_restarts >= 0, f"actors.max_restarts must be >= 0, got {self.max_restarts}")
 
 

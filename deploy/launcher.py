@@ -24,7 +24,7 @@ from common.config import Config, ConfigError
 from common.envs import make_env, select_gl_backend
 from common.tasks import resolve_task
 from deploy.fleet import ActorFleet, RunState
-from deploy.ray_runtime import Placement, connect_ray, placement, replay_inserts
+from deploy.ray_runtime import Placement, connect_ray, placement, replay_inserts, resolve_actor_count
 from deploy.run_dir import RunDir, prepare_run_dir, write_traceback
 from deploy.run_logger import ActorWaitMeter, RunLogger, bound_scalars, progress_line
 from deploy.supervisor import LearnerSupervisor, RedisWatchdog, RestartsExhaustedError, StopSignals
@@ -68,7 +68,7 @@ def train(cfg: Config, env_factory: EnvFactory | None = None,
           on_started: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run SLAC end to end; returns the final summary. `env_factory` and `on_started` serve the tests."""
     select_gl_backend()
-    cfg = derived_config(cfg)
+    cfg = derived_config(resolve_actor_count(cfg))
     if (short := short_run_warning(cfg)) is not None:
         log.warning(short)
     if cfg.replay.url:  # fail here, in one paragraph, rather than in every Ray process

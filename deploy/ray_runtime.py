@@ -5,6 +5,7 @@ The only place that decides between a cluster and this machine (deploy/launcher.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -21,6 +22,26 @@ from replay_service.schema import STATE
 log = logging.getLogger(__name__)
 
 
+def joins_cluster() -> bool:
+    """Whether this run will join a Ray cluster (RAY_ADDRESS names one; see `connect_ray`)."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    return bool(address) and address != "local"
+
+
+RUN_OVERHEAD_CPUS = 3
+"""Cores a run needs besides its actors: the learner, the evaluator and Redis (with the driver)."""
+
+
+def resolve_actor_count(cfg: Config, cluster: bool | None = None, cpus: int | None = None) -> Config:
+    """`actors.num: auto` made a number: the cores left after RUN_OVERHEAD_CPUS (at least 1) on this machine,
+    `actors.cluster_num` on a cluster. A number stays as it is."""
+    if cfg.actors.num != "auto":
+        return cfg
+    cluster = joins_cluster() if cluster is None else cluster
+    num = cfg.actors.cluster_num if cluster else max(1, (cpus or os.cpu_count() or 1) - RUN_OVERHEAD_CPUS)
+    return dataclasses.replace(cfg, actors=dataclasses.replace(cfg.actors, num=num))
+
+
 def connect_ray(cfg: Config) -> bool:
     """Join a Ray cluster only when asked to, else start a private local Ray; returns True for a cluster.
 
@@ -31,9 +52,8 @@ def connect_ray(cfg: Config) -> bool:
     with address "auto" would, through /tmp/ray/ray_current_cluster) and waits for a learner node that
     never comes.
     """
-    address = os.environ.get("RAY_ADDRESS", "")
-    if address and address != "local":
-        ray.init(address=address, log_to_driver=True)
+    if joins_cluster():
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return True
     # Logical CPUs may exceed the physical ones: the actors, learner and evaluator mostly wait on
     # each other, and the tests run them all on 2 cores.

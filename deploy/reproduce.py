@@ -41,7 +41,7 @@ import imageio.v2 as imageio
 from common.config import Config, parse_cli
 from deploy.results_table import write_table
 from deploy.returns_plot import plot_returns, random_baseline, read_evaluations, write_returns
-from deploy.seeds import SeedFailed, SeedRun, default_parallel, run_seeds
+from deploy.seeds import SeedFailed, SeedRun, actors_per_seed, default_parallel, run_seeds
 from deploy.train import known_errors
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,8 @@ def reproduce_task(rest: list[str], base: Config, preset: str, seeds: int, paral
                 "--run.tags", *tags, f"seed{seed}"]
         seed_runs.append(SeedRun(seed, (runs_root / task / preset / f"seed{seed}").resolve(), argv))
     k = parallel or default_parallel(base, seeds)
+    for run in seed_runs:
+        run.argv += actors_per_seed(base, k)
     log.info("%s, preset %s: %d seed%s, %d at a time", task, preset, seeds, "s" * (seeds != 1), k)
     summaries = run_seeds(seed_runs, k)
     runs, evaluations = [], []

@@ -119,7 +119,7 @@ def progress_line(cfg: Config, learner_info: dict[str, Any], env_steps: int, age
     return (f"[{phase}] env {env_steps:,}/{total:,} | {agent} | upd {counters['updates']:,}"
             f" (+{counters['pretrain_updates']:,}/{cfg.learner.model_pretrain_steps:,} model) | ret {fmt(train_return)}"
             f" | eval {fmt(eval_return)} | {rate:.0f} env/s | {scalars['perf/updates_per_s']:.1f} upd/s"
-            f"{bound_text(phase, scalars)} | ETA {eta_text}")
+            f"{bound_text(phase, scalars)} | {cfg.actors.num}x{cfg.actors.envs_per_actor} envs | ETA {eta_text}")
 
 
 def wandb_mode(requested: str) -> str:

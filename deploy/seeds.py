@@ -36,7 +36,8 @@ class SeedFailed(RuntimeError):
 def default_parallel(cfg: Config, seeds: int) -> int:
     """How many seeds fit on this machine at once: the cores each run's processes need (its actors, the
     learner, the evaluator) and, with a GPU, the learners' memory; at least 1 (1 on a 2-core CPU)."""
-    per_run = cfg.actors.num * cfg.actors.num_cpus + 2
+    actors = 1 if cfg.actors.num == "auto" else cfg.actors.num  # auto shares what is left (`actors_per_seed`)
+    per_run = actors * cfg.actors.num_cpus + 2
     k = max(1, math.floor((os.cpu_count() or 1) / per_run))
     import torch
 
@@ -44,6 +45,14 @@ def default_parallel(cfg: Config, seeds: int) -> int:
         free, _ = torch.cuda.mem_get_info()
         k = min(k, max(1, int(free / 2**30 // GPU_GIB_PER_LEARNER)))
     return max(1, min(k, seeds))
+
+
+def actors_per_seed(cfg: Config, parallel: int) -> list[str]:
+    """With `actors.num: auto` and seeds side by side, each seed's share of the cores (at least 1 actor), as
+    overrides; none otherwise (one seed at a time resolves auto itself, deploy/ray_runtime.py)."""
+    if cfg.actors.num != "auto" or parallel <= 1:
+        return []
+    return ["--actors.num", str(max(1, (os.cpu_count() or 1) // parallel - 2))]
 
 
 @dataclass

@@ -11,11 +11,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from learner_device import Learner
 
 from common.batch import Batch
 from common.config import Config, debug
 from learner import execution
-from learner.learner import LOSSES, Learner
+from learner.learner import LOSSES
 
 torch.set_num_threads(1)
 CFG = debug()

@@ -9,11 +9,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from learner_device import Learner
 
 from common.batch import Batch
 from common.config import Config, debug
 from common.envs import make_env
-from learner.learner import MODEL_KEYS, SAC_KEYS, Learner, polyak_update
+from learner.learner import MODEL_KEYS, SAC_KEYS, polyak_update
 
 torch.set_num_threads(1)  # tiny networks: a second thread only adds contention on a shared 2-core box
 CFG = debug()
