@@ -124,7 +124,7 @@ reproduce: setup
 # A trained run: play EPISODES episodes per policy (stochastic, deterministic) -> <run>/eval/<ckpt>.json + GIFs.
 eval: setup
 	@test -n "$(RUN)" || { echo "make eval: RUN=<run directory> is required (ls runs/)" >&2; exit 2; }
-	$(PY) -m deploy.evaluate "$(RUN)" --episodes $(EPISODES) $(if $(CKPT),--ckpt "$(CKPT)",)
+	$(PY) -m deploy.evaluation "$(RUN)" --episodes $(EPISODES) $(if $(CKPT),--ckpt "$(CKPT)",)
 
 # The policy as one TorchScript (.pt) or ONNX file -> <run>/export/; examples/play_exported.py runs it.
 export: setup

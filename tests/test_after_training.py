@@ -155,12 +155,12 @@ def _one_line_error(args: list[str], **env: str) -> str:
 
 def test_bad_input_to_eval_and_export_gets_one_line(two_runs: list[dict[str, Any]], tmp_path: Path) -> None:
     run_dir = Path(two_runs[1]["run_dir"])
-    for command in ("deploy.evaluate", "deploy.export"):
+    for command in ("deploy.evaluation", "deploy.export"):
         assert "not a run directory" in _one_line_error([command, str(tmp_path)])
     empty = tmp_path / "fresh"
     (empty / "checkpoints").mkdir(parents=True)
     shutil.copy(run_dir / "config.json", empty / "config.json")
-    assert "no checkpoint yet" in _one_line_error(["deploy.evaluate", str(empty)])
+    assert "no checkpoint yet" in _one_line_error(["deploy.evaluation", str(empty)])
     assert "no checkpoint 'ckpt_9.pt'" in _one_line_error(["deploy.export", str(run_dir), "--ckpt", "ckpt_9.pt"])
     assert "is not one of torchscript, onnx" in _one_line_error(["deploy.export", str(run_dir), "--format", "tflite"])
 
@@ -168,13 +168,13 @@ def test_bad_input_to_eval_and_export_gets_one_line(two_runs: list[dict[str, Any
     before = newest.read_bytes()
     damaged = empty / "checkpoints" / "ckpt_0000000001.pt"
     damaged.write_bytes(before[: len(before) // 2])
-    assert "cannot be read" in _one_line_error(["deploy.evaluate", str(empty)])
+    assert "cannot be read" in _one_line_error(["deploy.evaluation", str(empty)])
     foreign = torch.load(newest, map_location="cpu", weights_only=False)
     foreign["learner"]["format"] = 99
     torch.save(foreign, damaged)
     assert "another version of slac-dist" in _one_line_error(["deploy.export", str(empty)])
     (empty / "config.json").write_text("{not json")
-    assert "not a slac-dist config" in _one_line_error(["deploy.evaluate", str(empty)])
+    assert "not a slac-dist config" in _one_line_error(["deploy.evaluation", str(empty)])
 
     # No working OpenGL: libraries that cannot load stand first on the loader's path.
     broken = tmp_path / "broken-gl"
@@ -185,7 +185,7 @@ def test_bad_input_to_eval_and_export_gets_one_line(two_runs: list[dict[str, Any
     probe_env = _env(**env)
     probe_env.pop("MUJOCO_GL", None)
     probe_env.pop("PYOPENGL_PLATFORM", None)
-    proc = subprocess.run([sys.executable, "-m", "deploy.evaluate", str(run_dir), "--episodes", "1"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "deploy.evaluation", str(run_dir), "--episodes", "1"], cwd=REPO,
                           env=probe_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no headless OpenGL backend works" in proc.stderr
     assert "Traceback" not in proc.stderr
