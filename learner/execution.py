@@ -110,8 +110,11 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         yield
 
 
-def full_precision(device: torch.device) -> contextlib.AbstractContextManager[None]:
-    """Autocast off (fp32) inside an `autocast` region, or nothing outside one: where Q values are computed."""
+def full_precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
+    """Autocast off (fp32) where Q values are computed, when `precision` autocasts at all; with fp32 nothing, so
+    the fp32 update (eager or compiled) is exactly what it was before the bf16 path needed this region."""
+    if resolve_precision(precision, device) == "fp32":
+        return contextlib.nullcontext()
     return torch.autocast(device.type, enabled=False)
 
 

@@ -301,17 +301,17 @@ class Learner:
         # The critics, their targets and the actor run in fp32 whatever learner.precision says (see
         # `execution.full_precision`): under 1 % of the update's FLOPs, and bf16 would round Q near 400 to
         # steps of 2, as large as a step's reward.
-        with execution.full_precision(self.device):
+        with execution.full_precision(self.device, self.precision):
             loss_critic, critic_metrics = critic_loss(self.sac_networks, transition, self.cfg.sac,
                                                       eps=noise.next_action)
         return (loss_model, loss_critic), transition, {**metrics, **critic_metrics}
 
     def _actor_loss(self, transition: LatentTransition, eps: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
-        with execution.full_precision(self.device):
+        with execution.full_precision(self.device, self.precision):
             return actor_loss(self.sac_networks, transition, self.cfg.sac, eps=eps)
 
     def _alpha_loss(self, transition: LatentTransition, eps: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
-        with execution.full_precision(self.device):
+        with execution.full_precision(self.device, self.precision):
             return alpha_loss(self.sac_networks, transition, self.cfg.sac, eps=eps)
 
     def _prepare(self, batch: Batch) -> Batch:
