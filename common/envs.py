@@ -105,6 +105,11 @@ class _RepeatedActionEnv:
         """The current frame as uint8 (3, H, W)."""
         raise NotImplementedError
 
+    @property
+    def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) of the env's own action space, which `rescale` maps [-1, 1]^A onto."""
+        return self._low, self._high
+
     def rescale(self, action: np.ndarray) -> np.ndarray:
         """Map an action in [-1, 1]^A to the env's bounds."""
         action = np.asarray(action, dtype=np.float64).reshape(-1)

@@ -64,7 +64,7 @@ def metadata(trained: TrainedPolicy, fmt: str) -> dict[str, Any]:
     spec = resolve_task(cfg.run.task)
     env = make_env(cfg.run.task, seed=0, image_size=cfg.model.image_size)
     try:
-        low, high = env._low.tolist(), env._high.tolist()
+        low, high = (bound.tolist() for bound in env.action_bounds)
     finally:
         env.close()
     tau, a = cfg.model.sequence_length, trained.weights["action_dim"]
