@@ -14,7 +14,8 @@ replay:row:<g>       string one row = one frame, for every g in [tail, head): a 
                            uint8, or an lz4 block when smaller). A transition row holds (a[t], r[t],
                            x[t+1]); its x[t] is the row `prev`, the previous frame of the same episode.
 replay:next_episode  int   INCR source of episode ids (unique across all writers and nodes).
-replay:acks          hash  writer token -> "seq:base" of its last applied flush (exactly-once retries).
+replay:acks          hash  writer token -> "seq:base" of its last applied flush, learner token -> seq of its last
+                           counted record_samples (exactly-once retries).
 
 Writes: a writer's flush is ONE Lua script (atomic; AOF records its effects as MULTI/EXEC): check the
 rate limiter, append the rows of one episode at [head, head + n) (so an episode's rows are contiguous

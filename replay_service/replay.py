@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from common.config import ReplayConfig
 from replay_service.limiter import RateLimit, poll_until
 from replay_service.mirror import DeviceRing
 from replay_service.schema import (
+    ACKS,
     FRAME_SHAPE,
     META,
     STATE,
@@ -28,6 +30,18 @@ from replay_service.server import connect
 
 SYNC_CHUNK = 128
 """Rows per MGET during sync (~1.6 MB per reply with raw frames)."""
+
+# Atomically: count n samples unless this (learner token, seq) was counted already (a call retried after
+# its reply was lost, which redis-py's reconnect does by itself), as the writers' flushes do. Replies the
+# `sampled` total either way.
+_RECORD = """#!lua
+local state, acks = KEYS[1], KEYS[2]
+local token, seq, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local last = tonumber(redis.call('HGET', acks, token))
+if last and last >= seq then return tonumber(redis.call('HGET', state, 'sampled') or 0) end
+redis.call('HSET', acks, token, seq)
+return redis.call('HINCRBY', state, 'sampled', n)
+"""
 
 
 class SequenceReplay:
@@ -52,6 +66,9 @@ class SequenceReplay:
                                          "samples_per_insert": repr(float(cfg.samples_per_insert)),
                                          "spi_tolerance": repr(float(cfg.spi_tolerance))})
         self._run_id = meta["run_id"]
+        self._record = self._client.register_script(_RECORD)
+        self._record_token = f"learner:{uuid.uuid4().hex}"  # one per mirror: a restarted learner counts afresh
+        self._record_seq = 0
         self.ring = DeviceRing(frame_capacity(cfg), action_dim, sequence_length, self.device)
         self._staging = np.empty((SYNC_CHUNK, *FRAME_SHAPE), np.uint8)
         if self.device.type == "cuda":  # pinned staging makes the host-to-device copy direct
@@ -146,8 +163,10 @@ class SequenceReplay:
         return self.ring.sampleable > 0 and self.limit.can_sample(self._inserted, self._sampled + samples - 1)
 
     def record_samples(self, n: int = 1) -> None:
-        """Count n learner updates against the samples-per-insert ratio (shared with all writers)."""
-        self._sampled = int(self._client.hincrby(STATE, "sampled", n))
+        """Count n learner updates against the samples-per-insert ratio (shared with all writers), exactly once:
+        each call carries a sequence number, so a retry whose first reply was lost is not counted again."""
+        self._record_seq += 1
+        self._sampled = int(self._record(keys=[STATE, ACKS], args=[self._record_token, self._record_seq, n]))
 
     # --- reporting and checkpoints ----------------------------------------------------------------
     def stats(self, current_version: int | None = None) -> dict[str, float]:

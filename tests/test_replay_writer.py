@@ -222,3 +222,67 @@ def test_stats_count_once_and_report_staleness(url: str) -> None:
     assert stats["stored_version_mean"] == (6 * 3 + 2 * 7) / 8 and stats["staleness_stored"] == 10 - 4
     assert abs(stats["staleness_sampled"] - 6) < 0.2  # uniform draws: version mean 4 +- noise
     assert int(frame_uids(batch.obs[:, -1]).min()) >= uid_of(0, 0, 1)
+
+
+class _ReplyDropper:
+    """A TCP proxy in front of the real Redis that, once armed, forwards the next request containing
+    `marker` and closes both connections instead of relaying Redis's reply: a reply lost on the wire."""
+
+    def __init__(self, upstream_port: int, marker: bytes) -> None:
+        import socket
+
+        self.marker, self.upstream_port, self.armed, self.dropped = marker, upstream_port, False, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            client, _ = self.listener.accept()
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pipe, args=(client, server), daemon=True).start()
+
+    def _pipe(self, client, server) -> None:  # noqa: ANN001 - sockets
+        import select
+
+        drop_next_reply = False
+        try:
+            while True:
+                readable, _, _ = select.select([client, server], [], [])
+                for sock in readable:
+                    data = sock.recv(1 << 16)
+                    if not data:
+                        return
+                    if sock is client:
+                        if self.armed and self.marker in data:
+                            self.armed, drop_next_reply = False, True
+                        server.sendall(data)
+                    elif drop_next_reply:  # Redis executed the call; its reply never arrives
+                        self.dropped += 1
+                        return
+                    else:
+                        client.sendall(data)
+        finally:
+            client.close()
+            server.close()
+
+
+def test_record_samples_retried_after_a_lost_reply_counts_once(url: str) -> None:
+    """The learner's sample count is exactly-once too: redis-py re-sends a call whose connection died after
+    Redis ran it, and the per-learner sequence number makes the second run a no-op."""
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    proxy = _ReplyDropper(port, marker=STATE.encode())
+    replay = SequenceReplay(url.replace(f":{port}", f":{proxy.port}"), BASE_CFG, TASK, ACTION_DIM, sequence_length=2)
+    client = connect(url, 2.0)
+    before = int(client.hget(STATE, "sampled") or 0)
+    replay.record_samples(3)  # nothing dropped yet
+    proxy.armed = True
+    replay.record_samples(5)  # Redis counts it, the reply is lost, redis-py reconnects and re-sends it
+    assert proxy.dropped == 1
+    assert int(client.hget(STATE, "sampled")) == before + 8
+    assert replay.stats()["sampled"] == before + 8
+    other = SequenceReplay(url, BASE_CFG, TASK, ACTION_DIM, sequence_length=2)  # another learner life
+    other.record_samples(2)
+    assert int(client.hget(STATE, "sampled")) == before + 10
