@@ -26,8 +26,8 @@ import torch
 
 from common.batch import Batch
 from common.config import Config
-from common.latent_model import LatentModel, figure_rows
-from common.networks import TanhGaussianActor, TwinCritic, count_parameters
+from common.latent_model import LatentModel, Rollout, figure_rows
+from common.networks import Gaussian, TanhGaussianActor, TwinCritic, count_parameters
 from learner import execution
 from learner.losses import (
     LatentTransition,
@@ -86,6 +86,12 @@ class UpdateNoise(NamedTuple):
     """[B, A] a ~ pi(. | x[1..tau]) of eq. 11."""
     alpha_action: torch.Tensor
     """[B, A] the temperature loss's sample of pi."""
+
+
+def _rows(rollout: Rollout, n: int) -> Rollout:
+    """The first n batch rows of a rollout (every tensor, the Gaussians' included)."""
+    return Rollout(rollout.z1[:n], rollout.z2[:n], Gaussian(*(t[:n] for t in rollout.z1_posterior)),
+                   Gaussian(*(t[:n] for t in rollout.z1_prior)))
 
 
 class Learner:
@@ -278,26 +284,23 @@ class Learner:
 
     def _model_critic_losses(self, batch: Batch, noise: UpdateNoise
                              ) -> tuple[tuple[torch.Tensor, torch.Tensor], LatentTransition, Metrics]:
-        """Eq. 9 on the head of the batch and eq. 10 on all of it, from one encoder and posterior pass."""
+        """Eq. 9 on the head of the batch and eq. 10 on all of it, from one posterior rollout over the whole batch."""
         n, model = self.cfg.model.batch_size, self.model
         head, tail = batch.head(n), Batch(*(t[n:] for t in batch))
         with execution.autocast(self.device, self.precision):
-            # The tail's pass builds no graph; the head's has gradients for eq. 9 and is detached for the
-            # critic. The SAC latents thus come from the model before this step's model update, as in the
-            # official implementation's single gradient tape.
+            # The tail's frames are encoded without a graph (on a CPU the encoder's backward over them would
+            # cost more than the second call); the head's with gradients for eq. 9. The posterior then filters
+            # all rows in ONE rollout: its T sequential steps are the update's chain of tiny kernels, and a
+            # second rollout for the tail doubled them. Only head rows reach eq. 9, so the tail rows get zero
+            # gradient and the model's gradients are those of the head alone (tests/test_learner.py checks it
+            # against two rollouts). The SAC latents are detached: they come from the model before this step's
+            # model update, as in the official implementation's single gradient tape.
             with torch.no_grad():
                 tail_features = model.encoder(tail.obs)
-                tail_posterior = model.posterior(tail_features, tail.action, tail.first,
-                                                 noise=(noise.z1[n:], noise.z2[n:]))
-            head_features = model.encoder(head.obs)
-            head_posterior = model.posterior(head_features, head.action, head.first,
-                                             noise=(noise.z1[:n], noise.z2[:n]))
-            loss_model, metrics = model_loss(model, head, self.cfg.model, posterior=head_posterior)
-            # Detached: the SAC losses must not reach the model (latent_transition detaches too; explicit
-            # here because these tensors still carry the model loss's graph).
-            features = torch.cat([head_features.detach(), tail_features])
-            z = torch.cat([head_posterior.z.detach(), tail_posterior.z])
-            transition = latent_transition(batch, features, z)
+            features = torch.cat([model.encoder(head.obs), tail_features])
+            posterior = model.posterior(features, batch.action, batch.first, noise=(noise.z1, noise.z2))
+            loss_model, metrics = model_loss(model, head, self.cfg.model, posterior=_rows(posterior, n))
+            transition = latent_transition(batch, features.detach(), posterior.z.detach())
         # The critics, their targets and the actor run in fp32 whatever learner.precision says (see
         # `execution.full_precision`): under 1 % of the update's FLOPs, and bf16 would round Q near 400 to
         # steps of 2, as large as a step's reward.

@@ -115,7 +115,13 @@ class LearnerProcess:
         self._stop.set()
 
     def checkpoint(self, extra: dict[str, Any]) -> str:
-        """Write an atomic checkpoint (learner, counters, config, replay snapshot and `extra`)."""
+        """Write an atomic checkpoint (learner, counters, config, replay snapshot and `extra`).
+
+        Only the snapshot to host memory, the sample count and the start of the replay's BGSAVE (a fork: the
+        replay as of this instant) hold the update lock; waiting for the BGSAVE, `torch.save` and the fsync
+        run after it on this (Ray's second) thread while the loop goes on updating. A several-second write
+        every checkpoint interval would otherwise stall a fast learner for that long.
+        """
         with self._lock:
             self._fetch_metrics()  # raises rather than save networks stepped on a non-finite loss
             self._record_samples()
@@ -123,10 +129,11 @@ class LearnerProcess:
             state = {"learner": self.learner.state_dict(), "counters": dict(self.counters),
                      "config": self.cfg.to_dict(), "extra": extra,
                      # The state before any batch drawn ahead: a resumed run samples that batch again.
-                     "sample_generator": pending[0] if pending else self._generator.get_state(),
-                     "replay_snapshot": self.replay.snapshot(rdb_path=self._rdb_path)}
+                     "sample_generator": pending[0] if pending else self._generator.get_state()}
             updates = self.counters["pretrain_updates"] + self.counters["updates"]
-            return str(save_checkpoint(self.run_dir / "checkpoints", updates, state))
+            snapshot = self.replay.begin_snapshot()
+        state["replay_snapshot"] = self.replay.finish_snapshot(snapshot, rdb_path=self._rdb_path)
+        return str(save_checkpoint(self.run_dir / "checkpoints", updates, state))
 
     # --- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict[str, int]:

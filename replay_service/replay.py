@@ -199,12 +199,22 @@ class SequenceReplay:
         secure RedisServer) passes `rdb_path`, the server's `RedisServer.rdb_path`, instead.
         `RedisServer(data_dir, cfg, restore_from=path)` starts a server on that snapshot.
         """
+        return self.finish_snapshot(self.begin_snapshot(), copy_to, timeout_s, rdb_path)
+
+    def begin_snapshot(self) -> int:
+        """Start a BGSAVE (Redis forks: the snapshot holds the replay as of this call) and return at once; pass
+        the result to `finish_snapshot`."""
         saves = self._client.info("persistence")["rdb_saves"]
         try:
             self._client.bgsave()
         except redis.ResponseError:  # an AOF rewrite or a save is running: save as soon as it ends
             self._client.bgsave(schedule=True)
-        done = poll_until(lambda: self._bgsave_done(saves), timeout_s, max_delay_s=0.2)
+        return int(saves)
+
+    def finish_snapshot(self, saves_before: int, copy_to: str | Path | None = None, timeout_s: float = 600.0,
+                        rdb_path: str | Path | None = None) -> str:
+        """Wait for the BGSAVE `begin_snapshot` started; the RDB path or `copy_to`, as `snapshot` says."""
+        done = poll_until(lambda: self._bgsave_done(saves_before), timeout_s, max_delay_s=0.2)
         info = self._client.info("persistence")
         if not done or info.get("rdb_last_bgsave_status") != "ok":
             raise RuntimeError(f"replay snapshot: BGSAVE on {describe(self._client)} did not succeed within "

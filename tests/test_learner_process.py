@@ -5,6 +5,7 @@ No Ray: `LearnerProcess` runs in a thread on a replay filled by a real writer, a
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import replace
@@ -104,3 +105,35 @@ def test_a_non_finite_loss_stops_the_loop_within_metrics_every_and_is_never_chec
     with pytest.raises(FloatingPointError):
         process.checkpoint({})
     assert not list((tmp_path / "checkpoints").glob("*.pt"))
+
+
+def test_checkpoint_writes_while_the_loop_keeps_updating(url: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the in-memory snapshot holds the update lock: a slow disk (an fsync that takes 2 s) does not stall
+    the updates, and the file holds the state as of the snapshot, not of the write."""
+    cfg = _cfg()
+    _fill(url, cfg, 300)  # the limiter then admits about 400 updates
+    process = LearnerProcess(cfg, ACTION_DIM, url, _Publisher(), str(tmp_path))
+    during: list[int] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        during.append(process.counters["updates"])
+        time.sleep(2.0)
+        during.append(process.counters["updates"])
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    written: list[str] = []
+
+    def checkpoint_once_training() -> bool:  # polled by _run_until on this thread, as Ray's second thread would
+        if process.counters["updates"] >= 20 and not written:
+            written.append(process.checkpoint({"k": 1}))
+        return bool(written)
+
+    error = _run_until(process, checkpoint_once_training, timeout_s=60)
+    assert error is None and written
+    assert during[1] - during[0] >= 5, f"updates during the 2 s write: {during}"  # the old lock allowed none
+    state = torch.load(written[0], map_location="cpu", weights_only=False)
+    assert state["counters"]["updates"] <= during[0] and state["extra"] == {"k": 1}
+    assert state["replay_snapshot"].endswith(".rdb")
