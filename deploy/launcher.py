@@ -142,7 +142,7 @@ class Driver:
             return learner_cls.options(name=name).remote(cfg, action_dim, replay_url, RayWeightPublisher(BOARD_NAME),
                                                          str(run.path), state)
 
-        self.supervisor = LearnerSupervisor(cfg, run.path, make_learner, resume, self.board)
+        self.supervisor = LearnerSupervisor(cfg, run.path, make_learner, resume)
         self.evaluator = ray.remote(num_cpus=1)(Evaluator).options(name="slac-evaluator").remote(cfg, env_factory)
         self.action_repeat = resolve_task(cfg.run.task).action_repeat
         self.fleet = ActorFleet(cfg, replay_url, env_factory, self.state, self.carried, place.actors,

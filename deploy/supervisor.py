@@ -142,9 +142,8 @@ LearnerFactory = Callable[[dict[str, Any] | None, int], Any]
 class LearnerSupervisor:
     """The learner process and its `run` task; restarts it from the newest checkpoint when it dies."""
 
-    def __init__(self, cfg: Config, run_path: Path, make: LearnerFactory, resume_state: dict[str, Any] | None,
-                 board: Any) -> None:
-        self.cfg, self.run_path, self.make, self.board = cfg, run_path, make, board
+    def __init__(self, cfg: Config, run_path: Path, make: LearnerFactory, resume_state: dict[str, Any] | None) -> None:
+        self.cfg, self.run_path, self.make = cfg, run_path, make
         self.restarts = 0
         self.updates_lost: list[int] = []
         self.stalls_s: list[float] = []
@@ -178,9 +177,7 @@ class LearnerSupervisor:
         checkpoint = latest_checkpoint(self.run_path / "checkpoints")
         state = load_checkpoint(checkpoint, self.cfg) if checkpoint else None
         restored = {"updates": 0, "pretrain_updates": 0, "version": 0}
-        if state is not None:
-            # Publish above what the actors already hold, or the board would ignore the restarted learner.
-            state["counters"]["version"] = max(state["counters"]["version"], ray.get(self.board.version.remote()))
+        if state is not None:  # the new process publishes above the board's version (LearnerProcess.__init__)
             restored.update(state["counters"])
         self.restarts += 1
         lost = _total(last_counters) - _total(restored)

@@ -63,6 +63,10 @@ class RayWeightPublisher:
         self._current = ray.put(blob)  # keep a reference until the next version replaces it
         ray.get(self.board.publish.remote(version, [self._current]))
 
+    def version(self) -> int:
+        """The board's newest version: what the actors may already hold."""
+        return int(ray.get(self.board.version.remote()))
+
 
 class RayWeightSource:
     """The actors' side: asks the board, fetches from the object store only when newer."""

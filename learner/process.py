@@ -41,6 +41,10 @@ class WeightPublisher(Protocol):
 
     def publish(self, version: int, blob: dict[str, Any]) -> None: ...
 
+    def version(self) -> int:
+        """The newest version published so far, by this learner or an earlier life of it (0 if none)."""
+        ...
+
 
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
@@ -69,6 +73,10 @@ class LearnerProcess:
             self.learner.load_state_dict(resume_state["learner"])
             self.counters.update(resume_state["counters"])
             self._generator.set_state(resume_state["sample_generator"].to(self._generator.get_state().device))
+        # Publish above whatever the actors may hold: a learner restarted from an older checkpoint, or from
+        # scratch after it had published, would otherwise publish versions the board ignores (and the
+        # actors would act on the dead learner's weights, their version lag meaningless) until it caught up.
+        self.counters["version"] = max(self.counters["version"], publisher.version())
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._sums: dict[str, float] = defaultdict(float)

@@ -31,6 +31,9 @@ class _Publisher:
     def publish(self, version: int, blob: dict) -> None:
         self.versions.append(version)
 
+    def version(self) -> int:
+        return max(self.versions, default=0)
+
 
 def _cfg(**learner: object) -> Config:
     cfg = debug()
@@ -137,3 +140,15 @@ def test_checkpoint_writes_while_the_loop_keeps_updating(url: str, tmp_path: Pat
     state = torch.load(written[0], map_location="cpu", weights_only=False)
     assert state["counters"]["updates"] <= during[0] and state["extra"] == {"k": 1}
     assert state["replay_snapshot"].endswith(".rdb")
+
+
+def test_a_learner_restarted_without_a_checkpoint_publishes_above_the_actors_version(url: str, tmp_path: Path) -> None:
+    """A learner that died after publishing version 7 and before its first checkpoint starts again from
+    scratch: its first publication is 8, not 1 (which the board would ignore while the actors act on 7)."""
+    cfg = _cfg()
+    _fill(url, cfg, 150)
+    board = _Publisher()
+    board.versions.append(7)
+    process = LearnerProcess(cfg, ACTION_DIM, url, board, str(tmp_path))
+    assert _run_until(process, lambda: len(board.versions) >= 2, timeout_s=60) is None
+    assert board.versions[:2] == [7, 8] and board.versions == sorted(board.versions)
