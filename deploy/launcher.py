@@ -27,7 +27,14 @@ from deploy.fleet import ActorFleet, RunState
 from deploy.ray_runtime import Placement, connect_ray, placement, replay_inserts, resolve_actor_count
 from deploy.run_dir import RunDir, prepare_run_dir, write_traceback
 from deploy.run_logger import ActorWaitMeter, RunLogger, bound_scalars, progress_line
-from deploy.supervisor import LearnerSupervisor, RedisWatchdog, RestartsExhaustedError, StopSignals
+from deploy.supervisor import (
+    REDIS_GIVE_UP_S,
+    LearnerSupervisor,
+    RedisWatchdog,
+    ReplayServerLostError,
+    RestartsExhaustedError,
+    StopSignals,
+)
 from deploy.weights import BOARD_NAME, RayWeightPublisher, WeightBoard
 from learner.checkpoint import latest_checkpoint
 from learner.process import LearnerProcess
@@ -182,7 +189,27 @@ class Driver:
         except KeyboardInterrupt:
             interrupted = True
             log.warning("%s: stopping, writing a checkpoint", self.signals.received or "interrupted")
+        except ReplayServerLostError as lost:
+            raise ReplayServerLostError(f"{lost} {self._checkpoint_without_replay()}") from lost
         return self._finish(interrupted)
+
+    def _checkpoint_without_replay(self) -> str:
+        """The replay's server is gone for good: keep the learner's work in a checkpoint that needs no Redis
+        (no snapshot, no sample count) and say where it is. Actors and the learner are told to stop; nothing
+        waits on their Redis retries."""
+        self.signals.stopping()
+        self.fleet.stop()
+        self.learner.stop.remote()
+        try:
+            path = ray.get(self.learner.checkpoint.remote(self._extra(), replay=False), timeout=REDIS_GIVE_UP_S + 60)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+            log.exception("no learner checkpoint without the replay")
+            newest = latest_checkpoint(self.run.path / "checkpoints")
+            return (f"The learner's checkpoint could not be written ({type(exc).__name__}); the newest is "
+                    f"{newest or 'none'}.")
+        log.warning("the replay's server is lost: learner checkpoint without a replay snapshot: %s", path)
+        return (f"The learner's state up to now is in {path} (written without a replay snapshot: the replay's "
+                "data is its AOF, which --run.resume reads once the server can start).")
 
     def _check_processes(self) -> None:
         if self.watchdog is not None:

@@ -107,9 +107,11 @@ class RedisWatchdog:
                 except Exception as exc:  # noqa: BLE001 - a port still taken or a disk full: retry, bounded
                     if time.monotonic() - died > self.give_up_s:
                         log.error("redis-server restart failed: %s", exc)
-                        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                        # The error's first line, and the server log's last line when the error quotes it.
+                        cause = (f"{lines[0]} {lines[-1]}" if len(lines) > 1 else lines[0]) if lines else type(exc).__name__
                         self.failure = (f"the replay's redis-server died and did not come back within "
-                                        f"{self.give_up_s:.0f} s ({first.rstrip(':')}); its log is {self.server.log_path}")
+                                        f"{self.give_up_s:.0f} s ({cause})")
                         return
                     self._stop.wait(1.0)
             if self._stop.is_set():

@@ -122,25 +122,30 @@ class LearnerProcess:
     def stop(self) -> None:
         self._stop.set()
 
-    def checkpoint(self, extra: dict[str, Any]) -> str:
+    def checkpoint(self, extra: dict[str, Any], replay: bool = True) -> str:
         """Write an atomic checkpoint (learner, counters, config, replay snapshot and `extra`).
 
         Only the snapshot to host memory, the sample count and the start of the replay's BGSAVE (a fork: the
         replay as of this instant) hold the update lock; waiting for the BGSAVE, `torch.save` and the fsync
         run after it on this (Ray's second) thread while the loop goes on updating. A several-second write
         every checkpoint interval would otherwise stall a fast learner for that long.
+
+        `replay=False` (the replay's server is lost for good) touches no Redis: no sample count, no snapshot
+        (`replay_snapshot` is None; the replay's data stays in its AOF), so the learner's work is kept.
         """
         with self._lock:
             self._fetch_metrics()  # raises rather than save networks stepped on a non-finite loss
-            self._record_samples()
+            if replay:
+                self._record_samples()
             pending = [p.generator_state() for p in self._prefetch.values() if p.pending]
             state = {"learner": self.learner.state_dict(), "counters": dict(self.counters),
                      "config": self.cfg.to_dict(), "extra": extra,
                      # The state before any batch drawn ahead: a resumed run samples that batch again.
                      "sample_generator": pending[0] if pending else self._generator.get_state()}
             updates = self.counters["pretrain_updates"] + self.counters["updates"]
-            snapshot = self.replay.begin_snapshot()
-        state["replay_snapshot"] = self.replay.finish_snapshot(snapshot, rdb_path=self._rdb_path)
+            snapshot = self.replay.begin_snapshot() if replay else None
+        state["replay_snapshot"] = (None if snapshot is None else
+                                    self.replay.finish_snapshot(snapshot, rdb_path=self._rdb_path))
         return str(save_checkpoint(self.run_dir / "checkpoints", updates, state))
 
     # --- the loop ---------------------------------------------------------------------------------
