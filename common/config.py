@@ -229,9 +229,11 @@ class LearnerConfig:
     metrics_every: int = 50
     """Updates between fetches of the device-side metric sums to the host; the finiteness check runs at the
     same time, so a non-finite loss stops the run within this many updates."""
-    replay_every: int = 10
+    replay_every: int | Literal["auto"] = "auto"
     """Updates per round trip to Redis: the mirror sync, the rate limiter's check and `record_samples` happen once
-    per block of this many updates (capped at a quarter of replay.spi_tolerance * samples_per_insert)."""
+    per block of this many updates (capped at a quarter of replay.spi_tolerance * samples_per_insert, so writers
+    never stall on a block). auto: 10 on a CPU; on CUDA 100, since each sync stalls the GPU's stream for its
+    host-to-device copies and a fast learner would sync every few milliseconds."""
 
     def __post_init__(self) -> None:
         _check(self.initial_collection_agent_steps >= 0,
@@ -239,7 +241,9 @@ class LearnerConfig:
         _check(self.model_pretrain_steps >= 0,
                f"learner.model_pretrain_steps must be >= 0, got {self.model_pretrain_steps}")
         _check_positive(self, "learner", "publish_every", "checkpoint_every", "checkpoint_every_s", "log_every_s",
-                        "figure_every", "metrics_every", "replay_every", "node_wait_s")
+                        "figure_every", "metrics_every", "node_wait_s")
+        _check(self.replay_every == "auto" or (isinstance(self.replay_every, int) and self.replay_every > 0),
+               f"learner.replay_every must be a positive number or auto, got {self.replay_every!r}")
         _check(self.max_restarts >= 0, f"learner.max_restarts must be >= 0, got {self.max_restarts}")
 
 

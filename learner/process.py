@@ -92,7 +92,9 @@ class LearnerProcess:
         self._rdb_path = None if cfg.replay.url else self.run_dir / "redis" / RDB_FILE
         limit = cfg.replay
         # A block may not take more than a quarter of the limiter's slack, so writers never stall on it.
-        self.block = max(1, min(cfg.learner.replay_every, int(limit.samples_per_insert * limit.spi_tolerance / 4)))
+        every = cfg.learner.replay_every
+        every = (100 if self.device.type == "cuda" else 10) if every == "auto" else every
+        self.block = max(1, min(every, int(limit.samples_per_insert * limit.spi_tolerance / 4)))
         sample_generator = self._generator
         self._prefetch = {size: BatchPrefetcher(lambda n=size: self.replay.sample(n, generator=sample_generator),
                                                 sample_generator, self.device)

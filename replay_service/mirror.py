@@ -8,6 +8,9 @@ exactly the padding convention of common/batch.py. Everything here is tensor ari
 
 from __future__ import annotations
 
+import threading
+
+import numpy as np
 import torch
 
 from common.batch import Batch
@@ -35,8 +38,16 @@ class DeviceRing:
         self.sampleable = 0
         self.transitions = 0
         self.version_mean = 0.0
+        # Summed by sample() (on the prefetcher's side stream, in the update loop's thread) and taken by
+        # stats() (the poll thread): swapped under a lock, read after the event that follows its last add.
         self._sampled_version_sum = torch.zeros((), dtype=torch.float64, device=device)
         self._sampled_count = 0
+        self._sampled_event: torch.cuda.Event | None = None
+        self._stat_lock = threading.Lock()
+        # Per-row metadata crosses to the device as two packed copies (int64 and float32 columns) instead of
+        # eight; pinned on CUDA so the copies are asynchronous (one event then waits for all of them).
+        self._pinned = device.type == "cuda"
+        self._ints = self._floats = None
 
     def reset(self) -> None:
         """Forget every row (the Redis database was replaced)."""
@@ -45,22 +56,44 @@ class DeviceRing:
         self.refresh(0)
 
     def write(self, rows: DecodedRows) -> None:
-        """Copy decoded rows into their slots (frames transferred to the device once)."""
+        """Copy decoded rows into their slots: three host-to-device copies per chunk (frames, integer and float
+        columns), asynchronous from pinned memory on CUDA and waited for once at the end, since the caller
+        refills its staging buffer for the next chunk right after."""
         n = len(rows.present)
-        index = torch.arange(rows.start, rows.start + n, dtype=torch.int64)
-        present = torch.from_numpy(rows.present)
-        slots = (index % self.R).to(self.device)
+        index = np.arange(rows.start, rows.start + n, dtype=np.int64)
+        ints, floats = self._staging(n)
+        ints[:, 0] = np.where(rows.present, index, -1)
+        ints[:, 1] = rows.prev
+        ints[:, 2] = rows.version
+        ints[:, 3] = rows.kind == KIND_START
+        ints[:, 4] = index % self.R  # the rows' slots
+        floats[:, 0] = rows.reward
+        floats[:, 1] = (rows.flags & FLAG_TERMINATED) > 0
+        floats[:, 2:] = rows.action
         dev = self.device
-        # A blocking copy: the (pinned) staging buffer is refilled for the next chunk right after.
-        self.frames[slots] = torch.from_numpy(rows.frames[:n]).to(dev)
-        self.gidx[slots] = torch.where(present, index, torch.full_like(index, -1)).to(dev)
-        self.prev[slots] = torch.from_numpy(rows.prev).to(dev)
-        self.action[slots] = torch.from_numpy(rows.action).to(dev)
-        self.reward[slots] = torch.from_numpy(rows.reward).to(dev)
-        self.terminated[slots] = torch.from_numpy((rows.flags & FLAG_TERMINATED) > 0).float().to(dev)
-        self.is_start[slots] = torch.from_numpy(rows.kind == KIND_START).to(dev)
-        self.version[slots] = torch.from_numpy(rows.version).to(dev)
+        frames = torch.from_numpy(rows.frames[:n]).to(dev, non_blocking=True)
+        ints_d = torch.from_numpy(ints).to(dev, non_blocking=True)
+        floats_d = torch.from_numpy(floats).to(dev, non_blocking=True)
+        slots = ints_d[:, 4]
+        self.frames[slots] = frames
+        self.gidx[slots], self.prev[slots], self.version[slots] = ints_d[:, 0], ints_d[:, 1], ints_d[:, 2]
+        self.is_start[slots] = ints_d[:, 3].bool()
+        self.reward[slots], self.terminated[slots], self.action[slots] = floats_d[:, 0], floats_d[:, 1], floats_d[:, 2:]
+        if self._pinned:
+            event = torch.cuda.Event()
+            event.record()
+            event.synchronize()  # the staging buffers (frames included) may be overwritten from here on
         self.head = max(self.head, rows.start + n)
+
+    def _staging(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Host buffers for n rows' integer and float columns (pinned on CUDA), grown as needed."""
+        if self._ints is None or len(self._ints) < n:
+            ints = torch.empty((n, 5), dtype=torch.int64)
+            floats = torch.empty((n, 2 + self.A), dtype=torch.float32)
+            if self._pinned:
+                ints, floats = ints.pin_memory(), floats.pin_memory()
+            self._ints, self._floats = ints.numpy(), floats.numpy()
+        return self._ints[:n], self._floats[:n]
 
     def link(self, start: int, tail: int) -> None:
         """Compute, for rows [start, head), the oldest frame their window needs; then refresh."""
@@ -103,18 +136,26 @@ class DeviceRing:
         s = g % self.R
         after = s[:, 1:]  # slot of frame t + 1 carries transition t; a first frame carries zeros
         first = self.is_start[s] & torch.cat([g[:, 1:] != g[:, :-1], torch.ones_like(g[:, :1], dtype=torch.bool)], 1)
-        self._sampled_version_sum += self.version[s[:, -1]].sum()
-        self._sampled_count += batch_size
+        with self._stat_lock:
+            self._sampled_version_sum += self.version[s[:, -1]].sum()
+            self._sampled_count += batch_size
+            if self.device.type == "cuda":
+                self._sampled_event = torch.cuda.Event()
+                self._sampled_event.record()  # on the stream sample() runs on (the prefetcher's side stream)
         # index_select on the [R, 12288] view copies whole frames (memcpy), ~2x faster than frames[s] on CPU
         obs = self.frames.view(self.R, -1).index_select(0, s.reshape(-1)).view(batch_size, self.T, *FRAME_SHAPE)
         return Batch(obs=obs, action=self.action[after], reward=self.reward[after],
                      terminated=self.terminated[after], first=first)
 
     def take_sampled_version_mean(self) -> float:
-        """Mean policy version of the sampled last transitions since the previous call (NaN if none)."""
-        if self._sampled_count == 0:
-            return float("nan")
-        mean = float(self._sampled_version_sum) / self._sampled_count
-        self._sampled_version_sum.zero_()
-        self._sampled_count = 0
-        return mean
+        """Mean policy version of the sampled last transitions since the previous call (NaN if none); safe to call
+        from another thread than sample()'s."""
+        with self._stat_lock:
+            total, count, event = self._sampled_version_sum, self._sampled_count, self._sampled_event
+            if count == 0:
+                return float("nan")
+            self._sampled_version_sum = torch.zeros_like(total)
+            self._sampled_count, self._sampled_event = 0, None
+        if event is not None:
+            event.synchronize()
+        return float(total) / count

@@ -106,3 +106,12 @@ def test_initial_collection_counts_agent_steps() -> None:
     assert parse_cli(["debug", "--learner.initial-collection-agent-steps", "0"]).initial_collection_size == 8
     with pytest.raises(SystemExit):  # the old, unit-less name is gone
         parse_cli(["paper", "--learner.initial-collection-steps", "40000"])
+
+
+def test_replay_every_is_a_number_or_auto() -> None:
+    assert parse_cli(["paper"]).learner.replay_every == "auto"
+    assert parse_cli(["paper", "--learner.replay-every", "25"]).learner.replay_every == 25
+    cfg = parse_cli(["debug", "--learner.replay-every", "auto"])
+    assert Config.from_json(cfg.to_json()).learner.replay_every == "auto"
+    with pytest.raises(ConfigError, match="learner.replay_every must be a positive number or auto"):
+        dataclasses.replace(cfg.learner, replay_every=0)

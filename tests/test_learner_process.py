@@ -127,16 +127,30 @@ def test_checkpoint_writes_while_the_loop_keeps_updating(url: str, tmp_path: Pat
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", slow_fsync)
+    stamps: list[float] = []
+    update = process.learner.update
+
+    def timed_update(batch):  # noqa: ANN001, ANN202 - the learner's own signature
+        stamps.append(time.monotonic())
+        return update(batch)
+
+    monkeypatch.setattr(process.learner, "update", timed_update)
     written: list[str] = []
+    span: list[float] = []
 
     def checkpoint_once_training() -> bool:  # polled by _run_until on this thread, as Ray's second thread would
         if process.counters["updates"] >= 20 and not written:
+            span.append(time.monotonic())
             written.append(process.checkpoint({"k": 1}))
+            span.append(time.monotonic())
         return bool(written)
 
     error = _run_until(process, checkpoint_once_training, timeout_s=60)
     assert error is None and written
     assert during[1] - during[0] >= 5, f"updates during the 2 s write: {during}"  # the old lock allowed none
+    inside = [t for t in stamps if span[0] - 1.0 <= t <= span[1]]
+    longest = max(b - a for a, b in zip(inside, inside[1:], strict=False))
+    assert longest < 0.5, f"the longest pause between updates during the checkpoint was {longest:.3f} s"
     state = torch.load(written[0], map_location="cpu", weights_only=False)
     assert state["counters"]["updates"] <= during[0] and state["extra"] == {"k": 1}
     assert state["replay_snapshot"].endswith(".rdb")
@@ -152,3 +166,10 @@ def test_a_learner_restarted_without_a_checkpoint_publishes_above_the_actors_ver
     process = LearnerProcess(cfg, ACTION_DIM, url, board, str(tmp_path))
     assert _run_until(process, lambda: len(board.versions) >= 2, timeout_s=60) is None
     assert board.versions[:2] == [7, 8] and board.versions == sorted(board.versions)
+
+
+def test_the_redis_block_is_10_updates_on_a_cpu_and_never_over_a_quarter_of_the_limiters_slack(url: str,
+                                                                                            tmp_path: Path) -> None:
+    assert LearnerProcess(_cfg(), ACTION_DIM, url, _Publisher(), str(tmp_path)).block == 10  # auto on a CPU
+    # spi_tolerance 200 at one sample per insert: at most 50 updates between two looks at the limiter.
+    assert LearnerProcess(_cfg(replay_every=1000), ACTION_DIM, url, _Publisher(), str(tmp_path)).block == 50
