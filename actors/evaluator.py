@@ -17,6 +17,7 @@ import torch
 from actors.history import FeatureRing
 from actors.worker import EnvFactory, default_env_factory, derive_seed
 from common.config import Config
+from common.envs import rendered_with
 from common.policy import Policy
 
 
@@ -62,4 +63,4 @@ class Evaluator:
             lengths.append(length)
             env_steps.append(steps)
         return {"version": policy.version if policy is not None else 0, "returns": returns, "lengths": lengths,
-                "env_steps": env_steps, "video": np.stack(frames) if frames else None}
+                "env_steps": env_steps, "video": np.stack(frames) if frames else None, "renderer": rendered_with()}

@@ -26,7 +26,7 @@ import torch
 
 from actors.history import FeatureRing
 from common.config import Config
-from common.envs import PixelEnv, make_env
+from common.envs import PixelEnv, make_env, rendered_with
 from common.policy import Policy
 from replay_service import RateLimitTimeout, ReplayWriter
 
@@ -90,7 +90,7 @@ class ActorWorker:
         self._rate_mark = (now, steps)
         counters["steps_per_s"] = (steps - mark_steps) / max(now - mark_time, 1e-6)
         return {"index": self.index, "pid": os.getpid(), "node_id": self._node_id, "counters": counters,
-                "episodes": episodes}
+                "episodes": episodes, "renderer": rendered_with()}
 
     def stop(self) -> None:
         self._stop.set()

@@ -8,6 +8,8 @@ termination may zero the critic's bootstrap (eq. 10).
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,7 +21,13 @@ import numpy as np
 from common.tasks import TaskSpec, resolve_task
 
 _GL_PROBE = "import mujoco; c = mujoco.GLContext(8, 8); c.make_current(); c.free()"
+# The same, reporting what draws: NVIDIA's EGL on a GPU, or Mesa's llvmpipe (software) when EGL fell back.
+_GL_STRINGS = ("import json, mujoco; from OpenGL import GL; c = mujoco.GLContext(8, 8); c.make_current(); "
+               "print(json.dumps({k: GL.glGetString(v).decode() for k, v in (('vendor', GL.GL_VENDOR), "
+               "('renderer', GL.GL_RENDERER))})); c.free()")
 _GL_PACKAGES = {"egl": "libegl1", "osmesa": "libosmesa6"}
+log = logging.getLogger(__name__)
+_RENDERER: dict[str, str] | None = None
 
 
 class RenderingUnavailableError(RuntimeError):
@@ -71,6 +79,56 @@ def select_gl_backend() -> str:
         "`apt-get install libosmesa6` (CPU rendering) or `apt-get install libegl1` (GPU rendering), "
         "or set MUJOCO_GL to a backend that works."
     )
+
+
+def _gl_strings(backend: str) -> dict[str, str] | str:
+    """Vendor and renderer of `backend` in a child process with this process's environment (CUDA_VISIBLE_DEVICES
+    as Ray set it included), or the child's last error line."""
+    env = dict(os.environ, MUJOCO_GL=backend, PYOPENGL_PLATFORM=backend)
+    try:
+        probe = subprocess.run([sys.executable, "-c", _GL_STRINGS], env=env, capture_output=True, text=True,
+                               timeout=120)
+    except subprocess.TimeoutExpired:
+        return "timed out"
+    if probe.returncode == 0 and probe.stdout.strip():
+        return json.loads(probe.stdout.strip().splitlines()[-1])
+    return (probe.stderr.strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
+
+
+RENDER_PROCESS_ENV = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}
+"""runtime_env env_vars for Ray processes that render but ask for no GPU (actors, the evaluator): Ray then leaves
+CUDA_VISIBLE_DEVICES alone, so NVIDIA's EGL sees the GPU. Their policies run on the CPU whatever they see."""
+
+
+def rendered_with() -> dict[str, str] | None:
+    """What `process_renderer` found in this process, or None before this process made an environment."""
+    return _RENDERER
+
+
+def process_renderer() -> dict[str, str]:
+    """The OpenGL backend and renderer this process renders with, probed once per process and logged once.
+
+    Ray sets CUDA_VISIBLE_DEVICES="" in processes that ask for no GPU, and NVIDIA's EGL hides its devices
+    by that variable, so an actor may fail to start EGL, or render in software, where the driver renders on
+    the GPU (deploy/fleet.py keeps Ray from setting it for actors and evaluators). When EGL cannot start here
+    and MuJoCo has not bound a backend in this process yet, rendering falls back to OSMesa with one warning.
+    """
+    global _RENDERER
+    if _RENDERER is not None:
+        return _RENDERER
+    backend = select_gl_backend()
+    found = _gl_strings(backend)
+    if isinstance(found, str) and backend == "egl" and "mujoco" not in sys.modules:
+        fallback = _gl_strings("osmesa")
+        if isinstance(fallback, dict):
+            log.warning("EGL cannot start in this process (%s; CUDA_VISIBLE_DEVICES=%r): rendering with OSMesa "
+                        "on the CPU instead, which is slower", found, os.environ.get("CUDA_VISIBLE_DEVICES"))
+            os.environ["MUJOCO_GL"] = os.environ["PYOPENGL_PLATFORM"] = backend = "osmesa"
+            found = fallback
+    info = {"backend": backend, **(found if isinstance(found, dict) else {"vendor": "?", "renderer": f"unknown ({found})"})}
+    log.info("rendering with %s: %s (%s)", backend, info["renderer"], info["vendor"])
+    _RENDERER = info
+    return info
 
 
 class PixelEnv(Protocol):
@@ -138,7 +196,7 @@ class DmControlEnv(_RepeatedActionEnv):
 
     def __init__(self, spec: TaskSpec, seed: int, image_size: int = 64) -> None:
         super().__init__(spec, image_size)
-        select_gl_backend()
+        process_renderer()
         from dm_control import suite
 
         domain, task = spec.env_id.split("/")
@@ -172,7 +230,7 @@ class GymnasiumEnv(_RepeatedActionEnv):
 
     def __init__(self, spec: TaskSpec, seed: int, image_size: int = 64) -> None:
         super().__init__(spec, image_size)
-        select_gl_backend()
+        process_renderer()
         import gymnasium as gym
 
         self._env = gym.make(spec.env_id, render_mode="rgb_array", width=image_size, height=image_size,

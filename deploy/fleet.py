@@ -18,6 +18,7 @@ import redis
 
 from actors.worker import ActorWorker, EnvFactory
 from common.config import Config
+from common.envs import RENDER_PROCESS_ENV
 from deploy.ray_runtime import replay_inserts
 from deploy.weights import BOARD_NAME, RayWeightSource
 from replay_service import ReplayConnectionError
@@ -63,7 +64,8 @@ class ActorFleet:
         self.stop_at_inserted = self.start_inserted + remaining
         # SPREAD: on a cluster the actors go to as many nodes as possible.
         actor_cls = ray.remote(max_restarts=cfg.actors.max_restarts, max_task_retries=0, max_concurrency=2,
-                               scheduling_strategy="SPREAD", **options)(ActorWorker)
+                               scheduling_strategy="SPREAD", runtime_env={"env_vars": RENDER_PROCESS_ENV},
+                               **options)(ActorWorker)
         source = RayWeightSource(BOARD_NAME)
         self.actors = [actor_cls.options(name=f"slac-actor-{i}").remote(
             cfg, i, replay_url, source, env_factory, state.generation) for i in range(cfg.actors.num)]

@@ -21,7 +21,7 @@ import ray
 from actors.evaluator import Evaluator
 from actors.worker import EnvFactory
 from common.config import Config, ConfigError
-from common.envs import make_env, select_gl_backend
+from common.envs import RENDER_PROCESS_ENV, make_env, select_gl_backend
 from common.tasks import resolve_task
 from deploy.fleet import ActorFleet, RunState
 from deploy.ray_runtime import Placement, connect_ray, placement, replay_inserts, resolve_actor_count
@@ -150,7 +150,8 @@ class Driver:
                                                          str(run.path), state)
 
         self.supervisor = LearnerSupervisor(cfg, run.path, make_learner, resume)
-        self.evaluator = ray.remote(num_cpus=1)(Evaluator).options(name="slac-evaluator").remote(cfg, env_factory)
+        self.evaluator = ray.remote(num_cpus=1, runtime_env={"env_vars": RENDER_PROCESS_ENV})(Evaluator).options(
+            name="slac-evaluator").remote(cfg, env_factory)
         self.action_repeat = resolve_task(cfg.run.task).action_repeat
         self.fleet = ActorFleet(cfg, replay_url, env_factory, self.state, self.carried, place.actors,
                                 self.action_repeat)
@@ -166,6 +167,7 @@ class Driver:
         self.train_return: float | None = None
         self.eval_return: float | None = None
         self.wait_meter = ActorWaitMeter()
+        self.renderers: list[dict[str, str]] = []
         self.started = self.last_poll = time.monotonic()
         self.closed = False
 
@@ -228,9 +230,16 @@ class Driver:
                 f"every actor died and exhausted its restarts (actors.max_restarts {self.cfg.actors.max_restarts}); "
                 f"see the actor logs above. Fix the cause, then continue with --run.resume {self.run.path}.")
 
+    def _note_renderer(self, renderer: dict[str, str] | None) -> None:
+        """Each distinct OpenGL renderer the actors and the evaluator draw with goes to W&B's config once."""
+        if renderer and renderer not in self.renderers:
+            self.renderers.append(renderer)
+            self.logger.note("renderers", self.renderers)
+
     def _poll(self) -> None:
         rates, lags, returns, lengths, timeouts, waits = [], [], [], [], 0, []
         for report in self.fleet.poll():
+            self._note_renderer(report.get("renderer"))
             counters = report["counters"]
             rates.append(counters["steps_per_s"] * self.action_repeat)
             lags.append(counters["version_lag"])
@@ -307,6 +316,7 @@ class Driver:
                 log.warning("evaluation at %d env steps failed (%s); it runs again", scheduled, type(exc).__name__)
                 self.state.next_eval = scheduled
                 return
+            self._note_renderer(result.get("renderer"))
             self.eval_return = sum(result["returns"]) / len(result["returns"])
             self.logger.evaluation(env_steps, scheduled, updates, result["version"], result["returns"])
             if result["video"] is not None:

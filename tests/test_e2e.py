@@ -106,6 +106,9 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
     # The execution mode that really ran (after any CUDA-graph fallback) is in W&B's config and the summary.
     assert read_config(runs[0])["execution"] == summary["execution"] == {
         "compile": "none", "precision": "fp32", "cuda_graphs": False, "fallback": None}
+    # The OpenGL renderer each actor and the evaluator drew with (probed once per process), as W&B config.
+    renderers = read_config(runs[0])["renderers"]
+    assert renderers and all(r["backend"] in ("egl", "osmesa") and r["renderer"] for r in renderers), renderers
 
     # Resume: same W&B run id, counters continue, same replay data.
     resumed = _train_cli([*common, "--run.resume", str(run_dir), "--run.env-steps", "5200"])

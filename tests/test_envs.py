@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,3 +202,21 @@ def test_select_gl_backend_exports_egl_on_an_nvidia_machine(monkeypatch: pytest.
     monkeypatch.setattr(common.envs, "nvidia_gpu_present", lambda: True)
     assert common.envs.select_gl_backend() == "egl"
     assert os.environ["MUJOCO_GL"] == "egl" and os.environ["PYOPENGL_PLATFORM"] == "egl"
+
+
+def test_egl_that_cannot_start_falls_back_to_osmesa_with_one_warning() -> None:
+    """A process where EGL cannot start (here: glvnd finds no EGL vendor; on a GPU machine: a Ray actor whose
+    CUDA_VISIBLE_DEVICES hides the GPU) renders with OSMesa, says so once, and reports what draws."""
+    code = ("import logging, json; logging.basicConfig(level=logging.INFO)\n"
+            "from common.envs import make_env, process_renderer\n"
+            "envs = [make_env('cartpole_balance', seed=i) for i in range(2)]\n"
+            "frames = [e.reset() for e in envs]\n"
+            "print(json.dumps({**process_renderer(), 'mean': float(frames[0].mean())}))\n")
+    env = dict(os.environ, MUJOCO_GL="egl", PYOPENGL_PLATFORM="egl", __EGL_VENDOR_LIBRARY_FILENAMES="/nonexistent.json")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["backend"] == "osmesa" and report["renderer"] and report["mean"] > 0, report
+    assert proc.stderr.count("EGL cannot start in this process") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("rendering with osmesa") == 1
