@@ -23,6 +23,7 @@ from actors.worker import EnvFactory
 from common.config import Config, ConfigError
 from common.envs import RENDER_PROCESS_ENV, make_env, select_gl_backend
 from common.tasks import resolve_task
+from deploy.checkpoint_schedule import CheckpointSchedule
 from deploy.fleet import ActorFleet, RunState
 from deploy.ray_runtime import Placement, connect_ray, placement, replay_inserts, resolve_actor_count
 from deploy.run_dir import RunDir, prepare_run_dir, write_traceback
@@ -156,12 +157,9 @@ class Driver:
         self.fleet = ActorFleet(cfg, replay_url, env_factory, self.state, self.carried, place.actors,
                                 self.action_repeat)
         self.eval_ref: tuple[Any, int, int, int] | None = None
-        self.pending_checkpoint: Any = None
         # From the checkpoint when resuming: the first poll's updates/s then counts only new updates.
         counters = dict(resume["counters"]) if resume else {"updates": 0, "pretrain_updates": 0, "version": 0}
-        self.last_checkpoint_updates = counters["updates"] + counters["pretrain_updates"]
-        self.last_checkpoint_time = time.monotonic()
-        self.last_checkpoint_version = counters["version"]
+        self.checkpoints = CheckpointSchedule(cfg.learner, counters)
         self.learner_info: dict[str, Any] = {"counters": counters, "metrics": {}, "figure": None,
                                              "replay": {"inserted": 0.0, "sampled": 0.0}, "phase": "collect"}
         self.train_return: float | None = None
@@ -222,9 +220,7 @@ class Driver:
         restored = None if redis_down else self.supervisor.check(self.learner_info["counters"])
         if restored is not None:  # counters went back to the checkpoint; rates and schedules follow them
             self.learner_info = {**self.learner_info, "counters": restored}
-            self.last_checkpoint_updates = restored["updates"] + restored["pretrain_updates"]
-            self.last_checkpoint_version = restored["version"]
-            self.pending_checkpoint = None
+            self.checkpoints.restart_from(restored)
         if not any(self.fleet.alive):
             raise RestartsExhaustedError(
                 f"every actor died and exhausted its restarts (actors.max_restarts {self.cfg.actors.max_restarts}); "
@@ -345,28 +341,7 @@ class Driver:
             self._maybe_evaluate(wait=True)
 
     def _maybe_checkpoint(self) -> None:
-        counters = self.learner_info["counters"]
-        updates = counters["updates"] + counters["pretrain_updates"]
-        if self.pending_checkpoint is not None:
-            ready, _ = ray.wait([self.pending_checkpoint], timeout=0)
-            if ready:
-                try:
-                    log.info("checkpoint written: %s", ray.get(self.pending_checkpoint))
-                except ray.exceptions.RayError as exc:  # the learner died writing it; the supervisor restarts it
-                    log.warning("checkpoint failed: %s", type(exc).__name__)
-                self.pending_checkpoint = None
-        new = updates - self.last_checkpoint_updates
-        # By updates, and by time so that a learner that dies loses at most checkpoint_every_s of work; and
-        # once as soon as the first policy is out, so the model pre-training is never redone and a restarted
-        # learner publishes above the version the actors hold.
-        due = new >= self.cfg.learner.checkpoint_every or (
-            new > 0 and time.monotonic() - self.last_checkpoint_time >= self.cfg.learner.checkpoint_every_s) or (
-            new > 0 and counters["version"] > 0 and self.last_checkpoint_version == 0)
-        if due and self.pending_checkpoint is None:
-            self.pending_checkpoint = self.learner.checkpoint.remote(self._extra())
-            self.last_checkpoint_updates = updates
-            self.last_checkpoint_time = time.monotonic()
-            self.last_checkpoint_version = counters["version"]
+        self.checkpoints.tick(self.learner_info["counters"], lambda: self.learner.checkpoint.remote(self._extra()))
 
     def _extra(self) -> dict[str, Any]:
         return {"wandb_run_id": self.logger.run_id, "run_state": dataclasses.asdict(self.state)}
@@ -379,11 +354,7 @@ class Driver:
             self.state.last_eval_scheduled = self.eval_ref[2] - self.cfg.run.eval_every
             self.eval_ref = None
         self._stop_processes()
-        if self.pending_checkpoint is not None:
-            try:
-                ray.get(self.pending_checkpoint)
-            except ray.exceptions.RayError:
-                log.warning("the checkpoint in flight failed; writing the final one")
+        self.checkpoints.wait()
         try:
             self.learner_info = ray.get(self.learner.poll.remote())
             checkpoint: str | None = ray.get(self.learner.checkpoint.remote(self._extra()))

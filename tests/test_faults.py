@@ -456,31 +456,21 @@ def test_checkpoints_are_also_written_by_time_and_after_pretraining() -> None:
     """`learner.checkpoint_every_s` bounds the learner work a restart loses, however slow the updates; the
     first checkpoint comes as soon as the first policy is published (the end of the model pre-training)."""
     import dataclasses
-    from types import SimpleNamespace
 
-    from deploy.fleet import RunState
-    from deploy.launcher import Driver
+    from deploy.checkpoint_schedule import CheckpointSchedule
 
-    cfg = debug()
-    driver = Driver.__new__(Driver)
-    driver.cfg = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, checkpoint_every=1000,
-                                                                      checkpoint_every_s=30.0))
-    written: list[dict[str, Any]] = []
-    learner = SimpleNamespace(checkpoint=SimpleNamespace(remote=lambda extra: written.append(extra) or None))
-    driver.supervisor = SimpleNamespace(handle=learner)
-    driver.logger = SimpleNamespace(run_id="run")
-    driver.state, driver.pending_checkpoint = RunState(), None
-    driver.learner_info = {"counters": {"updates": 5, "pretrain_updates": 20, "version": 1}}
-    driver.last_checkpoint_updates, driver.last_checkpoint_time = 0, time.monotonic()
-    driver.last_checkpoint_version = 0
-    driver._maybe_checkpoint()
+    cfg = dataclasses.replace(debug().learner, checkpoint_every=1000, checkpoint_every_s=30.0)
+    schedule = CheckpointSchedule(cfg, {"updates": 0, "pretrain_updates": 0, "version": 0})
+    written: list[int] = []
+    counters = {"updates": 5, "pretrain_updates": 20, "version": 1}
+    schedule.tick(counters, lambda: written.append(1))
     assert len(written) == 1  # the first policy is out: the pre-training is saved at once
-    driver.last_checkpoint_updates = 0
-    driver._maybe_checkpoint()
+    schedule.last_updates = 0
+    schedule.tick(counters, lambda: written.append(1))
     assert len(written) == 1  # 25 updates, far below checkpoint_every, and no time has passed
-    driver.last_checkpoint_time -= 31
-    driver._maybe_checkpoint()
-    assert len(written) == 2 and driver.last_checkpoint_updates == 25
-    driver.last_checkpoint_time -= 31
-    driver._maybe_checkpoint()
+    schedule.last_time -= 31
+    schedule.tick(counters, lambda: written.append(1))
+    assert len(written) == 2 and schedule.last_updates == 25
+    schedule.last_time -= 31
+    schedule.tick(counters, lambda: written.append(1))
     assert len(written) == 2  # nothing new to save
