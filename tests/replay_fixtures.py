@@ -111,3 +111,51 @@ def writer_process(url: str, cfg: ReplayConfig, w: int, lengths: list[int]) -> N
     for episode, length in enumerate(lengths):
         write_episode(writer, w, episode, length, terminated=episode % 2 == 0)
     writer.close()
+
+
+def listening_addresses(pid: int) -> set[str]:
+    """The `ip:port` TCP addresses process `pid` listens on, read from /proc (IPv6 as `[hex]:port`)."""
+    import ipaddress
+    import os
+
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state != "0A" or inode not in inodes:  # 0A: LISTEN
+                    continue
+                addr, port = local.split(":")
+                if width == 8:  # little-endian IPv4
+                    ip = str(ipaddress.IPv4Address(bytes.fromhex(addr)[::-1]))
+                    found.add(f"{ip}:{int(port, 16)}")
+                else:
+                    found.add(f"[{addr}]:{int(port, 16)}")
+    return found
+
+
+def processes_whose_command_line_contains(secret: str) -> list[str]:
+    """What `ps` would show with `secret` in it: the command lines of every process on the machine."""
+    import os
+
+    hits = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if secret.encode() in cmdline:
+            hits.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return hits

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from replay_fixtures import listening_addresses, processes_whose_command_line_contains
 
 from common.config import parse_cli
 from replay_service.server import free_port
@@ -48,6 +49,17 @@ def _expected_updates(summary: dict[str, Any]) -> tuple[float, float]:
     return expected, cfg.replay.spi_tolerance + 2 * cfg.replay.flush_every
 
 
+def _pids_named(name: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == name:
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
 def test_learner_and_actors_land_on_their_nodes_and_reach_the_replay_on_the_head(tmp_path: Path) -> None:
     from ray.cluster_utils import Cluster
 
@@ -58,15 +70,40 @@ def test_learner_and_actors_land_on_their_nodes_and_reach_the_replay_on_the_head
         learner_node = cluster.add_node(num_cpus=1, resources={"learner": 1})
         actor_node = cluster.add_node(num_cpus=2, resources={"actor": 2})
         cluster.wait_for_nodes()
-        env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS=cluster.address)
+        # A known replay password (as a user sets it for all nodes) so that the test can look for it.
+        password = "slac-test-" + os.urandom(8).hex()
+        env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS=cluster.address,
+                   SLAC_REPLAY_PASSWORD=password)
         env.setdefault("MUJOCO_GL", "egl")
-        proc = subprocess.run([sys.executable, "-m", "deploy.train", *RUN, "--run.dir", str(tmp_path / "run")],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-        summary = _summary(proc.stdout)
         head_ip = cluster.head_node.node_ip_address
+        out, err = tmp_path / "stdout", tmp_path / "stderr"
+        with out.open("w") as stdout, err.open("w") as stderr:
+            proc = subprocess.Popen([sys.executable, "-m", "deploy.train", *RUN, "--run.dir", str(tmp_path / "run")],
+                                    cwd=REPO, env=env, stdout=stdout, stderr=stderr, text=True)
+            in_ps: list[str] = []
+            listening: set[str] = set()
+            deadline = time.monotonic() + 600
+            while proc.poll() is None and time.monotonic() < deadline:
+                in_ps += processes_whose_command_line_contains(password)  # what `ps` shows while it runs
+                for pid in _pids_named("redis-server"):
+                    listening |= listening_addresses(pid)
+                time.sleep(0.5)
+            if proc.poll() is None:
+                proc.kill()
+        stdout_text, stderr_text = out.read_text(), err.read_text()
+        assert proc.wait() == 0, f"{stdout_text[-3000:]}\n{stderr_text[-5000:]}"
+        summary = _summary(stdout_text)
     finally:
         cluster.shutdown()
+    # Security: the replay's Redis listens on the head's private address only, and its password is never on
+    # a command line, in the run's output, in any file of the run (logs, config, W&B, checkpoints, AOF).
+    port = re.search(r":(\d+)/0$", summary["replay_url"]).group(1)
+    ours = {a for a in listening if a.endswith(f":{port}")}  # other redis-servers on this machine aside
+    assert ours == {f"{head_ip}:{port}"}, (listening, head_ip, port)
+    assert not in_ps, in_ps
+    assert password not in stdout_text and password not in stderr_text
+    leaked = [p for p in (tmp_path / "run").rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert not leaked, leaked
     wall = time.monotonic() - started
     assert summary["learner_node_id"] == learner_node.node_id, summary
     assert summary["actor_node_ids"] == [actor_node.node_id], (summary["actor_node_ids"], actor_node.node_id)

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import redis
 import torch
+from replay_fixtures import listening_addresses
 
 from common.config import debug
 from deploy.wandb_reader import find_offline_runs, read_history
@@ -181,6 +182,9 @@ def test_killed_redis_server_is_restarted_and_no_acknowledged_step_is_lost(tmp_p
     wait_for(lambda: run.replay_state().get("sampled", 0) >= 20, 180, "joint training", run.proc, run.log)
     client = run.redis()
     pid = run.child("redis-server")
+    # Security on one box: the embedded server (no ACL users there) listens on loopback only.
+    listening = listening_addresses(pid)
+    assert listening and all(a.startswith("127.0.0.1:") for a in listening), listening
     # Everything acknowledged so far is in rows [tail, head): a flush is one atomic script.
     state = {k.decode(): int(v) for k, v in client.hgetall(STATE).items()}
     before = _digests(client, state["tail"], state["head"])
