@@ -1,8 +1,9 @@
 """The `learning` tier: slac-dist must learn, not just run.
 
 One seeded training of the `cpu` preset on cartpole_swingup through the real entry point (what `make
-train` runs), bounded to about 15 minutes on 2 cores, under the paper's evaluation protocol (10
-episodes of the stochastic policy). Its last evaluation must beat the uniform random policy, measured
+train` runs) under the paper's evaluation protocol (10 episodes of the stochastic policy): about 14
+minutes on the 2-core machines this project started on, 28 on the slower 2-core machines of December
+2026 (the learner's update took 36 ms there and 85-100 ms here). Its last evaluation must beat the uniform random policy, measured
 in the same run with the same protocol (the evaluations before the first policy is published), by
 MARGIN. The margin comes from runs of this exact test on this project's 2-core machines; see
 results/cartpole_swingup/cpu/learning_test_seeds.csv for what they reached.
@@ -33,14 +34,15 @@ SEED = int(os.environ.get("SLAC_LEARNING_SEED", "0"))
 """The run's seed; set SLAC_LEARNING_SEED to check the margin on other seeds."""
 
 
-@pytest.mark.timeout(30 * 60)  # pyproject's 15-minute default is for the other tiers; machines differ by 2x
+@pytest.mark.timeout(50 * 60)  # pyproject's 15-minute default is for the other tiers; machines differ by 2.5x
 def test_cpu_preset_learns_cartpole_swingup(tmp_path: Path) -> None:
     run_dir = tmp_path / "learning"
     env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
     args = ["cpu", "--run.task", "cartpole_swingup", "--run.seed", str(SEED), "--run.env-steps", str(ENV_STEPS),
-            "--run.eval-every", "80000", "--run.dir", str(run_dir)]
+            # Two evaluations: the random policy at step 0 and the learned one at the end (no CPU spent between).
+            "--run.eval-every", str(ENV_STEPS), "--run.dir", str(run_dir)]
     proc = subprocess.run([sys.executable, "-m", "deploy.train", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=28 * 60)
+                          text=True, timeout=48 * 60)
     assert proc.returncode == 0, f"training failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     summary = json.loads(proc.stdout[proc.stdout.index('{\n  "summary"'):])["summary"]
     rows = list(csv.DictReader((run_dir / "eval.csv").open()))
