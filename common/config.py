@@ -32,6 +32,16 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_finite(group: Any, prefix: str) -> None:
+    """Every float field of `group` must be a finite number: NaN slips through comparisons (NaN > 0 is False, but
+    so is NaN <= 0) and inf through positivity checks, and either would poison a run long after it started."""
+    for f in dataclasses.fields(group):
+        values = getattr(group, f.name)
+        for value in values if isinstance(values, tuple) else (values,):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{prefix}.{f.name} must be a finite number, got {value}")
+
+
 def _check_positive(group: Any, prefix: str, *names: str) -> None:
     """Every named field of `group` must be > 0."""
     for name in names:
@@ -73,6 +83,7 @@ class ModelConfig:
         return math.sqrt(self.pixel_variance)
 
     def __post_init__(self) -> None:
+        _check_finite(self, "model")
         _check_positive(self, "model", "z1_dim", "z2_dim", "hidden_dim", "sequence_length", "batch_size",
                         "pixel_variance", "lr")
         _check(all(c > 0 for c in self.conv_channels), f"model.conv_channels must be positive: {self.conv_channels}")
@@ -105,6 +116,7 @@ class SacConfig:
     """Target entropy for alpha tuning; None means -|A|."""
 
     def __post_init__(self) -> None:
+        _check_finite(self, "sac")
         _check_positive(self, "sac", "hidden_dim", "batch_size", "actor_lr", "critic_lr", "alpha_lr", "init_alpha")
         _check(0.0 <= self.gamma <= 1.0, f"sac.gamma must lie in [0, 1], got {self.gamma}")
         _check(0.0 < self.target_update_coef <= 1.0,
@@ -141,6 +153,7 @@ class ReplayConfig:
     """How long to wait for Redis before failing with a clear error."""
 
     def __post_init__(self) -> None:
+        _check_finite(self, "replay")
         _check(self.capacity > 0, f"replay.capacity must be positive, got {self.capacity}")
         _check(0 < self.min_size <= self.capacity,
                f"replay.min_size must lie in (0, capacity={self.capacity}], got {self.min_size}")
@@ -179,6 +192,7 @@ class ActorsConfig:
     never on the head or the learner's GPU node; empty places them anywhere. Unused on a private local Ray."""
 
     def __post_init__(self) -> None:
+        _check_finite(self, "actors")
         _check(self.num == "auto" or (isinstance(self.num, int) and self.num > 0),
                f"actors.num must be a positive number or auto, got {self.num!r}")
         _check_positive(self, "actors", "cluster_num", "envs_per_actor", "weight_sync_every")
@@ -236,6 +250,7 @@ class LearnerConfig:
     host-to-device copies and a fast learner would sync every few milliseconds."""
 
     def __post_init__(self) -> None:
+        _check_finite(self, "learner")
         _check(self.initial_collection_agent_steps >= 0,
                f"learner.initial_collection_agent_steps must be >= 0, got {self.initial_collection_agent_steps}")
         _check(self.model_pretrain_steps >= 0,
@@ -280,6 +295,7 @@ class RunConfig:
     """W&B run name; empty: the run directory's name."""
 
     def __post_init__(self) -> None:
+        _check_finite(self, "run")
         # Canonicalise aliases so config.json and run names always carry the registry's name.
         object.__setattr__(self, "task", resolve_task(self.task).name)
         _check_positive(self, "run", "env_steps", "eval_every")

@@ -7,6 +7,8 @@ failure prints one paragraph and writes its traceback to `<run dir>/logs/`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import signal
@@ -86,6 +88,30 @@ def _report(exc: BaseException, argv: Sequence[str]) -> None:
     print(f"error: {message}{trace}", file=sys.stderr, flush=True)
 
 
+MAX_ERROR_LINES = 12
+"""Lines of a command-line error: tyro repeats its suggestions once per preset (30 lines for one typo)."""
+
+
+def _parse_quietly(argv: list[str]) -> Config:
+    """`parse_args`, with tyro's error box (a typo, a value of the wrong type) cut to its first distinct lines."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return parse_args(argv)
+    except SystemExit as exc:
+        text = captured.getvalue()
+        if exc.code not in (0, None):
+            seen: list[str] = []
+            for line in text.splitlines():
+                line = line.strip(" │╭╮╰╯─")  # tyro draws a box around its message
+                if line and not line.startswith("in ") and line not in seen:
+                    seen.append(line)
+            more = len(seen) > MAX_ERROR_LINES
+            text = "\n".join(seen[:MAX_ERROR_LINES] + (["... (see --help)"] if more else [])) + "\n"
+        sys.stderr.write(text)
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     # Ctrl-C must reach the driver as KeyboardInterrupt (it stops the run and checkpoints), even when a
     # parent shell started us with SIGINT ignored.
@@ -93,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        cfg = parse_args(argv)
+        cfg = _parse_quietly(argv)
     except ConfigError as exc:
         _report(exc, argv)
         return 2

@@ -12,11 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from common.config import Config, ConfigError
 from common.policy import Policy
-from learner.checkpoint import latest_checkpoint
+from learner.checkpoint import latest_checkpoint, read_checkpoint
 from learner.learner import STATE_FORMAT
 
 
@@ -67,7 +65,7 @@ def load_trained(run_dir: str | Path, checkpoint: str | None = None) -> TrainedP
         raise TrainedPolicyError(f"{config_file} is not a slac-dist config ({exc})") from None
     path = _checkpoint_path(run_dir, checkpoint)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(path)
     except Exception as exc:  # truncated, bit-flipped, not a torch file: all mean the same to the user
         raise TrainedPolicyError(f"checkpoint {path} cannot be read ({type(exc).__name__}): it is damaged or not a "
                                  "slac-dist checkpoint; pick another with CKPT=<file> (ls "

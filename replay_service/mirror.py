@@ -105,8 +105,10 @@ class DeviceRing:
                 s = x % self.R
                 live = (x >= self.tail) & (self.gidx[s] == x)
                 x = torch.where(live, self.prev[s], x)
-            # A chain that met an evicted row stops there, below tail: the window is not sampleable.
-            self.anc[new % self.R] = x
+            # A chain that met an evicted row stops there, below tail, and one that met a row refused as corrupt
+            # (live index, nothing stored) stops on it: either way the window is not sampleable.
+            held = (x >= self.tail) & (self.gidx[x % self.R] == x)
+            self.anc[new % self.R] = torch.where(held, x, torch.full_like(x, -1))
         self.refresh(self.tail)
 
     def refresh(self, tail: int) -> None:

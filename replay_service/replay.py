@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 import uuid
@@ -27,6 +28,8 @@ from replay_service.schema import (
     row_key,
 )
 from replay_service.server import connect
+
+log = logging.getLogger(__name__)
 
 SYNC_CHUNK = 128
 """Rows per MGET during sync (~1.6 MB per reply with raw frames)."""
@@ -78,6 +81,7 @@ class SequenceReplay:
         self._synced_rows = 0
         self._sync_s = 0.0
         self._resyncs = 0
+        self._corrupt_rows = 0
 
     # --- sync -------------------------------------------------------------------------------------
     def sync(self) -> int:
@@ -110,7 +114,12 @@ class SequenceReplay:
         for lo in range(start, head, SYNC_CHUNK):
             hi = min(lo + SYNC_CHUNK, head)
             blobs = self._client.mget([row_key(i) for i in range(lo, hi)])
-            ring.write(decode_rows(lo, blobs, self.action_dim, self._staging))
+            rows = decode_rows(lo, blobs, self.action_dim, self._staging)
+            if rows.corrupt:  # garbage written into the replay's keys: those rows are never sampled
+                self._corrupt_rows += len(rows.corrupt)
+                log.warning("refused %d corrupt replay rows (row %d: %s); %d refused so far", len(rows.corrupt),
+                            *rows.corrupt[0], self._corrupt_rows)
+            ring.write(rows)
         if head > start:
             tail = int(self._client.hget(STATE, "tail") or 0)  # rows evicted while we read
         ring.head = max(ring.head, head)
@@ -183,6 +192,7 @@ class SequenceReplay:
             "inserted": float(self._inserted), "sampled": float(self._sampled),
             "samples_per_insert": self._sampled / max(self._inserted, 1),
             "synced_rows": float(self._synced_rows), "sync_s": self._sync_s, "resyncs": float(self._resyncs),
+            "corrupt_rows": float(self._corrupt_rows),
             "stored_version_mean": ring.version_mean,
         }
         out["sampled_version_mean"] = ring.take_sampled_version_mean()  # since the last stats(); NaN if none

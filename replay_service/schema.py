@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import secrets
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lz4.block
 import numpy as np
@@ -70,7 +70,8 @@ def encode_row(kind: int, flags: int, step: int, episode: int, prev: int, versio
 
 @dataclass
 class DecodedRows:
-    """Rows [start, start + n) as arrays; `present[i]` is False where a row was already evicted."""
+    """Rows [start, start + n) as arrays; `present[i]` is False where a row was already evicted, or is corrupt
+    (then its index is in `corrupt`: refused, never sampled)."""
 
     start: int
     present: np.ndarray  # bool [n]
@@ -83,6 +84,26 @@ class DecodedRows:
     reward: np.ndarray  # float32 [n]
     action: np.ndarray  # float32 [n, A]
     frames: np.ndarray  # uint8 [n, 3, 64, 64]
+    corrupt: list[tuple[int, str]] = field(default_factory=list)
+    """(row index, what is wrong with it) for each row refused."""
+
+
+def _row_fault(index: int, blob: bytes, action_dim: int) -> str | None:
+    """Why row `index` cannot be a row of this replay (None if its header and sizes are sound)."""
+    body = HEADER.size + 4 * action_dim
+    if len(blob) < body:
+        return f"{len(blob)} bytes, shorter than a header and an action ({body})"
+    kind, flags, _, step, _, prev, _, reward = HEADER.unpack_from(blob)
+    if kind not in (KIND_START, KIND_STEP) or flags & ~(FLAG_TERMINATED | FLAG_TRUNCATED | FLAG_COMPRESSED):
+        return f"kind {kind} / flags {flags} are not a row's"
+    if not (prev in (PREV_IS_ROW_BEFORE, PREV_IS_SELF) or 0 <= prev < index) or step < 0:
+        return f"prev {prev} / step {step} point nowhere"
+    action = np.frombuffer(blob, np.float32, action_dim, HEADER.size)
+    if not (np.isfinite(reward) and np.isfinite(action).all()):
+        return "a NaN or infinite reward or action"
+    if not flags & FLAG_COMPRESSED and len(blob) - body != FRAME_BYTES:
+        return f"a {len(blob) - body}-byte frame, expected {FRAME_BYTES}"
+    return None
 
 
 def decode_rows(start: int, blobs: list[bytes | None], action_dim: int,
@@ -100,18 +121,23 @@ def decode_rows(start: int, blobs: list[bytes | None], action_dim: int,
     for i, blob in enumerate(blobs):
         if blob is None:
             continue
-        kind, flags, _, step, episode, prev, version, reward = HEADER.unpack_from(blob)
+        index = start + i
+        fault = _row_fault(index, blob, action_dim)
         body = HEADER.size + action_bytes
-        if flags & FLAG_COMPRESSED:
-            data = lz4.block.decompress(memoryview(blob)[body:], uncompressed_size=FRAME_BYTES)
+        if fault is None and blob[1] & FLAG_COMPRESSED:
+            try:
+                data = lz4.block.decompress(memoryview(blob)[body:], uncompressed_size=FRAME_BYTES)
+            except lz4.block.LZ4BlockError:
+                data = b""
+            fault = None if len(data) == FRAME_BYTES else "an lz4 frame that does not decompress to 3x64x64"
         else:
             data = memoryview(blob)[body:]
-        if len(data) != FRAME_BYTES:
-            raise ReplaySchemaError(f"replay row {start + i} holds a {len(data)}-byte frame, expected "
-                                    f"{FRAME_BYTES}: the database was written by an incompatible writer")
+        if fault is not None:  # garbage in the replay's keys: refused here, so never sampled or learned from
+            out.corrupt.append((index, fault))
+            continue
+        kind, flags, _, step, episode, prev, version, reward = HEADER.unpack_from(blob)
         flat[i] = np.frombuffer(data, np.uint8)
         out.action[i] = np.frombuffer(blob, np.float32, action_dim, HEADER.size)
-        index = start + i
         out.present[i] = True
         out.kind[i], out.flags[i], out.step[i], out.episode[i] = kind, flags, step, episode
         out.prev[i] = index - 1 if prev == PREV_IS_ROW_BEFORE else index if prev == PREV_IS_SELF else prev

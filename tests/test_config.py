@@ -6,6 +6,8 @@ import dataclasses
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common.config import PRESETS, Config, ConfigError, debug, paper, parse_cli
 
@@ -115,3 +117,41 @@ def test_replay_every_is_a_number_or_auto() -> None:
     assert Config.from_json(cfg.to_json()).learner.replay_every == "auto"
     with pytest.raises(ConfigError, match="learner.replay_every must be a positive number or auto"):
         dataclasses.replace(cfg.learner, replay_every=0)
+
+
+def _config_keys() -> list[str]:
+    return [f"{group.name}.{f.name}".replace("_", "-") for group in dataclasses.fields(Config)
+            for f in dataclasses.fields(group.default_factory())]
+
+
+HOSTILE = ["abc", "-1", "-1e9", "0", "nan", "-nan", "inf", "-inf", "1e400", "", "99999999999999999999", "1e-320",
+           "[1, 2]", "None", "true"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(preset=st.sampled_from(sorted(PRESETS)), key=st.sampled_from(_config_keys()), value=st.sampled_from(HOSTILE))
+def test_hostile_command_line_values_are_a_short_error_or_a_sound_config(preset: str, key: str, value: str) -> None:
+    """Every real config key with a wrong type, a negative, NaN, inf, huge or empty value: what the entry point
+    parses is either a config whose every number is finite, or an error of a few lines without a traceback."""
+    import contextlib
+    import io
+    import math
+
+    from deploy.train import MAX_ERROR_LINES, _parse_quietly
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            cfg = _parse_quietly([preset, f"--{key}", value])
+    except ConfigError as exc:
+        assert len(str(exc).splitlines()) <= 3, str(exc)
+        return
+    except SystemExit as exc:
+        assert exc.code == 2, (key, value, err.getvalue())
+        text = err.getvalue()
+        assert 0 < len(text.splitlines()) <= MAX_ERROR_LINES + 1 and "Traceback" not in text, text
+        return
+    numbers = [v for group in dataclasses.fields(cfg) for f in dataclasses.fields(getattr(cfg, group.name))
+               for v in (lambda x: x if isinstance(x, tuple) else (x,))(getattr(getattr(cfg, group.name), f.name))
+               if isinstance(v, float)]
+    assert all(math.isfinite(v) for v in numbers), (key, value)

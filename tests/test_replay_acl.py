@@ -253,3 +253,46 @@ def test_redact_hides_every_form_of_password() -> None:
     assert redact("redis://u:p@ss@host:6379/0") == "redis://u:***@host:6379/0"
     assert redact("redis://host:6379/0?password=s3cret&x=1") == "redis://host:6379/0?password=***&x=1"
     assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_garbage_a_replay_client_writes_into_rows_is_refused_by_the_sampler(server: RedisServer) -> None:
+    """A client holding the `replay` password (anyone on a cluster's nodes) overwrites rows with garbage: wrong
+    lengths, a frame of the wrong size, a NaN reward, an lz4 block that does not decompress, a prev pointing
+    ahead. The learner's mirror refuses each of them, and no window it samples touches them; the other rows
+    are learned from as before."""
+    import struct
+
+    import numpy as np
+
+    from replay_service.schema import FLAG_COMPRESSED, HEADER, encode_row, row_key
+
+    replay = SequenceReplay(server.url, CFG, TASK, ACTION_DIM, sequence_length=2)
+    writer = ReplayWriter(server.url, CFG, TASK, ACTION_DIM, writer_id="honest")
+    terminal = set()
+    for episode in range(6):
+        terminal.add(write_episode(writer, 0, episode, 8)[-1])
+    writer.close()
+    hostile = connect(server.url, 5.0)
+    frame = bytes(3 * 64 * 64)
+    action = np.zeros(ACTION_DIM, np.float32)
+    garbage = {
+        3: b"short",
+        12: encode_row(1, 0, 3, 1, -1, 0, 0.0, action, frame[:100]),  # a 100-byte frame
+        21: encode_row(1, 0, 3, 2, -1, 0, float("nan"), action, frame),  # a NaN reward
+        30: encode_row(1, FLAG_COMPRESSED, 3, 3, -1, 0, 0.0, action, b"\xff" * 40),  # not an lz4 block
+        39: encode_row(1, 0, 3, 4, 10_000, 0, 0.0, action, frame),  # prev ahead of the row itself
+        48: struct.pack("<B", 9) + bytes(HEADER.size + 4 * ACTION_DIM + len(frame) - 1),  # kind 9
+    }
+    for row, blob in garbage.items():
+        hostile.set(row_key(row), blob)
+    intact = {i: hostile.get(row_key(i)) for i in range(54) if i not in garbage}
+    assert replay.wait_for_sample(timeout_s=10.0)
+    stats = replay.stats()
+    assert stats["corrupt_rows"] == len(garbage)
+    for _ in range(20):
+        last = check_windows(replay.sample(64), 2, terminal)  # frames, actions and rewards of honest rows only
+        assert not {int(u) % 1_000 for u in last} & {3}  # episode 0's step 3 was overwritten: never the last
+    assert replay.sampleable == 6 * 5  # steps 1, 2, 6, 7, 8 of each episode: windows through step 3 are gone too
+    assert {i: hostile.get(row_key(i)) for i in intact} == intact  # nothing else was touched
+    replay.close()
+    hostile.close()
