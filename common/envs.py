@@ -95,11 +95,6 @@ def _gl_strings(backend: str) -> dict[str, str] | str:
     return (probe.stderr.strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
 
 
-RENDER_PROCESS_ENV = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}
-"""runtime_env env_vars for Ray processes that render but ask for no GPU (actors, the evaluator): Ray then leaves
-CUDA_VISIBLE_DEVICES alone, so NVIDIA's EGL sees the GPU. Their policies run on the CPU whatever they see."""
-
-
 def rendered_with() -> dict[str, str] | None:
     """What `process_renderer` found in this process, or None before this process made an environment."""
     return _RENDERER
@@ -110,7 +105,7 @@ def process_renderer() -> dict[str, str]:
 
     Ray sets CUDA_VISIBLE_DEVICES="" in processes that ask for no GPU, and NVIDIA's EGL hides its devices
     by that variable, so an actor may fail to start EGL, or render in software, where the driver renders on
-    the GPU (deploy/fleet.py keeps Ray from setting it for actors and evaluators). When EGL cannot start here
+    the GPU (deploy/ray_runtime.RENDER_PROCESS_ENV keeps Ray from setting it for actors and the evaluator). When EGL cannot start here
     and MuJoCo has not bound a backend in this process yet, rendering falls back to OSMesa with one warning.
     """
     global _RENDERER

@@ -18,8 +18,7 @@ import redis
 
 from actors.worker import ActorWorker, EnvFactory
 from common.config import Config
-from common.envs import RENDER_PROCESS_ENV
-from deploy.ray_runtime import replay_inserts
+from deploy.ray_runtime import RENDER_PROCESS_ENV, replay_inserts
 from deploy.weights import BOARD_NAME, RayWeightSource
 from replay_service import ReplayConnectionError
 

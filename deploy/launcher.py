@@ -21,11 +21,18 @@ import ray
 from actors.evaluator import Evaluator
 from actors.worker import EnvFactory
 from common.config import Config, ConfigError
-from common.envs import RENDER_PROCESS_ENV, make_env, select_gl_backend
+from common.envs import make_env, select_gl_backend
 from common.tasks import resolve_task
 from deploy.checkpoint_schedule import CheckpointSchedule
 from deploy.fleet import ActorFleet, RunState
-from deploy.ray_runtime import Placement, connect_ray, placement, replay_inserts, resolve_actor_count
+from deploy.ray_runtime import (
+    RENDER_PROCESS_ENV,
+    Placement,
+    connect_ray,
+    placement,
+    replay_inserts,
+    resolve_actor_count,
+)
 from deploy.run_dir import RunDir, prepare_run_dir, write_traceback
 from deploy.run_logger import ActorWaitMeter, RunLogger, bound_scalars, progress_line
 from deploy.supervisor import (

@@ -22,6 +22,11 @@ from replay_service.schema import STATE
 log = logging.getLogger(__name__)
 
 
+RENDER_PROCESS_ENV = {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}
+"""runtime_env env_vars for Ray processes that render but ask for no GPU (actors, the evaluator): Ray then leaves
+CUDA_VISIBLE_DEVICES alone, so NVIDIA's EGL sees the GPU. Their policies run on the CPU whatever they see."""
+
+
 def joins_cluster() -> bool:
     """Whether this run will join a Ray cluster (RAY_ADDRESS names one; see `connect_ray`)."""
     address = os.environ.get("RAY_ADDRESS", "")
