@@ -113,7 +113,7 @@ def test_a_non_finite_loss_stops_the_loop_within_metrics_every_and_is_never_chec
 def test_checkpoint_writes_while_the_loop_keeps_updating(url: str, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the in-memory snapshot holds the update lock: a slow disk (an fsync that takes 2 s) does not stall
-    the updates, and the file holds the state as of the snapshot, not of the write."""
+    the updates (the lock is held under 0.2 s), and the file holds the state as of the snapshot, not of the write."""
     cfg = _cfg()
     _fill(url, cfg, 300)  # the limiter then admits about 400 updates
     process = LearnerProcess(cfg, ACTION_DIM, url, _Publisher(), str(tmp_path))
@@ -127,30 +127,32 @@ def test_checkpoint_writes_while_the_loop_keeps_updating(url: str, tmp_path: Pat
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", slow_fsync)
-    stamps: list[float] = []
-    update = process.learner.update
+    holds: list[float] = []  # how long the checkpoint (this thread) held the update lock, each time
+    lock = process._lock
 
-    def timed_update(batch):  # noqa: ANN001, ANN202 - the learner's own signature
-        stamps.append(time.monotonic())
-        return update(batch)
+    class TimedLock:
+        def __enter__(self) -> None:
+            lock.acquire()
+            self.since = time.monotonic()
 
-    monkeypatch.setattr(process.learner, "update", timed_update)
+        def __exit__(self, *exc: object) -> None:
+            if threading.current_thread() is threading.main_thread():
+                holds.append(time.monotonic() - self.since)
+            lock.release()
+
+    process._lock = TimedLock()
     written: list[str] = []
-    span: list[float] = []
 
     def checkpoint_once_training() -> bool:  # polled by _run_until on this thread, as Ray's second thread would
         if process.counters["updates"] >= 20 and not written:
-            span.append(time.monotonic())
             written.append(process.checkpoint({"k": 1}))
-            span.append(time.monotonic())
         return bool(written)
 
     error = _run_until(process, checkpoint_once_training, timeout_s=60)
     assert error is None and written
     assert during[1] - during[0] >= 5, f"updates during the 2 s write: {during}"  # the old lock allowed none
-    inside = [t for t in stamps if span[0] - 1.0 <= t <= span[1]]
-    longest = max(b - a for a, b in zip(inside, inside[1:], strict=False))
-    assert longest < 0.5, f"the longest pause between updates during the checkpoint was {longest:.3f} s"
+    # The loop's longest pause due to the checkpoint: the one time it held the lock (snapshot in memory, BGSAVE fork).
+    assert len(holds) == 1 and holds[0] < 0.2, f"the checkpoint held the update lock for {holds} s"
     state = torch.load(written[0], map_location="cpu", weights_only=False)
     assert state["counters"]["updates"] <= during[0] and state["extra"] == {"k": 1}
     assert state["replay_snapshot"].endswith(".rdb")

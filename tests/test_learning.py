@@ -26,10 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 ENV_STEPS = 160_000
 """20 000 agent steps at cartpole's action repeat of 8."""
-MARGIN = 25.0
+MARGIN = 15.0
 """Return the last evaluation must add to the random policy's (140 +- 68 per episode; the 10-episode step-0
-evaluation of seed 0 is deterministic: 139.5). Five runs of this configuration (seeds 0, 1, 2)
-reached 45 to 84 above it at 160k, mean 61: results/cartpole_swingup/cpu/learning_test_seeds.csv."""
+evaluation of seed 0 is deterministic: 139.5). Nine runs of this configuration (seeds 0, 1, 2) reached 31 to
+84 above it at 160k, mean 57: results/cartpole_swingup/cpu/learning_test_seeds.csv. 15 is half the worst of
+them; the learned policy's 10-episode mean varies by about 12 (its episodes' std / sqrt(10))."""
 SEED = int(os.environ.get("SLAC_LEARNING_SEED", "0"))
 """The run's seed; set SLAC_LEARNING_SEED to check the margin on other seeds."""
 
