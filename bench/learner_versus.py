@@ -89,7 +89,7 @@ def main() -> None:
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO, capture_output=True)
     result: dict[str, object] = {"bench": "learner_versus", "command": " ".join(sys.argv), "commit": commit(),
-                                 "dirty": dirty(), "base": base_sha, "date": time.strftime("%Y-%m-%d"),
+                                 "dirty": dirty(), "base_commit": base_sha, "date": time.strftime("%Y-%m-%d"),
                                  "device_name": cpu_name(), "preset": args.preset, "wall_s": round(time.time() - started)}
     for name, rounds in runs.items():
         seconds = [s for r in rounds for s in r["seconds"]]

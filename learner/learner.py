@@ -150,6 +150,11 @@ class Learner:
         # Resolved once ("auto" -> what this device gets): the hot path never re-decides, and warns once.
         compile_setting = execution.resolve_compile(cfg.learner.compile, self.device)
         self.precision = execution.resolve_precision(cfg.learner.precision, self.device)
+        self.one_rollout = self.device.type == "cuda"
+        """Filter the SAC batch's head and tail in one posterior rollout (CUDA: half the tiny sequential kernels)
+        or two (CPU: there the backward through the tail rows of a joint rollout costs more than the tail's
+        own gradient-free rollout; 7 % slower per paper-size update, bench/results/vm-2026-12-02-learner-versus-
+        81f1681-paper.json). Both give the same losses and gradients."""
         self._build_steps(execution.compile_mode(compile_setting, self.device))
         self._fallback: str | None = None
         self._calls = dict.fromkeys(self._steps, 0)
@@ -298,23 +303,34 @@ class Learner:
 
     def _model_critic_losses(self, batch: Batch, noise: UpdateNoise
                              ) -> tuple[tuple[torch.Tensor, torch.Tensor], LatentTransition, Metrics]:
-        """Eq. 9 on the head of the batch and eq. 10 on all of it, from one posterior rollout over the whole batch."""
+        """Eq. 9 on the head of the batch and eq. 10 on all of it, from one encoder pass per part and the posterior
+        filtered in one rollout (CUDA) or two (CPU; see `one_rollout`)."""
         n, model = self.cfg.model.batch_size, self.model
         head, tail = batch.head(n), Batch(*(t[n:] for t in batch))
         with execution.autocast(self.device, self.precision):
-            # The tail's frames are encoded without a graph (on a CPU the encoder's backward over them would
-            # cost more than the second call); the head's with gradients for eq. 9. The posterior then filters
-            # all rows in ONE rollout: its T sequential steps are the update's chain of tiny kernels, and a
-            # second rollout for the tail doubled them. Only head rows reach eq. 9, so the tail rows get zero
-            # gradient and the model's gradients are those of the head alone (tests/test_learner.py checks it
-            # against two rollouts). The SAC latents are detached: they come from the model before this step's
-            # model update, as in the official implementation's single gradient tape.
+            # The tail's frames are encoded without a graph (the encoder's backward over them would cost more
+            # than the second call); the head's with gradients for eq. 9. The SAC latents are detached: they
+            # come from the model before this step's model update, as in the official implementation's single
+            # gradient tape.
             with torch.no_grad():
                 tail_features = model.encoder(tail.obs)
-            features = torch.cat([model.encoder(head.obs), tail_features])
-            posterior = model.posterior(features, batch.action, batch.first, noise=(noise.z1, noise.z2))
-            loss_model, metrics = model_loss(model, head, self.cfg.model, posterior=_rows(posterior, n))
-            transition = latent_transition(batch, features.detach(), posterior.z.detach())
+            head_features = model.encoder(head.obs)
+            features = torch.cat([head_features, tail_features])
+            if self.one_rollout:
+                # All rows in ONE rollout: its T sequential steps are the update's chain of tiny kernels, and a
+                # second rollout doubles them. Only head rows reach eq. 9, so the tail rows get zero gradient
+                # and the model's gradients are the head's alone (tests/test_learner.py checks both paths).
+                posterior = model.posterior(features, batch.action, batch.first, noise=(noise.z1, noise.z2))
+                head_posterior, z = _rows(posterior, n), posterior.z
+            else:
+                with torch.no_grad():
+                    tail_z = model.posterior(tail_features, tail.action, tail.first,
+                                             noise=(noise.z1[n:], noise.z2[n:])).z
+                head_posterior = model.posterior(head_features, head.action, head.first,
+                                                 noise=(noise.z1[:n], noise.z2[:n]))
+                z = torch.cat([head_posterior.z, tail_z])
+            loss_model, metrics = model_loss(model, head, self.cfg.model, posterior=head_posterior)
+            transition = latent_transition(batch, features.detach(), z.detach())
         # The critics, their targets and the actor run in fp32 whatever learner.precision says (see
         # `execution.full_precision`): under 1 % of the update's FLOPs, and bf16 would round Q near 400 to
         # steps of 2, as large as a step's reward.

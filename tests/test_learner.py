@@ -231,7 +231,8 @@ def _two_rollouts(learner: Learner, batch: Batch, noise) -> tuple[torch.Tensor, 
     return loss_model, loss_critic, transition
 
 
-def test_one_rollout_gives_the_losses_and_gradients_of_two(cheetah: tuple[Batch, int]) -> None:
+@pytest.mark.parametrize("one_rollout", [True, False])
+def test_one_rollout_gives_the_losses_and_gradients_of_two(cheetah: tuple[Batch, int], one_rollout: bool) -> None:
     """Filtering the whole SAC batch in one posterior rollout changes nothing but the kernel count: eq. 9 and
     eq. 10, the SAC latents and every model and critic gradient equal those of the head and tail filtered
     apart (to float rounding: GEMMs of other shapes may sum in another order)."""
@@ -239,6 +240,7 @@ def test_one_rollout_gives_the_losses_and_gradients_of_two(cheetah: tuple[Batch,
     cfg = with_(CFG, model={"batch_size": 3}, sac={"batch_size": 8})
     batch = Batch(*(t.clone() for t in frames))  # real frames, a reset window and a padded one in the head
     learner = Learner(cfg, action_dim)
+    learner.one_rollout = one_rollout  # the CUDA path (True) and the CPU path, both on this device
     learner.model.train(), learner.critic.train()
     noise = learner._draw_noise(batch.batch_size)
     params = list(learner.model.parameters()) + list(learner.critic.parameters())
