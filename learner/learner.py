@@ -154,7 +154,7 @@ class Learner:
         """Filter the SAC batch's head and tail in one posterior rollout (CUDA: half the tiny sequential kernels)
         or two (CPU: there the backward through the tail rows of a joint rollout costs more than the tail's
         own gradient-free rollout; 7 % slower per paper-size update, bench/results/vm-2026-12-02-learner-versus-
-        81f1681-paper.json). Both give the same losses and gradients."""
+        81f1681-paper-one-rollout-on-cpu.json). Both give the same losses and gradients."""
         self._build_steps(execution.compile_mode(compile_setting, self.device))
         self._fallback: str | None = None
         self._calls = dict.fromkeys(self._steps, 0)
