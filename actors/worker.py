@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -108,7 +109,8 @@ class ActorWorker:
         self._envs = [self.env_factory(derive_seed(seed, k)) for k in range(k_envs)]
         action_dim = self._envs[0].action_dim
         self._writers = [ReplayWriter(self.replay_url, self.cfg.replay, self.cfg.run.task, action_dim,
-                                      writer_id=f"actor{self.index}-env{k}-life{life}-gen{self.generation}")
+                                      writer_id=f"actor{self.index}-env{k}-life{life}-gen{self.generation}",
+                                      audit_dir=Path(self.cfg.run.dir) / "audit" if self.cfg.replay.audit else None)
                          for k in range(k_envs)]
         self._ring = FeatureRing(k_envs, self.cfg.model.sequence_length, action_dim, self.cfg.model.feature_dim)
         self._returns = [0.0] * k_envs

@@ -151,6 +151,10 @@ class ReplayConfig:
     """AOF fsync policy of the embedded server."""
     connect_timeout_s: float = 5.0
     """How long to wait for Redis before failing with a clear error."""
+    audit: bool = False
+    """Each writer appends one line per acknowledged flush to <run dir>/audit/<writer>.log (first row, then the
+    SHA-1 of each row as stored); `python -m deploy.audit <run dir>` then checks that every acknowledged row is
+    in the replay unchanged. On a cluster each actor node keeps its own writers' files."""
 
     def __post_init__(self) -> None:
         _check_finite(self, "replay")
@@ -293,6 +297,9 @@ class RunConfig:
     """W&B tags (`make reproduce` sets task, preset, seed and commit)."""
     name: str = ""
     """W&B run name; empty: the run directory's name."""
+    min_free_mb: float = 200.0
+    """Free space the run directory's disk keeps beyond the next replay snapshot and checkpoint: below it the run
+    stops cleanly (one paragraph, the newest checkpoint intact) instead of filling the disk (deploy/disk.py)."""
 
     def __post_init__(self) -> None:
         _check_finite(self, "run")
@@ -300,6 +307,7 @@ class RunConfig:
         object.__setattr__(self, "task", resolve_task(self.task).name)
         _check_positive(self, "run", "env_steps", "eval_every")
         _check(self.eval_episodes >= 0, f"run.eval_episodes must be >= 0, got {self.eval_episodes}")
+        _check(self.min_free_mb >= 0, f"run.min_free_mb must be >= 0, got {self.min_free_mb}")
 
 
 @dataclass(frozen=True)

@@ -217,6 +217,10 @@ class DmControlEnv(_RepeatedActionEnv):
         return np.ascontiguousarray(frame.transpose(2, 0, 1))
 
     def close(self) -> None:
+        # dm_control's close() does nothing: free the render contexts here, on the thread that rendered with
+        # them. Left to the garbage collector they are freed on whatever thread runs it (a restarted actor
+        # loop runs on another of Ray's threads), where freeing them raises inside __del__.
+        self._env.physics.free()
         self._env.close()
 
 

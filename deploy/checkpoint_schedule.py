@@ -2,8 +2,8 @@
 
 By updates (`learner.checkpoint_every`), by time (`learner.checkpoint_every_s`, so that a learner that dies
 loses at most that much work however slow its updates), and once as soon as the first policy is out, so the
-model pre-training is never redone. One checkpoint is in flight at a time; the learner writes it on its
-second thread while it goes on updating (learner/process.py).
+model pre-training is never redone. One checkpoint is in flight at a time; the learner writes it on a
+thread of its own while it goes on updating and answering polls (learner/process.py).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from common.config import Config, ConfigError
 from common.envs import make_env, select_gl_backend
 from common.tasks import resolve_task
 from deploy.checkpoint_schedule import CheckpointSchedule
+from deploy.disk import MB, DiskFullError, DiskGuard
 from deploy.fleet import ActorFleet, RunState
 from deploy.ray_runtime import (
     RENDER_PROCESS_ENV,
@@ -91,9 +92,13 @@ def train(cfg: Config, env_factory: EnvFactory | None = None,
     run = prepare_run_dir(cfg)
     cfg = run.cfg
     try:
+        DiskGuard(run.path, cfg.run.min_free_mb).check(starting=True)
         return _train(cfg, run, env_factory, on_started)
     except Exception as exc:
-        exc.log_path = write_traceback(run.path, exc)  # type: ignore[attr-defined]  # main() names it
+        try:
+            exc.log_path = write_traceback(run.path, exc)  # type: ignore[attr-defined]  # main() names it
+        except OSError:  # e.g. the disk is full: the paragraph still reaches the terminal
+            pass
         raise
     finally:
         run.release()
@@ -148,9 +153,13 @@ class Driver:
                 resolve_task(cfg.run.task).action_repeat
             self.state.generation = 1
         self.logger = RunLogger(cfg, run.path, run_id=resume["extra"]["wandb_run_id"] if resume else None)
-        self.board = ray.remote(num_cpus=0)(WeightBoard).options(name=BOARD_NAME).remote()
+        # The board and the evaluator come back by themselves when their process dies (the board empty: the
+        # learner's next publication refills it; calls made meanwhile wait for it, all of them idempotent).
+        self.board = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(WeightBoard).options(
+            name=BOARD_NAME).remote()
         place = place or placement(cfg, cluster=False)
-        learner_cls = ray.remote(max_concurrency=2, **place.learner)(LearnerProcess)
+        # Three threads: `run`, a checkpoint being written, and the driver's polls (never queued behind a checkpoint).
+        learner_cls = ray.remote(max_concurrency=3, **place.learner)(LearnerProcess)
 
         def make_learner(state: dict[str, Any] | None, restart: int) -> Any:
             name = "slac-learner" if restart == 0 else f"slac-learner-{restart}"  # the dead one's name may linger
@@ -158,8 +167,8 @@ class Driver:
                                                          str(run.path), state)
 
         self.supervisor = LearnerSupervisor(cfg, run.path, make_learner, resume)
-        self.evaluator = ray.remote(num_cpus=1, runtime_env={"env_vars": RENDER_PROCESS_ENV})(Evaluator).options(
-            name="slac-evaluator").remote(cfg, env_factory)
+        self.evaluator = ray.remote(num_cpus=1, max_restarts=-1, runtime_env={"env_vars": RENDER_PROCESS_ENV})(
+            Evaluator).options(name="slac-evaluator").remote(cfg, env_factory)
         self.action_repeat = resolve_task(cfg.run.task).action_repeat
         self.fleet = ActorFleet(cfg, replay_url, env_factory, self.state, self.carried, place.actors,
                                 self.action_repeat)
@@ -174,6 +183,7 @@ class Driver:
         self.wait_meter = ActorWaitMeter()
         self.renderers: list[dict[str, str]] = []
         self.started = self.last_poll = time.monotonic()
+        self.disk = DiskGuard(run.path, cfg.run.min_free_mb)
         self.closed = False
 
     # --- main loop ----------------------------------------------------------------------------------
@@ -198,15 +208,22 @@ class Driver:
             log.warning("%s: stopping, writing a checkpoint", self.signals.received or "interrupted")
         except ReplayServerLostError as lost:
             raise ReplayServerLostError(f"{lost} {self._checkpoint_without_replay()}") from lost
+        except DiskFullError as full:
+            raise DiskFullError(f"{full} {self._checkpoint_without_replay(disk_full=True)}") from full
         return self._finish(interrupted)
 
-    def _checkpoint_without_replay(self) -> str:
-        """The replay's server is gone for good: keep the learner's work in a checkpoint that needs no Redis
-        (no snapshot, no sample count) and say where it is. Actors and the learner are told to stop; nothing
-        waits on their Redis retries."""
+    def _checkpoint_without_replay(self, disk_full: bool = False) -> str:
+        """The replay's server is gone for good, or the disk is nearly full: keep the learner's work in a
+        checkpoint that needs no Redis (no snapshot, no sample count) and say where it is; on a full disk only
+        if it fits, so a half-written one never pushes the AOF over the edge. Actors and the learner are told
+        to stop; nothing waits on their Redis retries."""
         self.signals.stopping()
         self.fleet.stop()
         self.learner.stop.remote()
+        newest = latest_checkpoint(self.run.path / "checkpoints")
+        if disk_full and (newest is None or self.disk.free_mb() < 2 * newest.stat().st_size / MB + 1):
+            return (f"No final checkpoint was written (no room for one); the newest complete one is {newest or 'none'}. "
+                    f"Free space on that disk, then continue with --run.resume {self.run.path}.")
         try:
             path = ray.get(self.learner.checkpoint.remote(self._extra(), replay=False), timeout=REDIS_GIVE_UP_S + 60)
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
@@ -214,11 +231,13 @@ class Driver:
             newest = latest_checkpoint(self.run.path / "checkpoints")
             return (f"The learner's checkpoint could not be written ({type(exc).__name__}); the newest is "
                     f"{newest or 'none'}.")
-        log.warning("the replay's server is lost: learner checkpoint without a replay snapshot: %s", path)
+        log.warning("learner checkpoint without a replay snapshot: %s", path)
+        when = "there is space again" if disk_full else "the server can start"
         return (f"The learner's state up to now is in {path} (written without a replay snapshot: the replay's "
-                "data is its AOF, which --run.resume reads once the server can start).")
+                f"data is its AOF, which --run.resume {self.run.path} reads once {when}).")
 
     def _check_processes(self) -> None:
+        self.disk.check()  # first: on a full disk every other process fails too, and restarting them cannot help
         if self.watchdog is not None:
             self.watchdog.check()
         # While Redis is being restarted a process that failed on it would only fail again: wait for Redis.

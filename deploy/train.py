@@ -32,11 +32,12 @@ def _slow_on_this_machine(cfg: Config) -> bool:
 
 def known_errors() -> tuple[type[Exception], ...]:
     """Failures with a message that says what to do: printed as a paragraph, never as a traceback."""
+    from deploy.disk import DiskFullError
     from deploy.supervisor import ReplayServerLostError, RestartsExhaustedError
     from replay_service import RedisNotInstalledError, ReplayConnectionError, ReplaySchemaError
 
     return (ConfigError, CheckpointMismatchError, RenderingUnavailableError, RedisNotInstalledError,
-            ReplayConnectionError, ReplaySchemaError, RestartsExhaustedError, ReplayServerLostError)
+            ReplayConnectionError, ReplaySchemaError, RestartsExhaustedError, ReplayServerLostError, DiskFullError)
 
 
 def _resume_dir(argv: Sequence[str]) -> str | None:

@@ -86,4 +86,7 @@ class RayWeightSource:
         if found is None:
             return None
         _, (ref,) = found
-        return ray.get(ref)
+        try:
+            return ray.get(ref)
+        except (ray.exceptions.OwnerDiedError, ray.exceptions.ObjectLostError):
+            return None  # the board died with the object it owned; its next publication replaces it

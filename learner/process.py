@@ -4,8 +4,8 @@ Phases follow the official SLAC implementation: (1) wait for the initial random 
 (`learner.initial_collection_agent_steps` agent steps, one stored transition each), (2) pre-train the model alone for
 `learner.model_pretrain_steps` updates, (3) publish the first policy and train model, critics and actor
 jointly, one update per inserted transition (the replay's rate limiter enforces the ratio). The driver
-(deploy/) wraps this class in `ray.remote(num_gpus=..., max_concurrency=2)` so `poll`, `checkpoint` and
-`stop` answer while `run` loops; a lock keeps a checkpoint from interleaving with an update.
+(deploy/) wraps this class in `ray.remote(num_gpus=..., max_concurrency=3)` so `poll` and `stop` answer while
+`run` loops and a `checkpoint` is being written; a lock keeps a checkpoint from interleaving with an update.
 
 The loop keeps the device busy: metrics are summed on the device and fetched (with the finiteness
 check) every `learner.metrics_every` updates; Redis is visited once per block of `learner.replay_every`
@@ -129,7 +129,7 @@ class LearnerProcess:
 
         Only the snapshot to host memory, the sample count and the start of the replay's BGSAVE (a fork: the
         replay as of this instant) hold the update lock; waiting for the BGSAVE, `torch.save` and the fsync
-        run after it on this (Ray's second) thread while the loop goes on updating. A several-second write
+        run after it on this thread (one of Ray's three) while the loop goes on updating. A several-second write
         every checkpoint interval would otherwise stall a fast learner for that long.
 
         `replay=False` (the replay's server is lost for good) touches no Redis: no sample count, no snapshot

@@ -27,7 +27,7 @@ from replay_service.schema import (
     frame_capacity,
     row_key,
 )
-from replay_service.server import connect
+from replay_service.server import connect, run_script
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class SequenceReplay:
         """Count n learner updates against the samples-per-insert ratio (shared with all writers), exactly once:
         each call carries a sequence number, so a retry whose first reply was lost is not counted again."""
         self._record_seq += 1
-        self._sampled = int(self._record(keys=[STATE, ACKS], args=[self._record_token, self._record_seq, n]))
+        self._sampled = int(run_script(self._record, [STATE, ACKS], [self._record_token, self._record_seq, n]))
 
     # --- reporting and checkpoints ----------------------------------------------------------------
     def stats(self, current_version: int | None = None) -> dict[str, float]:
@@ -211,20 +211,21 @@ class SequenceReplay:
         """
         return self.finish_snapshot(self.begin_snapshot(), copy_to, timeout_s, rdb_path)
 
-    def begin_snapshot(self) -> int:
+    def begin_snapshot(self) -> tuple[int, str]:
         """Start a BGSAVE (Redis forks: the snapshot holds the replay as of this call) and return at once; pass
-        the result to `finish_snapshot`."""
-        saves = self._client.info("persistence")["rdb_saves"]
+        the result (the server's save count and run id) to `finish_snapshot`."""
+        info = self._client.info()
         try:
             self._client.bgsave()
         except redis.ResponseError:  # an AOF rewrite or a save is running: save as soon as it ends
             self._client.bgsave(schedule=True)
-        return int(saves)
+        return int(info["rdb_saves"]), str(info["run_id"])
 
-    def finish_snapshot(self, saves_before: int, copy_to: str | Path | None = None, timeout_s: float = 600.0,
+    def finish_snapshot(self, started: tuple[int, str], copy_to: str | Path | None = None, timeout_s: float = 600.0,
                         rdb_path: str | Path | None = None) -> str:
-        """Wait for the BGSAVE `begin_snapshot` started; the RDB path or `copy_to`, as `snapshot` says."""
-        done = poll_until(lambda: self._bgsave_done(saves_before), timeout_s, max_delay_s=0.2)
+        """Wait for the BGSAVE `begin_snapshot` started; the RDB path or `copy_to`, as `snapshot` says. Raises at
+        once if the server restarted meanwhile (its fork died with it: that save never ends)."""
+        done = poll_until(lambda: self._bgsave_done(*started), timeout_s, max_delay_s=0.2)
         info = self._client.info("persistence")
         if not done or info.get("rdb_last_bgsave_status") != "ok":
             raise RuntimeError(f"replay snapshot: BGSAVE on {describe(self._client)} did not succeed within "
@@ -246,8 +247,11 @@ class SequenceReplay:
         tmp.replace(copy_to)
         return str(copy_to)
 
-    def _bgsave_done(self, saves_before: int) -> bool:
-        info = self._client.info("persistence")
+    def _bgsave_done(self, saves_before: int, run_id: str) -> bool:
+        info = self._client.info()
+        if info["run_id"] != run_id:
+            raise RuntimeError(f"replay snapshot: the server at {describe(self._client)} restarted during its BGSAVE; "
+                               "this snapshot is lost (the next checkpoint takes a new one)")
         return info["rdb_saves"] > saves_before and info["rdb_bgsave_in_progress"] == 0
 
     def close(self) -> None:

@@ -15,10 +15,12 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from common.config import ReplayConfig
@@ -134,6 +136,20 @@ def connect(url: str, timeout_s: float, name: str | None = None) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=max(timeout_s, 1.0), socket_timeout=max(10 * timeout_s, 60.0),
                                 retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), _RECONNECT_TRIES),
                                 health_check_interval=30, client_name=name)
+
+
+def run_script(script: Script, keys: list[str], args: list[Any], tries: int = 5) -> Any:
+    """Run a registered Lua script. redis-py loads it again once after NOSCRIPT (a restarted server forgot it);
+    a second restart between that load and its retry (a server killed again during its AOF reload) would
+    raise NOSCRIPT once more, so this loads it again up to `tries` times. Safe to repeat: every script here
+    is idempotent (sequence numbers)."""
+    for attempt in range(tries):
+        try:
+            return script(keys=keys, args=args)
+        except redis.exceptions.NoScriptError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def free_port() -> int:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import redis
@@ -30,7 +33,7 @@ from replay_service.schema import (
     encode_row,
     ensure_schema,
 )
-from replay_service.server import connect, redact
+from replay_service.server import connect, redact, run_script
 
 # Atomically: drop a replayed flush (same writer token and seq: its reply was lost), refuse it whole
 # if the rate limiter says inserts are too far ahead, else append its rows at `head`, count its
@@ -134,7 +137,8 @@ class ReplayWriter:
     `cfg.writer_timeout_s` raises RateLimitTimeout and keeps its steps buffered: call `flush()` again.
     """
 
-    def __init__(self, url: str, cfg: ReplayConfig, task: str, action_dim: int, writer_id: str) -> None:
+    def __init__(self, url: str, cfg: ReplayConfig, task: str, action_dim: int, writer_id: str,
+                 audit_dir: str | Path | None = None) -> None:
         self.url, self.cfg, self.task, self.action_dim = url, cfg, task, action_dim
         self.writer_id = writer_id
         self._client = connect(url, cfg.connect_timeout_s, name=f"writer:{writer_id}")
@@ -143,6 +147,12 @@ class ReplayWriter:
         # Unique per writer object, so a restarted actor with the same writer_id never collides.
         self._token = f"{writer_id}:{secrets.token_hex(6)}"
         self._seq = 0
+        # The writer's own record of what the replay acknowledged (replay.audit; deploy/audit.py reads it).
+        self._audit: int | None = None
+        if audit_dir is not None:
+            Path(audit_dir).mkdir(parents=True, exist_ok=True)
+            path = Path(audit_dir) / f"{self._token.replace(':', '-')}.log"
+            self._audit = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._episode: _Episode | None = None
         self._ended = True
         self._step = 0
@@ -221,6 +231,9 @@ class ReplayWriter:
             self.flush()
         finally:
             self._client.close()
+            if self._audit is not None:
+                os.close(self._audit)
+                self._audit = None
 
     def stats(self) -> dict[str, float]:
         s = self._stats
@@ -265,8 +278,8 @@ class ReplayWriter:
             batch.payload = self._encode(batch)
         blocked_since = None
         while True:
-            reply = self._script(keys=[META, STATE, ACKS],
-                                 args=[ROW, self._token, batch.seq, batch.transitions, *batch.payload])
+            reply = run_script(self._script, [META, STATE, ACKS],
+                               [ROW, self._token, batch.seq, batch.transitions, *batch.payload])
             if int(reply[0]) == 1:
                 break
             if blocked_since is None:
@@ -289,6 +302,9 @@ class ReplayWriter:
         self._stats.duplicate_flushes += duplicate
         self._stats.steps_written += batch.transitions
         self._stats.bytes_written += sum(map(len, batch.payload))
+        if self._audit is not None:  # one write() per acknowledged flush: a kill never leaves half a line
+            digests = " ".join(hashlib.sha1(row).hexdigest() for row in batch.payload)
+            os.write(self._audit, f"{base} {batch.transitions} {digests}\n".encode())
         return batch.transitions
 
     def _may_insert(self) -> bool:

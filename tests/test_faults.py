@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +23,7 @@ from typing import Any
 import pytest
 import redis
 import torch
+from process_tools import Run, alive, cmdline, descendants, wait_for
 from replay_fixtures import listening_addresses
 
 from common.config import debug
@@ -34,123 +31,8 @@ from deploy.wandb_reader import find_offline_runs, read_history
 from replay_service import RedisServer
 from replay_service.schema import STATE, row_key
 
-REPO = Path(__file__).resolve().parents[1]
 # A quarter update per insert and little limiter slack: actors wait for the learner within 40 transitions.
 COUPLED = ["--replay.samples-per-insert", "0.25", "--replay.spi-tolerance", "40"]
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, proc: subprocess.Popen | None = None,
-             log: Path | None = None) -> Any:
-    """Poll `condition` until it returns something truthy; fail naming `what` (with the run's log tail)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}\n{tail}")
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def _ppid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def descendants(root: int) -> dict[int, list[str]]:
-    """Every live process below `root`, with its command line."""
-    parents = {int(p.name): _ppid(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
-    found: dict[int, list[str]] = {}
-    frontier = {root}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in found}
-        found.update({pid: _cmdline(pid) for pid in frontier})
-    return {pid: cmd for pid, cmd in found.items() if cmd and _alive(pid)}
-
-
-class Run:
-    """One `python -m deploy.train` process, its output in a file, killed with its session at the end."""
-
-    def __init__(self, tmp: Path, args: list[str], name: str = "run") -> None:
-        self.log = tmp / f"{name}.log"
-        env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
-        env.setdefault("MUJOCO_GL", "egl")
-        self.started = time.time()
-        with self.log.open("w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "deploy.train", *args], cwd=REPO, env=env,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    @property
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def wait(self, timeout_s: float = 240) -> int:
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the run did not end within {timeout_s} s\n{self.text[-3000:]}")
-
-    def summary(self) -> dict[str, Any]:
-        text = self.text
-        assert '{\n  "summary"' in text, f"no summary printed\n{text[-3000:]}"
-        start = text.index('{\n  "summary"')
-        return json.JSONDecoder().raw_decode(text[start:])[0]["summary"]
-
-    def child(self, marker: str) -> int | None:
-        """The pid of the run's process whose command line contains `marker`."""
-        for pid, cmd in descendants(self.proc.pid).items():
-            if any(marker in part for part in cmd):
-                return pid
-        return None
-
-    def redis(self) -> redis.Redis | None:
-        pid = self.child("redis-server")
-        if pid is None:
-            return None
-        # redis-server retitles itself "redis-server 127.0.0.1:<port>"; before that, argv has --port.
-        cmd = _cmdline(pid)
-        found = re.search(r":(\d+)", cmd[0]) if "--port" not in cmd else None
-        port = int(found.group(1)) if found else int(cmd[cmd.index("--port") + 1]) if "--port" in cmd else None
-        return redis.Redis(port=port, socket_timeout=5) if port else None
-
-    def replay_state(self) -> dict[str, int]:
-        client = self.redis()
-        if client is None:
-            return {}
-        try:
-            raw = client.hgetall(STATE)
-        except redis.RedisError:
-            return {}
-        finally:
-            client.close()
-        return {k.decode(): int(v) for k, v in raw.items()}
-
-    def kill(self) -> None:
-        """SIGKILL to the run's session, then SIGTERM to its redis-server, which has a session of its own."""
-        if self.proc.poll() is None:
-            server = self.child("redis-server")
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            if server is not None and _alive(server):
-                os.kill(server, signal.SIGTERM)
 
 
 @pytest.fixture
@@ -313,7 +195,7 @@ def _stop_then_resume(tmp_path: Path, runs, sig: signal.Signals, times: int) -> 
     assert stopped["env_steps"] < length, "stopped too late to test the resume"
     assert _unstored(stopped) <= 2 * 25, stopped  # only writes the rate limiter held at the stop are dropped
     def left() -> list[str]:
-        return [cmd[0] for pid, cmd in children.items() if _alive(pid) and _cmdline(pid) == cmd]
+        return [cmd[0] for pid, cmd in children.items() if alive(pid) and cmdline(pid) == cmd]
 
     deadline = time.monotonic() + 15  # the last Ray workers exit just after their raylet
     while left() and time.monotonic() < deadline:
@@ -377,9 +259,9 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_on_its_replay(tmp_path
     orphan = run.child("redis-server")
     os.killpg(run.proc.pid, signal.SIGKILL)  # the driver's session; the server has its own
     run.proc.wait()
-    assert _alive(orphan) and not list((run_dir / "checkpoints").glob("ckpt_*.pt"))
+    assert alive(orphan) and not list((run_dir / "checkpoints").glob("ckpt_*.pt"))
     with RedisServer(run_dir / "redis", debug().replay) as replay:
-        assert not _alive(orphan)
+        assert not alive(orphan)
         stored = int(redis.Redis.from_url(replay.url).hget(STATE, "inserted"))
 
     resumed_run = runs(["--run.resume", str(run_dir)], name="resumed")

@@ -286,3 +286,40 @@ def test_record_samples_retried_after_a_lost_reply_counts_once(url: str) -> None
     other = SequenceReplay(url, BASE_CFG, TASK, ACTION_DIM, sequence_length=2)  # another learner life
     other.record_samples(2)
     assert int(client.hget(STATE, "sampled")) == before + 10
+
+
+def test_audit_records_find_every_lost_or_changed_acknowledged_row(url: str, tmp_path) -> None:
+    """replay.audit: each writer's own record of acknowledged flushes, checked against Redis (deploy/audit.py).
+    A retried flush is recorded once; a deleted, a rewritten and an evicted row are each told apart."""
+    from deploy.audit import audit_replay
+
+    audit_dir = tmp_path / "audit"
+    writers = [ReplayWriter(url, replace(BASE_CFG, flush_every=4), TASK, ACTION_DIM, f"w{w}", audit_dir=audit_dir)
+               for w in range(2)]
+    for episode in range(3):
+        for w, writer in enumerate(writers):
+            write_episode(writer, w, episode, length=6, terminated=episode != 1)
+    writers[0].begin_episode(frame(uid_of(0, 9, 0)))
+    writers[0].add(action_for(1), 0.0, frame(uid_of(0, 9, 1)), True, False, 0)  # flushed at the episode's end
+    for writer in writers:
+        writer.close()
+    client = connect(url, 2.0)
+    clean = audit_replay(client, audit_dir)
+    assert clean.ok and clean.writers == 2 and clean.unacknowledged_stored_rows == 0
+    assert clean.acknowledged_rows == clean.stored_rows == clean.checked_rows == int(client.hget(STATE, "head"))
+    assert clean.acknowledged_transitions == clean.stored_transitions == clean.inserted == 2 * 3 * 6 + 1
+    assert clean.stored_episode_ends == 2 * 3 + 1
+
+    # A flush acknowledged twice (its first reply lost) is one flush in the records.
+    line = sorted(audit_dir.glob("*.log"))[0].read_text().splitlines()[0]
+    with sorted(audit_dir.glob("*.log"))[0].open("a") as f:
+        f.write(line + "\n")
+    assert audit_replay(client, audit_dir).acknowledged_flushes == clean.acknowledged_flushes
+
+    client.delete(row_key(3))
+    blob = bytearray(client.get(row_key(5)))
+    blob[-1] ^= 0xFF
+    client.set(row_key(5), bytes(blob))
+    client.hset(STATE, "tail", 1)  # row 0 evicted by capacity: counted, not checked
+    broken = audit_replay(client, audit_dir)
+    assert not broken.ok and broken.missing == [3] and broken.changed == [5] and broken.evicted_rows == 1

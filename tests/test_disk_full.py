@@ -1,0 +1,88 @@
+"""A full disk during training (marker `faults`): the run directory on a small tmpfs that a filler file
+fills while the run trains (CI runs as root, so the test mounts it itself).
+
+The run must end with one paragraph naming the disk, keep its newest complete checkpoint intact and
+loadable with no half-written one beside it, leave the replay's AOF valid (redis-check-aof), and continue
+with --run.resume once space is freed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from process_tools import Run, wait_for
+
+from learner.checkpoint import latest_checkpoint, read_checkpoint
+
+COUPLED = ["--replay.samples-per-insert", "0.25", "--replay.spi-tolerance", "40"]
+
+
+def _fill(path: Path) -> int:
+    """Write zeros to `path` until the filesystem refuses (ENOSPC); returns the bytes written."""
+    written, block = 0, b"\0" * (1 << 20)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                written += os.write(fd, block)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if len(block) == 1:
+                    return written
+                block = block[: len(block) // 2]  # the last free bytes too
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.faults
+def test_a_full_disk_ends_the_run_cleanly_and_resume_continues_after_freeing_space(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    assert mounted.returncode == 0, f"this test mounts a tmpfs and needs root: {mounted.stderr}"
+    runs: list[Run] = []
+    try:
+        run_dir = disk / "run"
+        runs.append(Run(tmp_path, ["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.env-steps",
+                                   "100000", "--run.eval-episodes", "0", "--run.min-free-mb", "4",
+                                   "--learner.checkpoint-every-s", "3", *COUPLED]))
+        run = runs[0]
+        wait_for(lambda: run.replay_state().get("sampled", 0) >= 40 and latest_checkpoint(run_dir / "checkpoints"),
+                 180, "joint training and a checkpoint", run.proc, run.log)
+        filled = _fill(disk / "filler")
+        assert os.statvfs(disk).f_bavail == 0
+        assert run.wait(120) == 2, run.text[-3000:]
+        error = [line for line in run.text.splitlines() if line.startswith("error:")]
+        assert len(error) == 1 and f"mounted on {disk}" in error[0] and "--run.resume" in error[0], run.text[-3000:]
+        assert "Traceback" not in run.text, run.text[-3000:]
+
+        # The newest complete checkpoint is intact (its digest matches) and nothing half-written is left.
+        checkpoints = run_dir / "checkpoints"
+        assert not [p.name for p in checkpoints.iterdir() if p.name.startswith(".tmp-")]
+        newest = latest_checkpoint(checkpoints)
+        state = read_checkpoint(newest)
+        assert state["counters"]["updates"] > 0
+        # The AOF is valid: every part named by the manifest parses to the end.
+        manifest = next((run_dir / "redis" / "appendonlydir").glob("*.manifest"))
+        check = subprocess.run(["redis-check-aof", str(manifest)], capture_output=True, text=True)
+        assert check.returncode == 0 and "All AOF files and manifest are valid" in check.stdout, check.stdout + check.stderr
+
+        (disk / "filler").unlink()  # space freed
+        env_steps = state["extra"]["run_state"]["env_steps"]
+        runs.append(Run(tmp_path, ["--run.resume", str(run_dir), "--run.env-steps", str(env_steps + 400)],
+                        name="resumed"))
+        assert runs[1].wait() == 0, runs[1].text[-3000:]
+        resumed = runs[1].summary()
+        assert resumed["updates"] > state["counters"]["updates"] and resumed["env_steps"] >= env_steps + 400
+        print(f"\nfull disk: filled {filled / 2**20:.1f} MiB; the run stopped with {newest.name} intact; the resume "
+              f"went on from {state['counters']['updates']} to {resumed['updates']} updates")
+    finally:
+        for run in runs:
+            run.kill()
+        subprocess.run(["umount", "-l", str(disk)], check=False)
