@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     # parent shell started us with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A log handler that cannot write (W&B's debug log on a full disk) stays silent instead of printing a
+    # "--- Logging error ---" traceback per record on the terminal.
+    logging.raiseExceptions = False
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = _parse_quietly(argv)
