@@ -163,7 +163,10 @@ class Driver:
 
         def make_learner(state: dict[str, Any] | None, restart: int) -> Any:
             name = "slac-learner" if restart == 0 else f"slac-learner-{restart}"  # the dead one's name may linger
-            return learner_cls.options(name=name).remote(cfg, action_dim, replay_url, RayWeightPublisher(BOARD_NAME),
+            seen = [0] if restart == 0 else [self.learner_info["counters"]["version"], *(
+                int(c.get("policy_version", 0)) for c in self.fleet.last_seen.values())]
+            return learner_cls.options(name=name).remote(cfg, action_dim, replay_url,
+                                                         RayWeightPublisher(BOARD_NAME, floor=max(seen)),
                                                          str(run.path), state)
 
         self.supervisor = LearnerSupervisor(cfg, run.path, make_learner, resume)

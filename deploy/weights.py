@@ -51,8 +51,8 @@ def _board(name: str) -> Any:
 class RayWeightPublisher:
     """The learner's side: `ray.put` runs in the learner process, which then owns the object."""
 
-    def __init__(self, board_name: str = BOARD_NAME) -> None:
-        self.board_name = board_name
+    def __init__(self, board_name: str = BOARD_NAME, floor: int = 0) -> None:
+        self.board_name, self.floor = board_name, floor
         self._current: ray.ObjectRef | None = None
 
     @property
@@ -64,8 +64,9 @@ class RayWeightPublisher:
         ray.get(self.board.publish.remote(version, [self._current]))
 
     def version(self) -> int:
-        """The board's newest version: what the actors may already hold."""
-        return int(ray.get(self.board.version.remote()))
+        """The newest version the actors may already hold: the board's, or `floor` (the newest the driver saw
+        the learner and the actors report) when that is higher: a board that was restarted starts empty."""
+        return max(self.floor, int(ray.get(self.board.version.remote())))
 
 
 class RayWeightSource:

@@ -61,6 +61,21 @@ def test_weight_board_only_moves_forward() -> None:
     assert board.latest(1) == (2, ["ref2"])
 
 
+def test_a_restarted_board_does_not_lower_the_version_a_restarted_learner_starts_above(monkeypatch) -> None:
+    """The board starts empty when Ray restarts it; the driver's floor (the newest version it saw) still holds."""
+    from deploy import weights
+
+    class Board:
+        class version:  # noqa: N801 - mimics an actor handle's method
+            @staticmethod
+            def remote() -> int:
+                return 0
+
+    monkeypatch.setattr(weights, "_board", lambda name: Board)
+    monkeypatch.setattr(weights.ray, "get", lambda value: value)
+    assert weights.RayWeightPublisher(floor=17).version() == 17 and weights.RayWeightPublisher().version() == 0
+
+
 def _state(cfg: Config, updates: int) -> dict:
     return {"config": cfg.to_dict(), "learner": {}, "counters": {"updates": updates}, "x": torch.tensor(updates)}
 
