@@ -58,7 +58,11 @@ def parse_args(argv: Sequence[str]) -> Config:
     if not config_file.is_file():
         raise ConfigError(f"--run.resume {resume}: there is no run there (no config.json). Pass the directory a "
                           "run was started in (--run.dir, default runs/<task>-<timestamp>).")
-    saved = Config.from_json(config_file.read_text())
+    try:
+        saved = Config.from_json(config_file.read_text(errors="replace"))
+    except ConfigError as exc:
+        raise ConfigError(f"--run.resume {resume}: its config.json is damaged ({exc}). Restore it from a copy (W&B "
+                          "keeps one with the run's files, as config.yaml) or start a new run; nothing was changed.") from exc
     rest = list(argv[1:] if argv and argv[0] in PRESETS else argv)  # the saved config replaces the preset
     return tyro.cli(Config, default=saved, args=rest)
 

@@ -155,3 +155,14 @@ def test_hostile_command_line_values_are_a_short_error_or_a_sound_config(preset:
                for v in (lambda x: x if isinstance(x, tuple) else (x,))(getattr(getattr(cfg, group.name), f.name))
                if isinstance(v, float)]
     assert all(math.isfinite(v) for v in numbers), (key, value)
+
+
+@pytest.mark.parametrize("garbage", [b'{"run": {"task": 12', b"[1, 2, 3]", b'{"model": {"z1_dim": "abc"}}', b"\xff\xfe\x00",
+                                     b""])
+def test_a_garbage_config_json_is_one_line_naming_it_and_is_left_alone(tmp_path, garbage: bytes) -> None:
+    from deploy.train import parse_args
+
+    (tmp_path / "config.json").write_bytes(garbage)
+    with pytest.raises(ConfigError, match=r"its config.json is damaged \(.+\)\. Restore it") as info:
+        parse_args(["--run.resume", str(tmp_path)])
+    assert "\n" not in str(info.value) and (tmp_path / "config.json").read_bytes() == garbage
