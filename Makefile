@@ -47,7 +47,7 @@ else
 TORCH_FLAGS := $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),,--index-url https://download.pytorch.org/whl/cpu)
 endif
 
-.PHONY: setup sysdeps test train reproduce eval export bench lint clean cluster-up cluster-down logs stop
+.PHONY: setup sysdeps test train reproduce eval export bench lint clean cluster-up cluster-down logs stop status
 
 setup: $(STAMP)
 
@@ -101,7 +101,8 @@ cluster-up: setup
 	$(VENV)/bin/ray get-auth-token --generate >/dev/null
 	$(VENV)/bin/ray up -y $(or $(CLUSTER),deploy/cluster.yaml)
 	echo "$(or $(CLUSTER),deploy/cluster.yaml)" > .cluster
-	@echo "cluster up: \`make train TASK=hopper\` now runs there (make cluster-down to tear it down)"
+	@CLUSTER="$(or $(CLUSTER),deploy/cluster.yaml)" $(PY) -m deploy.jobs status --nodes || true
+	@echo "cluster up: \`make train TASK=hopper\` now runs there (make status, make cluster-down to tear it down)"
 
 cluster-down: setup
 	$(VENV)/bin/ray down -y $(or $(CLUSTER),deploy/cluster.yaml)
@@ -113,6 +114,10 @@ logs: setup
 
 stop: setup
 	CLUSTER="$(CLUSTER)" $(PY) -m deploy.jobs stop $(JOB)
+
+# The cluster's nodes by role, the last job, its progress line and its W&B run.
+status: setup
+	CLUSTER="$(CLUSTER)" $(PY) -m deploy.jobs status $(JOB)
 
 # SEEDS runs of the paper's evaluation protocol -> results/<task>/<preset>/{returns.csv,returns.png}, PARALLEL
 # of them at once (auto: as many as the cores and GPU memory allow); TASKS=a,b,c for several tasks, and

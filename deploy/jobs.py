@@ -10,6 +10,7 @@ are kept in `.slac-job` (or $SLAC_JOB_FILE), so `make logs` and `make stop` need
     python -m deploy.jobs submit --preset paper --task hopper --actors 64 -- <extra deploy.train args>
     python -m deploy.jobs logs [JOB_ID]        # follows until the job ends
     python -m deploy.jobs stop [JOB_ID]        # SIGTERM: the driver checkpoints, then stops
+    python -m deploy.jobs status [JOB_ID]      # the cluster's nodes by role, the job, its progress, W&B
 """
 
 from __future__ import annotations
@@ -190,6 +191,50 @@ def stop(job_id: str = "") -> None:
         print(f"stopping job {job_id}: the driver writes a checkpoint first (up to {STOP_WAIT_S} s)", flush=True)
 
 
+PROGRESS_PREFIXES = ("[collect]", "[pretrain]", "[train]")
+"""How the driver's progress line starts (deploy/run_logger.progress_line)."""
+
+
+def node_roles(nodes: list[dict[str, Any]]) -> dict[str, int]:
+    """Alive nodes counted by role: `learner` / `actor` (the custom resources of deploy/cluster*.yaml), else head
+    or other; a node with both (one machine doing everything) counts under each."""
+    roles: dict[str, int] = {}
+    for node in nodes:
+        if node.get("state", "ALIVE") != "ALIVE":
+            continue
+        resources = node.get("resources_total") or {}
+        names = [r for r in ("learner", "actor") if resources.get(r, 0) > 0]
+        for name in names or ["head" if node.get("is_head_node") else "other"]:
+            roles[name] = roles.get(name, 0) + 1
+    return roles
+
+
+def status(job_id: str = "", nodes_only: bool = False) -> dict[str, Any]:
+    """Print the cluster's nodes by role and, unless `nodes_only`, the recorded (or given) job: its status, its
+    driver's last progress line and its W&B run."""
+    from ray.util.state import list_nodes
+
+    record = json.loads(JOB_FILE.read_text()) if JOB_FILE.is_file() else {}
+    job_id = job_id or ("" if nodes_only else record.get("job_id", ""))
+    with _recorded_server(record) as url:
+        _client(url)  # sets Ray's token mode for the state API too
+        nodes = [n if isinstance(n, dict) else vars(n) for n in list_nodes(address=url, limit=1000, raise_on_missing_output=False)]
+        roles = node_roles(nodes)
+        print("nodes: " + ", ".join(f"{count} {role}" for role, count in sorted(roles.items())), flush=True)
+        out: dict[str, Any] = {"nodes": roles}
+        if job_id:
+            client = _client(url)
+            out["job"] = str(client.get_job_status(job_id))
+            lines = [line for line in client.get_job_logs(job_id).splitlines() if line.startswith(PROGRESS_PREFIXES)]
+            out["progress"] = lines[-1] if lines else "(no progress line yet)"
+            run_id = record.get("wandb_run_id", "") if record.get("job_id") == job_id else ""
+            out["wandb"] = wandb_url(run_id) if run_id else "(the run's W&B URL is in `make logs`)"
+            print(f"job {job_id}: {out['job']}\n  {out['progress']}\n  W&B: {out['wandb']}", flush=True)
+        elif not nodes_only:
+            print("no job recorded (`make train` on the cluster submits one)", flush=True)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.jobs", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -203,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     lg.add_argument("--no-follow", action="store_true")
     st = sub.add_parser("stop", help="stop a job (it checkpoints first)")
     st.add_argument("job_id", nargs="?", default="")
+    ss = sub.add_parser("status", help="the cluster's nodes, the job, its progress line and W&B run")
+    ss.add_argument("job_id", nargs="?", default="")
+    ss.add_argument("--nodes", action="store_true", help="only the nodes")
     args = parser.parse_args(argv)
     try:
         if args.command == "submit":
@@ -210,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "logs":
             status = logs(args.job_id, follow=not args.no_follow)
             return 0 if status in ("SUCCEEDED", "RUNNING", "PENDING") else 1
+        elif args.command == "status":
+            status(args.job_id, nodes_only=args.nodes)
         else:
             stop(args.job_id)
     except (JobError, ConnectionError, RuntimeError) as exc:  # the SDK's HTTP errors are RuntimeErrors

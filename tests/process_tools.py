@@ -22,6 +22,14 @@ import redis
 from replay_service.schema import STATE
 
 REPO = Path(__file__).resolve().parents[1]
+# A quarter update per insert and little limiter slack: actors wait for the learner within 40 transitions.
+COUPLED = ["--replay.samples-per-insert", "0.25", "--replay.spi-tolerance", "40"]
+
+
+def summary_of(text: str) -> dict[str, Any]:
+    """The JSON summary a run prints last (`python -m deploy.train`, a job's logs)."""
+    assert '{\n  "summary"' in text, f"no summary printed\n{text[-4000:]}"
+    return json.JSONDecoder().raw_decode(text[text.index('{\n  "summary"'):])[0]["summary"]
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, proc: subprocess.Popen | None = None,
@@ -94,10 +102,7 @@ class Run:
             pytest.fail(f"the run did not end within {timeout_s} s\n{self.text[-3000:]}")
 
     def summary(self) -> dict[str, Any]:
-        text = self.text
-        assert '{\n  "summary"' in text, f"no summary printed\n{text[-3000:]}"
-        start = text.index('{\n  "summary"')
-        return json.JSONDecoder().raw_decode(text[start:])[0]["summary"]
+        return summary_of(self.text)
 
     def child(self, marker: str) -> int | None:
         """The pid of the run's process whose command line contains `marker`."""

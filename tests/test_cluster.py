@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from process_tools import summary_of
 from replay_fixtures import listening_addresses, processes_whose_command_line_contains
 
 from common.config import parse_cli
@@ -35,11 +36,6 @@ pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[1]
 RUN = ["debug", "--run.task", "cheetah", "--actors.num", "2", "--run.eval-episodes", "0",
        "--replay.samples-per-insert", "0.25", "--run.env-steps", "1600"]
-
-
-def _summary(text: str) -> dict[str, Any]:
-    assert '{\n  "summary"' in text, f"no summary printed:\n{text[-4000:]}"
-    return json.JSONDecoder().raw_decode(text[text.index('{\n  "summary"'):])[0]["summary"]
 
 
 def _expected_updates(summary: dict[str, Any]) -> tuple[float, float]:
@@ -92,7 +88,7 @@ def test_learner_and_actors_land_on_their_nodes_and_reach_the_replay_on_the_head
                 proc.kill()
         stdout_text, stderr_text = out.read_text(), err.read_text()
         assert proc.wait() == 0, f"{stdout_text[-3000:]}\n{stderr_text[-5000:]}"
-        summary = _summary(stdout_text)
+        summary = summary_of(stdout_text)
     finally:
         cluster.shutdown()
     # Security: the replay's Redis listens on the head's private address only, and its password is never on
@@ -164,9 +160,16 @@ def test_make_train_submits_a_ray_job_and_make_logs_follows_it(tmp_path: Path, j
     followed = subprocess.run(["make", "-s", "logs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
     assert f"job {job_id}: SUCCEEDED" in followed.stdout, followed.stdout[-3000:]
-    summary = _summary(followed.stdout)
+    summary = summary_of(followed.stdout)
     assert summary["env_steps"] >= 1600 and summary["run_dir"] == str(run_dir) and Path(summary["checkpoint"]).exists()
     assert summary["replay_url"].startswith("redis://replay:"), summary["replay_url"]  # a job runs on the cluster
+    # `make status`: the nodes by role (the fixture's one node advertises both), the job, its progress, W&B.
+    shown = subprocess.run(["make", "-s", "status"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == "nodes: 1 actor, 1 learner" and lines[1] == f"job {job_id}: SUCCEEDED", shown.stdout
+    assert lines[2].strip().startswith("[train] env ") and "/1,600" in lines[2] and lines[3].strip().startswith("W&B:"), \
+        shown.stdout
 
 
 def test_make_stop_stops_a_job_with_a_checkpoint(tmp_path: Path, job_server: str) -> None:
@@ -189,6 +192,6 @@ def test_make_stop_stops_a_job_with_a_checkpoint(tmp_path: Path, job_server: str
     assert "stopped by SIGTERM" in followed.stdout and "--run.resume" in followed.stdout, followed.stdout[-3000:]
     # W&B's service gets the SIGTERM too: at most a warning, never a traceback (its exit hook included).
     assert "Traceback" not in followed.stdout, followed.stdout[-3000:]
-    summary = _summary(followed.stdout)
+    summary = summary_of(followed.stdout)
     assert summary["interrupted"] and Path(summary["checkpoint"]).exists(), summary
     assert ": STOPPED" in followed.stdout.splitlines()[-1], followed.stdout[-500:]

@@ -155,7 +155,7 @@ def test_progress_line_names_the_bound_side_while_training() -> None:
 
 
 def test_a_run_that_ends_inside_the_limiters_slack_is_warned_about() -> None:
-    from deploy.launcher import short_run_warning
+    from deploy.run_config import short_run_warning
 
     cfg = debug()  # 100 agent steps of initial collection, 200 of slack: 300 agent steps, 1200 env steps on cheetah
     short = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, task="cheetah_run", env_steps=1200))

@@ -14,11 +14,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from process_tools import Run, wait_for
+from process_tools import COUPLED, Run, wait_for
 
 from learner.checkpoint import latest_checkpoint, read_checkpoint
-
-COUPLED = ["--replay.samples-per-insert", "0.25", "--replay.spi-tolerance", "40"]
 
 
 def _fill(path: Path) -> int:

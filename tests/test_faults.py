@@ -23,16 +23,13 @@ from typing import Any
 import pytest
 import redis
 import torch
-from process_tools import Run, alive, cmdline, descendants, wait_for
+from process_tools import COUPLED, Run, alive, cmdline, descendants, wait_for
 from replay_fixtures import listening_addresses
 
 from common.config import debug
 from deploy.wandb_reader import find_offline_runs, read_history
 from replay_service import RedisServer
 from replay_service.schema import STATE, row_key
-
-# A quarter update per insert and little limiter slack: actors wait for the learner within 40 transitions.
-COUPLED = ["--replay.samples-per-insert", "0.25", "--replay.spi-tolerance", "40"]
 
 
 @pytest.fixture
