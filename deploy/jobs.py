@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import subprocess
@@ -92,11 +93,15 @@ def job_server(address: str = "", cluster: str = "") -> Iterator[str]:
             tunnel.wait(10)
 
 
-def _client(url: str) -> Any:
-    # The cluster's nodes run with Ray's token auth and this machine's token (deploy/cluster*.yaml ship
-    # ~/.ray/auth_token): send it. Set before Ray is imported, which reads the mode once.
+def _use_token() -> None:
+    """The cluster's nodes run with Ray's token auth and this machine's token (deploy/cluster*.yaml ship
+    ~/.ray/auth_token): send it. Must run before Ray is imported, which reads the mode once."""
     if os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file():
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def _client(url: str) -> Any:
+    _use_token()
     from ray.job_submission import JobSubmissionClient
 
     return JobSubmissionClient(url)
@@ -191,8 +196,8 @@ def stop(job_id: str = "") -> None:
         print(f"stopping job {job_id}: the driver writes a checkpoint first (up to {STOP_WAIT_S} s)", flush=True)
 
 
-PROGRESS_PREFIXES = ("[collect]", "[pretrain]", "[train]")
-"""How the driver's progress line starts (deploy/run_logger.progress_line)."""
+PROGRESS = re.compile(r"\[(?:collect|pretrain|train)\] env [^\n]*")
+"""The driver's progress line (deploy/run_logger.progress_line), wherever a log line it shares starts."""
 
 
 def node_roles(nodes: list[dict[str, Any]]) -> dict[str, int]:
@@ -212,12 +217,12 @@ def node_roles(nodes: list[dict[str, Any]]) -> dict[str, int]:
 def status(job_id: str = "", nodes_only: bool = False) -> dict[str, Any]:
     """Print the cluster's nodes by role and, unless `nodes_only`, the recorded (or given) job: its status, its
     driver's last progress line and its W&B run."""
+    _use_token()
     from ray.util.state import list_nodes
 
     record = json.loads(JOB_FILE.read_text()) if JOB_FILE.is_file() else {}
     job_id = job_id or ("" if nodes_only else record.get("job_id", ""))
     with _recorded_server(record) as url:
-        _client(url)  # sets Ray's token mode for the state API too
         nodes = [n if isinstance(n, dict) else vars(n) for n in list_nodes(address=url, limit=1000, raise_on_missing_output=False)]
         roles = node_roles(nodes)
         print("nodes: " + ", ".join(f"{count} {role}" for role, count in sorted(roles.items())), flush=True)
@@ -225,7 +230,7 @@ def status(job_id: str = "", nodes_only: bool = False) -> dict[str, Any]:
         if job_id:
             client = _client(url)
             out["job"] = str(client.get_job_status(job_id))
-            lines = [line for line in client.get_job_logs(job_id).splitlines() if line.startswith(PROGRESS_PREFIXES)]
+            lines = PROGRESS.findall(client.get_job_logs(job_id))
             out["progress"] = lines[-1] if lines else "(no progress line yet)"
             run_id = record.get("wandb_run_id", "") if record.get("job_id") == job_id else ""
             out["wandb"] = wandb_url(run_id) if run_id else "(the run's W&B URL is in `make logs`)"
@@ -252,17 +257,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ss.add_argument("job_id", nargs="?", default="")
     ss.add_argument("--nodes", action="store_true", help="only the nodes")
     args = parser.parse_args(argv)
+    _use_token()
+    from ray.exceptions import RayError
+
     try:
         if args.command == "submit":
             submit(args.preset, args.task, args.actors, args.extra)
         elif args.command == "logs":
-            status = logs(args.job_id, follow=not args.no_follow)
-            return 0 if status in ("SUCCEEDED", "RUNNING", "PENDING") else 1
+            final = logs(args.job_id, follow=not args.no_follow)
+            return 0 if final in ("SUCCEEDED", "RUNNING", "PENDING") else 1
         elif args.command == "status":
             status(args.job_id, nodes_only=args.nodes)
         else:
             stop(args.job_id)
-    except (JobError, ConnectionError, RuntimeError) as exc:  # the SDK's HTTP errors are RuntimeErrors
+    except (JobError, ConnectionError, RuntimeError, RayError) as exc:  # the SDK's HTTP errors are RuntimeErrors
         print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -160,6 +160,7 @@ class RunLogger:
         # Progress goes to stderr, leaving stdout to results (the JSON summary, bench output).
         self._tty = sys.stderr.isatty()
         self._last_line = 0.0
+        self._last_text = ""
         self._wandb_lost = False
         url = self.run.url if mode == "online" else None
         log.info("W&B run %s (%s), files in %s%s", self.run.id, mode, run_dir / "wandb", f", {url}" if url else "")
@@ -211,6 +212,7 @@ class RunLogger:
     def progress(self, line: str, force: bool = False) -> None:
         """Rewrite one terminal line (every second), or print a line every 10 s when not a TTY."""
         now = time.monotonic()
+        self._last_text = line
         if self._tty and (force or now - self._last_line >= 1.0):
             sys.stderr.write("\r\x1b[2K" + line)
             sys.stderr.flush()
@@ -222,6 +224,8 @@ class RunLogger:
     def finish(self, summary: dict[str, Any]) -> None:
         if self._tty:
             sys.stderr.write("\n")
+        elif self._last_text:  # a log (a Ray job's, a file) ends with the run's final state
+            print(self._last_text, file=sys.stderr, flush=True)
         def send() -> None:
             for key, value in summary.items():
                 self.run.summary[key] = value
