@@ -114,7 +114,15 @@ def writer_process(url: str, cfg: ReplayConfig, w: int, lengths: list[int]) -> N
 
 
 def listening_addresses(pid: int) -> set[str]:
-    """The `ip:port` TCP addresses process `pid` listens on, read from /proc (IPv6 as `[hex]:port`)."""
+    """The `ip:port` TCP addresses process `pid` listens on, read from /proc (IPv6 as `[hex]:port`); none once
+    it has exited (a server stopping while a test polls it)."""
+    try:
+        return _listening_addresses(pid)
+    except OSError:
+        return set()
+
+
+def _listening_addresses(pid: int) -> set[str]:
     import ipaddress
     import os
 
