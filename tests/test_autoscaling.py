@@ -40,6 +40,11 @@ CPUS_PER_NODE = 2
 ACTORS = 3
 IDLE_MINUTES = 0.25
 LENGTH = 4000
+LOSE_LENGTH = 10_000
+"""The run that loses an actor node is longer: after the kill the node must be declared dead (3 s of failed
+health checks), the autoscaler must launch a replacement and the actor's new process must start writing, which
+took 25 s here, 47 s into a 12 000-step run of 123 s (2026-12-03, printed by the test); a CI run at 4 000 steps
+ended before that with two actors doing the work."""
 
 
 def fake_cluster_config(yaml_path: Path) -> dict[str, Any]:
@@ -151,11 +156,11 @@ class FakeCluster:
         return mine
 
 
-def _train(cluster: FakeCluster, tmp: Path, run_dir: Path) -> subprocess.Popen:
+def _train(cluster: FakeCluster, tmp: Path, run_dir: Path, length: int) -> subprocess.Popen:
     env = dict(cluster.env, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS=cluster.address, CLUSTER="")
     env.pop("RAY_FAKE_CLUSTER")
     env.setdefault("MUJOCO_GL", "egl")
-    args = (f"--run.dir {run_dir} --run.env-steps {LENGTH} --run.eval-episodes 0 --replay.audit "
+    args = (f"--run.dir {run_dir} --run.env-steps {length} --run.eval-episodes 0 --replay.audit "
             "--replay.samples-per-insert 0.5 --actors.max-restarts 10 --learner.node-wait-s 120")
     return subprocess.Popen(["make", "-s", "train", "PRESET=debug", "TASK=cheetah", f"ACTORS={ACTORS}", f"ARGS={args}"],
                             cwd=REPO, env=env, stdout=(tmp / "train.log").open("w"), stderr=subprocess.STDOUT)
@@ -180,18 +185,23 @@ def test_the_autoscaler_adds_and_removes_the_yamls_actor_nodes(tmp_path: Path, y
             time.sleep(1)
         up_s = time.monotonic() - started
         run_dir = tmp_path / "run"
-        proc = _train(cluster, tmp_path, run_dir)
+        length = LOSE_LENGTH if lose_a_node else LENGTH
+        proc = _train(cluster, tmp_path, run_dir, length)
         most_actor_nodes, learner_ids, actor_ids, lost = 0, set(), set(), ""
+        killed_at = rewritten_at = None
         deadline = time.monotonic() + 420
         while proc.poll() is None and time.monotonic() < deadline:
             nodes = nodes_by_type()
             most_actor_nodes = max(most_actor_nodes, len(nodes.get(actor_type, [])))
             learner_ids |= {node_id for _, node_id in nodes.get(learner_type, [])}
             actor_ids |= {node_id for _, node_id in nodes.get(actor_type, [])}
-            writing = len(list((run_dir / "audit").glob("*.log"))) if (run_dir / "audit").is_dir() else 0
-            if lose_a_node and not lost and len(nodes.get(actor_type, [])) == needed and writing >= ACTORS:
+            logs = list((run_dir / "audit").glob("*.log")) if (run_dir / "audit").is_dir() else []
+            if lose_a_node and not lost and len(nodes.get(actor_type, [])) == needed and len(logs) >= ACTORS:
                 pid, lost = nodes[actor_type][-1]
                 os.kill(pid, signal.SIGKILL)  # the node's raylet: its workers die with it, as with a reclaimed spot VM
+                killed_at = time.monotonic()
+            if killed_at and not rewritten_at and len(logs) > ACTORS:  # a new life of a lost actor writes
+                rewritten_at = time.monotonic()
             time.sleep(1)
         if proc.poll() is None:
             proc.kill()
@@ -204,10 +214,13 @@ def test_the_autoscaler_adds_and_removes_the_yamls_actor_nodes(tmp_path: Path, y
         assert most_actor_nodes == needed, (most_actor_nodes, needed)
         assert len(learner_ids) == 1 and summary["learner_node_id"] in learner_ids, (learner_ids, summary)
         assert summary["actor_node_ids"] and set(summary["actor_node_ids"]) <= actor_ids, (summary, actor_ids)
-        assert summary["env_steps"] >= LENGTH and not summary["interrupted"]
+        assert summary["env_steps"] >= length and not summary["interrupted"]
         if lose_a_node:
             assert lost, "no actor node was lost: the run ended first"
-            assert summary["actor_restarts"] >= 1 and len(actor_ids) > needed, (summary, actor_ids)
+            events = "\n".join(line for line in text.splitlines() if "actor" in line and ("WARNING" in line or "ERROR" in line))
+            timing = (f"killed {killed_at - started - up_s:.0f} s into the run, restarted actor writing "
+                      f"{rewritten_at - killed_at:.0f} s later" if rewritten_at else "no restarted actor wrote")
+            assert summary["actor_restarts"] >= 1 and len(actor_ids) > needed, (timing, summary, actor_ids, events)
             report = audit(run_dir)
             assert report.ok and report.checked_rows == report.acknowledged_rows, report
         # Idle actor nodes go; the learner node (min_workers 1) stays.
@@ -222,4 +235,4 @@ def test_the_autoscaler_adds_and_removes_the_yamls_actor_nodes(tmp_path: Path, y
         leftover = cluster.shutdown()
     assert not leftover, f"processes of the cluster outlived it: {leftover}"
     print(f"\n{yaml_name}: cluster up in {up_s:.0f} s, {ACTORS} actors on {needed} actor nodes of {per_node}, run "
-          f"{run_s:.0f} s{' with an actor node lost' if lose_a_node else ''}, idle nodes gone {idle_s:.0f} s later")
+          f"{run_s:.0f} s{f' with an actor node lost ({timing})' if lose_a_node else ''}, idle nodes gone {idle_s:.0f} s later")
