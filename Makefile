@@ -31,7 +31,8 @@ ON_CLUSTER := $(if $(or $(CLUSTER),$(filter http://% https://%,$(RAY_ADDRESS))),
 # A GPU machine is one where `nvidia-smi -L` works or /dev/nvidia0 exists (common/envs.nvidia_gpu_present agrees).
 # It gets the CUDA build of torch for the newest CUDA its driver supports (nvidia-smi's "CUDA Version"), from
 # PyTorch's index, with --force-reinstall so that a local +cpu wheel in pip's find-links cannot win; a CPU machine
-# must not pull ~2 GB of CUDA wheels: the local CPU wheel when this workplace provides one, else PyTorch's CPU index.
+# must not pull ~2 GB of CUDA wheels: the local CPU wheel when this workplace provides one (named with --find-links, as
+# a shell that `ray up` opens over SSH has no PIP_FIND_LINKS), else PyTorch's CPU index. rsync is `ray up`'s file copy.
 HAS_GPU := $(shell { nvidia-smi -L >/dev/null 2>&1 || test -e /dev/nvidia0; } && echo 1 || echo 0)
 ifeq ($(HAS_GPU),1)
 DRIVER_CUDA := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1)
@@ -44,7 +45,7 @@ TORCH_FLAGS = $(if $(filter cu%,$(TORCH_CUDA)),--force-reinstall --index-url htt
   torch 2.13 needs 12.6 or newer: update the NVIDIA driver,`nvidia-smi` does not report the driver's CUDA version: check \
   the driver with `nvidia-smi`) (or `make setup HAS_GPU=0` for the CPU build)))
 else
-TORCH_FLAGS := $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),,--index-url https://download.pytorch.org/whl/cpu)
+TORCH_FLAGS := $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),--find-links /opt/wheels,--index-url https://download.pytorch.org/whl/cpu)
 endif
 
 .PHONY: setup sysdeps test train reproduce eval export bench lint clean cluster-up cluster-down logs stop status
@@ -54,6 +55,7 @@ setup: $(STAMP)
 sysdeps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v rsync >/dev/null || missing="$$missing rsync"; \
 	ldconfig -p | grep -q libOSMesa || missing="$$missing libosmesa6"; \
 	ldconfig -p | grep -q 'libEGL.so.1' || missing="$$missing libegl1"; \
 	ldconfig -p | grep -q 'libGL.so.1' || missing="$$missing libgl1"; \
@@ -93,18 +95,22 @@ endif
 
 # A cloud cluster (AWS by default; CLUSTER=deploy/cluster-gcp.yaml or deploy/cluster-local.yaml for the others).
 # Ray's token auth: every node gets this machine's ~/.ray/auth_token (the YAMLs ship it), so only holders of
-# the token can submit jobs or join.
+# the token can submit jobs or join. Ray's autoscaler v1: the one tests/test_autoscaling.py runs with the YAMLs' node
+# types, and the one that starts an on-premise YAML's workers (`ray up`'s default since Ray 2.50, v2, starts only the
+# head of deploy/cluster-local.yaml: Ray issues 46204, 59905; tests/test_cluster_up.py).
 cluster-up: setup
 	@if grep -q 'ami-EDIT' $(or $(CLUSTER),deploy/cluster.yaml); then \
 	  echo "make cluster-up: $(or $(CLUSTER),deploy/cluster.yaml) still has placeholder AMI ids (ami-EDIT-...): put in" \
 	       "the current ids for your region, printed by the commands in the file's header." >&2; exit 2; fi
 	$(VENV)/bin/ray get-auth-token --generate >/dev/null
-	$(VENV)/bin/ray up -y $(or $(CLUSTER),deploy/cluster.yaml)
+	RAY_UP_enable_autoscaler_v2=0 $(VENV)/bin/ray up -y $(or $(CLUSTER),deploy/cluster.yaml)
 	echo "$(or $(CLUSTER),deploy/cluster.yaml)" > .cluster
 	@CLUSTER="$(or $(CLUSTER),deploy/cluster.yaml)" $(PY) -m deploy.jobs status --nodes || true
 	@echo "cluster up: \`make train TASK=hopper\` now runs there (make status, make cluster-down to tear it down)"
 
+# On machines you already have, Ray is stopped on the workers first (`ray down` stops only the head's there).
 cluster-down: setup
+	$(PY) -m deploy.cluster_down $(or $(CLUSTER),deploy/cluster.yaml)
 	$(VENV)/bin/ray down -y $(or $(CLUSTER),deploy/cluster.yaml)
 	rm -f .cluster
 

@@ -29,7 +29,7 @@ VENV_PATH = 'export PATH="$HOME/slac-dist/.venv/bin:$PATH"'
 PATH = os.pathsep.join([str(Path(sys.executable).parent), str(REPO / ".venv" / "bin"), os.environ.get("PATH", "")])
 # Executables the cloud images have and this test machine need not: it runs as root without sudo, and has
 # no GPU driver.
-REMOTE_ONLY = {"sudo", "nvidia-smi"}
+REMOTE_ONLY = {"sudo", "$SUDO", "nvidia-smi"}
 # Words that open or close a shell construct: the command after them is checked, the construct itself not.
 KEYWORDS = {"if", "then", "else", "elif", "do", "while", "until", "!"}
 SKIPPED = {"for", "fi", "done", "esac"}
@@ -80,8 +80,9 @@ def _simple_commands(command: str) -> list[list[str]]:
 
 
 def _unwrap(argv: list[str]) -> list[str]:
-    """The command that `sudo [VAR=value...] CMD` or `timeout SECONDS CMD` runs."""
-    if argv[0] == "sudo":
+    """The command that `sudo [VAR=value...] CMD` (or `$SUDO`, empty for root), `env VAR=value... CMD` or
+    `timeout SECONDS CMD` runs."""
+    if argv[0] in ("sudo", "$SUDO", "env"):
         rest = argv[1:]
         while rest and (rest[0].startswith("-") or "=" in rest[0]):
             rest = rest[1:]
