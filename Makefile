@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
-# Empty TASK means the preset's own task (paper: cheetah_run; cpu: finger_spin).
+# Empty TASK means the preset's own task (paper: cheetah_run; cpu: cartpole_swingup).
 TASK   ?=
 SEEDS  ?= 1
 PARALLEL ?= auto

@@ -12,6 +12,9 @@ stopped with `make stop`, and `make cluster-down`, and checks:
   learner runs on the head, the actors on the worker, the replay on the head's address;
 - the job finishes with its summary in `make logs`; `make stop` leaves a final checkpoint;
 - after `make cluster-down` no Ray or Redis process is left on either machine, and none of the test's sshd.
+The machines share this machine's system (only /root and /tmp/ray are their own), so their setup's apt-get runs
+on it: on a machine set up by `make setup` it adds python3-venv and upgrades the listed packages if newer
+ones are out.
 """
 
 from __future__ import annotations
@@ -86,7 +89,9 @@ class Laptop:
         return done
 
     def make(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        done = self.run("make", "-s", *args, timeout=timeout)
+        # `-o sysdeps`: this machine is set up already, and the machines' own apt-get (their setup_commands run
+        # on this same system) may be mid-install, when `make setup`'s check for a library can miss it.
+        done = self.run("make", "-s", "-o", "sysdeps", *args, timeout=timeout)
         assert done.returncode == 0, f"make {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
         return done
 
@@ -180,7 +185,7 @@ def test_ray_up_runs_the_shipped_yaml_and_make_train_runs_on_it(tmp_path: Path, 
             time.sleep(1)
         stopped = laptop.make("stop", timeout=120)
         assert "stopping job" in stopped.stdout, stopped.stdout
-        followed = laptop.run("make", "-s", "logs", timeout=400)
+        followed = laptop.run("make", "-s", "-o", "sysdeps", "logs", timeout=400)
         timings["stopped job"] = time.monotonic() - started
         assert ": STOPPED" in followed.stdout.splitlines()[-1], followed.stdout[-3000:]
         summary = summary_of(followed.stdout)
@@ -199,7 +204,7 @@ def test_ray_up_runs_the_shipped_yaml_and_make_train_runs_on_it(tmp_path: Path, 
             f"Ray or Redis outlived make cluster-down: {ray_or_redis(head.processes() + worker.processes())}"
     finally:
         if up:
-            laptop.run("make", "-s", "cluster-down", timeout=300)
+            laptop.run("make", "-s", "-o", "sysdeps", "cluster-down", timeout=300)
         if saved is None:
             remembered.unlink(missing_ok=True)
         else:
