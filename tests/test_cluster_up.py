@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
-from process_tools import summary_of
+from process_tools import summary_of, wait_for
 from ssh_hosts import SshHost, ensure_sshd, keypair, processes_in, ssh_config
 
 from replay_service.server import free_port
@@ -88,11 +88,11 @@ class Laptop:
             log.write(f"$ {' '.join(args)}  (exit {done.returncode})\n{done.stdout}\n{done.stderr}\n")
         return done
 
-    def make(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    def make(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
         # `-o sysdeps`: this machine is set up already, and the machines' own apt-get (their setup_commands run
         # on this same system) may be mid-install, when `make setup`'s check for a library can miss it.
         done = self.run("make", "-s", "-o", "sysdeps", *args, timeout=timeout)
-        assert done.returncode == 0, f"make {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        assert done.returncode == 0 or not check, f"make {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
         return done
 
     def node_ips(self) -> dict[str, str]:
@@ -103,6 +103,11 @@ class Laptop:
         done = self.run(str(REPO / ".venv/bin/python"), "-c", code, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def on_node(path: str, node_home: Path) -> Path:
+    """Where a path of the machines' home (`~/...` or /root/...) lies on this machine."""
+    return Path(re.sub(r"^(~|/root)/", f"{node_home}/", path))
 
 
 def ray_or_redis(processes: list[tuple[int, str]]) -> list[tuple[int, str]]:
@@ -172,25 +177,23 @@ def test_ray_up_runs_the_shipped_yaml_and_make_train_runs_on_it(tmp_path: Path, 
         assert ips[summary["learner_node_id"]] == HEAD, (summary["learner_node_id"], ips)
         assert {ips[n] for n in summary["actor_node_ids"]} == {WORKER}, (summary["actor_node_ids"], ips)
         assert re.fullmatch(rf"redis://replay:\*+@{re.escape(HEAD)}:\d+/0", summary["replay_url"]), summary
-        assert Path(summary["checkpoint"].replace("/root/", f"{node_home}/", 1)).exists(), summary["checkpoint"]
+        assert on_node(summary["checkpoint"], node_home).exists(), summary["checkpoint"]
 
         # A second job, stopped: the driver checkpoints first.
         started = time.monotonic()
         laptop.make("train", "PRESET=debug", "TASK=cheetah", f"ARGS={RUN} --run.env-steps 1000000")
         second = json.loads((tmp_path / "job.json").read_text())
-        run_dir = Path(re.search(r"--run\.dir (\S+)", second["entrypoint"]).group(1).replace("~", str(node_home), 1))
-        deadline = time.monotonic() + 300
-        while not list((run_dir / "checkpoints").glob("ckpt_*.pt")):
-            assert time.monotonic() < deadline, f"the second job never reached joint training ({run_dir})"
-            time.sleep(1)
+        run_dir = on_node(re.search(r"--run\.dir (\S+)", second["entrypoint"]).group(1), node_home)
+        wait_for(lambda: list((run_dir / "checkpoints").glob("ckpt_*.pt")), 300,
+                 f"the second job to reach joint training ({run_dir})")
         stopped = laptop.make("stop", timeout=120)
         assert "stopping job" in stopped.stdout, stopped.stdout
-        followed = laptop.run("make", "-s", "-o", "sysdeps", "logs", timeout=400)
+        followed = laptop.make("logs", timeout=400, check=False)  # a stopped job's logs exit 1
         timings["stopped job"] = time.monotonic() - started
         assert ": STOPPED" in followed.stdout.splitlines()[-1], followed.stdout[-3000:]
         summary = summary_of(followed.stdout)
         assert summary["interrupted"], summary
-        assert Path(summary["checkpoint"].replace("/root/", f"{node_home}/", 1)).exists(), summary["checkpoint"]
+        assert on_node(summary["checkpoint"], node_home).exists(), summary["checkpoint"]
 
         started = time.monotonic()
         laptop.make("cluster-down", timeout=300)
@@ -204,7 +207,7 @@ def test_ray_up_runs_the_shipped_yaml_and_make_train_runs_on_it(tmp_path: Path, 
             f"Ray or Redis outlived make cluster-down: {ray_or_redis(head.processes() + worker.processes())}"
     finally:
         if up:
-            laptop.run("make", "-s", "-o", "sysdeps", "cluster-down", timeout=300)
+            laptop.make("cluster-down", timeout=300, check=False)
         if saved is None:
             remembered.unlink(missing_ok=True)
         else:
