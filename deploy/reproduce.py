@@ -17,7 +17,8 @@ grouping shows the mean and band over seeds. The harness then writes, under `res
 logs the figure to every seed's W&B run, and rewrites `results/<preset>/table.md` (deploy/results_table.py):
 return at 100k and 500k environment steps of every task reproduced with the preset, beside the published
 figures. `TASKS=a,b,c` does all this for several tasks, one after another. Running the same command again
-skips finished seeds and resumes an interrupted one.
+skips finished seeds and resumes an interrupted one; on a fresh clone it takes the seeds already committed
+under results/ with the same configuration from there (deploy/committed_seeds.py) and trains the rest.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any
 import imageio.v2 as imageio
 
 from common.config import Config, parse_cli
+from deploy.committed_seeds import committed_seeds
 from deploy.results_table import write_table
 from deploy.returns_plot import plot_returns, random_baseline, read_evaluations, write_returns
 from deploy.seeds import SeedFailed, SeedRun, actors_per_seed, default_parallel, run_seeds
@@ -127,28 +129,38 @@ def reproduce_task(rest: list[str], base: Config, preset: str, seeds: int, paral
                 "--run.job-type", "reproduce", "--run.name", f"{task}-{preset}-seed{seed}",
                 "--run.tags", *tags, f"seed{seed}"]
         seed_runs.append(SeedRun(seed, (runs_root / task / preset / f"seed{seed}").resolve(), argv))
-    k = parallel or default_parallel(base, seeds)
-    for run in seed_runs:
+    reused = committed_seeds(out, base, [r.seed for r in seed_runs], {r.seed: r.run_dir for r in seed_runs})
+    to_train = [r for r in seed_runs if r.seed not in reused]
+    k = parallel or default_parallel(base, max(1, len(to_train)))
+    for run in to_train:
         run.argv += actors_per_seed(base, k)
-    log.info("%s, preset %s: %d seed%s, %d at a time", task, preset, seeds, "s" * (seeds != 1), k)
-    summaries = run_seeds(seed_runs, k)
-    runs, evaluations = [], []
-    for run, summary in zip(seed_runs, summaries, strict=True):
-        (out / f"seed{run.seed}").mkdir(exist_ok=True)
-        shutil.copyfile(run.run_dir / "eval.csv", out / f"seed{run.seed}" / "eval.csv")
+    log.info("%s, preset %s: %d seed%s, %d at a time%s", task, preset, seeds, "s" * (seeds != 1), k,
+             f" ({len(reused)} from the committed results)" if reused else "")
+    trained = dict(zip([r.seed for r in to_train], run_seeds(to_train, k), strict=True))
+    runs, evaluations, here_machine = [], [], machine()
+    for run in seed_runs:
+        if run.seed in reused:
+            runs.append(reused[run.seed])
+        else:
+            summary = trained[run.seed]
+            (out / f"seed{run.seed}").mkdir(exist_ok=True)
+            shutil.copyfile(run.run_dir / "eval.csv", out / f"seed{run.seed}" / "eval.csv")
+            updates = summary["updates"] + summary["pretrain_updates"]
+            wall = summary["wall_clock_s"]
+            runs.append({"seed": run.seed, "run_dir": str(run.run_dir), "wandb_run_id": summary["wandb_run_id"],
+                         "commit": code, "machine": here_machine, "date": time.strftime("%Y-%m-%d"),
+                         "env_steps": summary["env_steps"], "updates": summary["updates"],
+                         "pretrain_updates": summary["pretrain_updates"], "wall_clock_s": wall,
+                         "updates_per_s": round(updates / wall, 2) if wall else None,
+                         **{k: summary.get(k) for k in ("harness_wall_clock_s", "harness_started_at",
+                                                        "harness_finished_at")}})
         evaluations += read_evaluations(out / f"seed{run.seed}" / "eval.csv", run.seed)
-        updates = summary["updates"] + summary["pretrain_updates"]
-        wall = summary["wall_clock_s"]
-        runs.append({"seed": run.seed, "run_dir": str(run.run_dir), "wandb_run_id": summary["wandb_run_id"],
-                     "env_steps": summary["env_steps"], "updates": summary["updates"],
-                     "pretrain_updates": summary["pretrain_updates"], "wall_clock_s": wall,
-                     "updates_per_s": round(updates / wall, 2) if wall else None,
-                     **{k: summary.get(k) for k in ("harness_wall_clock_s", "harness_started_at", "harness_finished_at")}})
     write_returns(evaluations, out / "returns.csv")
     random_mean, random_std, episodes = random_baseline(evaluations)
     plot_returns(evaluations, task, preset, out / "returns.png", note=f"preset {preset}")
-    publish(out / "returns.png", f"{task}, preset {preset}: {len(runs)} seeds", runs)
-    summary = {"command": command, "commit": code, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+    here = [r for r in runs if (Path(r["run_dir"]) / "config.json").exists()]  # committed seeds' W&B runs are elsewhere
+    publish(out / "returns.png", f"{task}, preset {preset}: {len(runs)} seeds", here)
+    summary = {"command": command, "commit": code, "machine": here_machine, "date": time.strftime("%Y-%m-%d"),
                "task": task, "preset": preset, "parallel": k, "config": base.to_dict(),
                "random_policy": {"return_mean": random_mean, "return_std": random_std, "episodes": episodes},
                "final_return_mean": {r["seed"]: next(e.mean for e in reversed(evaluations) if e.seed == r["seed"])
