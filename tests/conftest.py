@@ -38,3 +38,54 @@ def debug_config():
     from common.config import debug
 
     return debug()
+
+
+
+_exit_status: int | None = None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remember pytest's verdict for `pytest_unconfigure`."""
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process with pytest's verdict once everything is reported, skipping interpreter teardown.
+
+    The suite runs Ray drivers, W&B runs, MuJoCo GL contexts and torch's thread pools inside this one
+    process, one after another; CI once saw the process die of SIGSEGV after "255 passed" had been printed,
+    in the interpreter's teardown of those native libraries (no test was running). The processes users run
+    (`deploy.train`, `deploy.reproduce`, ...) each hold one of them and exit 0, which the end-to-end tests
+    check. Here the in-process resources are closed explicitly, with faulthandler printing every thread's
+    stack should one of those steps crash, and the process then exits without the teardown.
+    """
+    import faulthandler
+    import sys
+    import threading
+
+    if _exit_status is None:  # no session ran (a usage error): nothing of ours is loaded
+        return
+    faulthandler.enable(file=sys.__stderr__, all_threads=True)
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    if "wandb" in sys.modules:
+        import wandb
+
+        wandb.teardown()
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.terminate()
+        child.join(5)
+    left = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if left:
+        print(f"conftest: threads still running at exit: {left}", file=sys.__stderr__)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_exit_status)
