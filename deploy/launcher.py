@@ -25,6 +25,7 @@ from common.envs import make_env, select_gl_backend
 from common.tasks import resolve_task
 from deploy.checkpoint_schedule import CheckpointSchedule
 from deploy.disk import MB, DiskFullError, DiskGuard
+from deploy.eval_schedule import EvalSchedule
 from deploy.fleet import ActorFleet, RunState
 from deploy.ray_runtime import (
     RENDER_PROCESS_ENV,
@@ -149,14 +150,13 @@ class Driver:
         self.action_repeat = resolve_task(cfg.run.task).action_repeat
         self.fleet = ActorFleet(cfg, replay_url, env_factory, self.state, self.carried, place.actors,
                                 self.action_repeat)
-        self.eval_ref: tuple[Any, int, int, int] | None = None
+        self.evals = EvalSchedule(cfg, self.state, self.evaluator, self.board, self.logger, self._note_renderer)
         # From the checkpoint when resuming: the first poll's updates/s then counts only new updates.
         counters = dict(resume["counters"]) if resume else {"updates": 0, "pretrain_updates": 0, "version": 0}
         self.checkpoints = CheckpointSchedule(cfg.learner, counters)
         self.learner_info: dict[str, Any] = {"counters": counters, "metrics": {}, "figure": None,
                                              "replay": {"inserted": 0.0, "sampled": 0.0}, "phase": "collect"}
         self.train_return: float | None = None
-        self.eval_return: float | None = None
         self.wait_meter = ActorWaitMeter()
         self.renderers: list[dict[str, str]] = []
         self.started = self.last_poll = time.monotonic()
@@ -175,7 +175,7 @@ class Driver:
                 tick = time.monotonic()
                 self._check_processes()
                 self._poll()
-                self._maybe_evaluate()
+                self.evals.step(self.learner_info["counters"])
                 self._maybe_checkpoint()
                 # Pacing of the driver's poll (one W&B row per tick), not synchronisation.
                 time.sleep(max(0.0, self.cfg.learner.log_every_s - (time.monotonic() - tick)))
@@ -295,53 +295,7 @@ class Driver:
             self.logger.image(self.state.env_steps, "model/samples", info["figure"],
                               "rows: ground truth, posterior, conditional prior, prior")
         self.logger.progress(progress_line(self.cfg, self.learner_info, self.state.env_steps, self.state.agent_steps,
-                                           scalars, self.train_return, self.eval_return))
-
-    def _maybe_evaluate(self, wait: bool = False, final: bool = False) -> None:
-        """Collect a finished evaluation; start the next one when the schedule says so.
-
-        Evaluations sit on the paper's grid of environment steps (0, eval_every, 2 eval_every, ...), each
-        labelled with its grid point (`scheduled`); `final` adds one at the run's length.
-        """
-        if self.eval_ref is not None:
-            ref, env_steps, scheduled, updates = self.eval_ref
-            ready, _ = ray.wait([ref], timeout=None if wait else 0)
-            if not ready:
-                return
-            self.eval_ref = None
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayError as exc:  # e.g. the evaluator was lost: redo that grid point
-                log.warning("evaluation at %d env steps failed (%s); it runs again", scheduled, type(exc).__name__)
-                self.state.next_eval = scheduled
-                return
-            self._note_renderer(result.get("renderer"))
-            self.eval_return = sum(result["returns"]) / len(result["returns"])
-            self.logger.evaluation(env_steps, scheduled, updates, result["version"], result["returns"])
-            if result["video"] is not None:
-                self.logger.video(env_steps, "eval/video", result["video"])
-        every, length = self.cfg.run.eval_every, self.cfg.run.env_steps
-        if final:
-            due, scheduled = self.state.last_eval_scheduled < length, length
-        else:
-            due = self.state.env_steps >= self.state.next_eval and self.state.next_eval < length
-            scheduled = self.state.env_steps // every * every  # a grid point skipped while busy is not redone
-        if self.cfg.run.eval_episodes == 0 or not due or self.eval_ref is not None:
-            return
-        latest = ray.get(self.board.latest.remote(0))
-        if latest is None and self.learner_info["counters"]["version"] > 0:
-            return  # a resumed or restarted learner has not published yet: wait for its weights
-        # Before the first publication (initial collection, model pre-training) the agent acts uniformly
-        # at random: the evaluator measures exactly that (weights None), as the paper's curves start at 0.
-        weights_ref = latest[1][0] if latest is not None else None
-        self.state.evals += 1
-        ref = self.evaluator.evaluate.remote(weights_ref, self.cfg.run.eval_episodes,
-                                             self.cfg.run.seed * 7919 + self.state.evals, True)
-        self.eval_ref = (ref, self.state.env_steps, scheduled, self.learner_info["counters"]["updates"])
-        self.state.last_eval_scheduled = scheduled
-        self.state.next_eval = scheduled + every
-        if wait:
-            self._maybe_evaluate(wait=True)
+                                           scalars, self.train_return, self.evals.last_return))
 
     def _maybe_checkpoint(self) -> None:
         self.checkpoints.tick(self.learner_info["counters"], lambda: self.learner.checkpoint.remote(self._extra()))
@@ -352,10 +306,8 @@ class Driver:
     # --- stopping -----------------------------------------------------------------------------------
     def _finish(self, interrupted: bool) -> dict[str, Any]:
         self.signals.stopping()
-        if interrupted and self.eval_ref is not None:  # its grid point is redone by the resumed run
-            self.state.next_eval = self.eval_ref[2]
-            self.state.last_eval_scheduled = self.eval_ref[2] - self.cfg.run.eval_every
-            self.eval_ref = None
+        if interrupted:
+            self.evals.abandon()  # its grid point is redone by the resumed run
         self._stop_processes()
         self.checkpoints.wait()
         try:
@@ -366,9 +318,9 @@ class Driver:
             checkpoint = str(newest) if newest else None
             log.error("the learner process is gone, so no final checkpoint; the newest is %s", checkpoint)
         if not interrupted and self.cfg.run.eval_episodes > 0:
-            self._maybe_evaluate(wait=True)  # the one in flight
+            self.evals.step(self.learner_info["counters"], wait=True)  # the one in flight
             if self.state.env_steps >= self.cfg.run.env_steps:
-                self._maybe_evaluate(wait=True, final=True)  # the curve's last point, at the run's length
+                self.evals.step(self.learner_info["counters"], wait=True, final=True)  # the curve's last point, at the run's length
         counters = self.learner_info["counters"]
         summary = {"env_steps": self.state.env_steps, "agent_steps": self.state.agent_steps,
                    "updates": counters["updates"],
@@ -376,7 +328,7 @@ class Driver:
                    "episodes": self.state.episodes, "actor_restarts": self.state.actor_restarts,
                    "env_errors": self.state.env_errors, "actor_steps_written": self.state.steps_written,
                    "train_return": self.train_return,
-                   "eval_return": self.eval_return, "wall_clock_s": round(time.monotonic() - self.started, 1),
+                   "eval_return": self.evals.last_return, "wall_clock_s": round(time.monotonic() - self.started, 1),
                    "stopped_by": self.signals.received if interrupted else None,
                    "learner_restarts": self.supervisor.restarts, "learner_updates_lost": self.supervisor.updates_lost,
                    "learner_stalls_s": [round(s, 1) for s in self.supervisor.stalls_s],

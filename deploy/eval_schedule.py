@@ -1,0 +1,84 @@
+"""The run's evaluations on the paper's grid of environment steps, one at a time on the evaluator actor.
+
+Appendix C evaluates at step 0 and every `run.eval_every` environment steps; each evaluation is labelled with
+its grid point (`scheduled`), so curves of different runs align whatever the actors' pace. The driver calls
+`step` every tick: it collects a finished evaluation (a lost evaluator's grid point runs again) and starts the
+next one when the run has passed it; `final` adds one at the run's length. A grid point the run passed while
+an evaluation was busy is not redone (the next starts at the newest point), and an interrupted run hands its
+unfinished one to the resumed run (`abandon`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from common.config import Config
+from deploy.fleet import RunState
+from deploy.run_logger import RunLogger
+
+log = logging.getLogger(__name__)
+
+
+class EvalSchedule:
+    """Starts and collects the evaluator's episodes; `last_return` is the newest evaluation's mean return."""
+
+    def __init__(self, cfg: Config, state: RunState, evaluator: Any, board: Any, logger: RunLogger,
+                 note_renderer: Callable[[dict[str, str] | None], None]) -> None:
+        self.cfg, self.state, self.evaluator, self.board, self.logger = cfg, state, evaluator, board, logger
+        self.note_renderer = note_renderer
+        self.ref: tuple[Any, int, int, int] | None = None
+        """(object ref, env steps at its start, grid point, updates at its start) of the one in flight."""
+        self.last_return: float | None = None
+
+    def step(self, counters: dict[str, int], wait: bool = False, final: bool = False) -> None:
+        """Collect a finished evaluation; start the next one when the grid says so (`wait`: block for it)."""
+        if self.ref is not None:
+            ref, env_steps, scheduled, updates = self.ref
+            ready, _ = ray.wait([ref], timeout=None if wait else 0)
+            if not ready:
+                return
+            self.ref = None
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError as exc:  # e.g. the evaluator was lost: redo that grid point
+                log.warning("evaluation at %d env steps failed (%s); it runs again", scheduled, type(exc).__name__)
+                self.state.next_eval = scheduled
+                return
+            self.note_renderer(result.get("renderer"))
+            self.last_return = sum(result["returns"]) / len(result["returns"])
+            self.logger.evaluation(env_steps, scheduled, updates, result["version"], result["returns"])
+            if result["video"] is not None:
+                self.logger.video(env_steps, "eval/video", result["video"])
+        every, length = self.cfg.run.eval_every, self.cfg.run.env_steps
+        if final:
+            due, scheduled = self.state.last_eval_scheduled < length, length
+        else:
+            due = self.state.env_steps >= self.state.next_eval and self.state.next_eval < length
+            scheduled = self.state.env_steps // every * every  # a grid point skipped while busy is not redone
+        if self.cfg.run.eval_episodes == 0 or not due or self.ref is not None:
+            return
+        latest = ray.get(self.board.latest.remote(0))
+        if latest is None and counters["version"] > 0:
+            return  # a resumed or restarted learner has not published yet: wait for its weights
+        # Before the first publication (initial collection, model pre-training) the agent acts uniformly
+        # at random: the evaluator measures exactly that (weights None), as the paper's curves start at 0.
+        weights_ref = latest[1][0] if latest is not None else None
+        self.state.evals += 1
+        ref = self.evaluator.evaluate.remote(weights_ref, self.cfg.run.eval_episodes,
+                                             self.cfg.run.seed * 7919 + self.state.evals, True)
+        self.ref = (ref, self.state.env_steps, scheduled, counters["updates"])
+        self.state.last_eval_scheduled = scheduled
+        self.state.next_eval = scheduled + every
+        if wait:
+            self.step(counters, wait=True)
+
+    def abandon(self) -> None:
+        """An interrupted run: the one in flight is dropped and its grid point left to the resumed run."""
+        if self.ref is not None:
+            self.state.next_eval = self.ref[2]
+            self.state.last_eval_scheduled = self.ref[2] - self.cfg.run.eval_every
+            self.ref = None
