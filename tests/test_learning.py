@@ -7,6 +7,11 @@ minutes on the 2-core machines this project started on, 28 on the slower 2-core 
 in the same run with the same protocol (the evaluations before the first policy is published), by
 MARGIN. The margin comes from runs of this exact test on this project's 2-core machines; see
 results/cartpole_swingup/cpu/learning_test_seeds.csv for what they reached.
+
+Why cartpole_swingup and not a paper task: in the same ~17 000 updates finger_spin (results/finger_spin/cpu,
+three seeds, random 0.7) is at 7.5, 1.2 and 217 (40 000 environment steps); one seed of three has left the
+random policy, so no margin would hold. Its first point where all three have, 50 000 steps (~22 000 updates,
+30 % longer), is 27 to 223, a worst margin (26) no better than cartpole's 31 at 160k.
 """
 
 from __future__ import annotations
