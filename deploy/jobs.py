@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -88,7 +89,10 @@ def job_server(address: str = "", cluster: str = "") -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        tunnel.terminate()
+        # The whole process group: `ray dashboard` runs ssh as its child, and a SIGTERM to it alone leaves that
+        # ssh running, and with it the `while true; do sleep 86400; done` it keeps open on the head.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(tunnel.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             tunnel.wait(10)
 

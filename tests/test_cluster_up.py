@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 from process_tools import summary_of, wait_for
-from ssh_hosts import SshHost, ensure_sshd, keypair, processes_in, ssh_config
+from ssh_hosts import SshHost, ensure_sshd, keypair, pid_namespace, processes_in, ssh_config
 
 from replay_service.server import free_port
 
@@ -132,6 +132,14 @@ def machines(tmp_path: Path):
         assert not leftovers, f"processes outlived the test's machines: {leftovers}"
 
 
+def tunnels(head: SshHost) -> list[str]:
+    """`ray dashboard` tunnels still open to the head: this machine's ssh forwarding a port to it, and the
+    command each keeps running there."""
+    here = pid_namespace(os.getpid())
+    local = [cmd for _, cmd in processes_in(here) if cmd.startswith("ssh ") and " -L " in cmd and f"@{HEAD}" in cmd]
+    return local + [cmd for _, cmd in head.processes() if "sleep 86400" in cmd]
+
+
 def test_ray_up_runs_the_shipped_yaml_and_make_train_runs_on_it(tmp_path: Path, machines) -> None:
     key, node_home, (head, worker) = machines
     shipped = yaml.safe_load((REPO / "deploy/cluster-local.yaml").read_text())
@@ -194,6 +202,11 @@ def test_ray_up_runs_the_shipped_yaml_and_make_train_runs_on_it(tmp_path: Path, 
         summary = summary_of(followed.stdout)
         assert summary["interrupted"], summary
         assert on_node(summary["checkpoint"], node_home).exists(), summary["checkpoint"]
+        # Each jobs command reached the head through its own `ray dashboard` tunnel: none outlives its command.
+        deadline = time.monotonic() + 30
+        while tunnels(head) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not tunnels(head), f"tunnels outlived their jobs commands: {tunnels(head)}"
 
         started = time.monotonic()
         laptop.make("cluster-down", timeout=300)
