@@ -158,8 +158,8 @@ def reproduce_task(rest: list[str], base: Config, preset: str, seeds: int, paral
     write_returns(evaluations, out / "returns.csv")
     random_mean, random_std, episodes = random_baseline(evaluations)
     plot_returns(evaluations, task, preset, out / "returns.png", note=f"preset {preset}")
-    here = [r for r in runs if (Path(r["run_dir"]) / "config.json").exists()]  # committed seeds' W&B runs are elsewhere
-    publish(out / "returns.png", f"{task}, preset {preset}: {len(runs)} seeds", here)
+    trained_here = [r for r in runs if r["seed"] not in reused]  # committed seeds' W&B runs are on other machines
+    publish(out / "returns.png", f"{task}, preset {preset}: {len(runs)} seeds", trained_here)
     summary = {"command": command, "commit": code, "machine": here_machine, "date": time.strftime("%Y-%m-%d"),
                "task": task, "preset": preset, "parallel": k, "config": base.to_dict(),
                "random_policy": {"return_mean": random_mean, "return_std": random_std, "episodes": episodes},

@@ -54,14 +54,14 @@ def task_row(task_dir: Path) -> dict[str, Any] | None:
             **{f"at_{k}": _at(table, k) for k in CHECKPOINTS},
             "final": f"{_at(table, last)} at {last:,}",
             "wall_clock": _hours([s["wall_clock_s"] for s in seeds if s.get("wall_clock_s")]),
-            "commit": ", ".join(dict.fromkeys(_short(s.get("commit", summary.get("commit", "?"))) for s in seeds)
-                                or [_short(summary.get("commit", "?"))])}
+            "commit": ", ".join(dict.fromkeys(_short(s.get("commit", summary.get("commit", "?"))) for s in seeds))
+                      or _short(summary.get("commit", "?"))}
 
 
 def _short(commit: str) -> str:
     """A commit as the table shows it: 12 hex digits, `-dirty` kept; a note after the hash is dropped."""
-    commit = str(commit)
-    return commit.split()[0][:12] + ("-dirty" if commit.split()[0].endswith("-dirty") else "")
+    sha = (str(commit).split() or ["?"])[0]
+    return sha[:12] + ("-dirty" if sha.endswith("-dirty") else "")
 
 
 def write_table(results: Path, preset: str) -> Path:

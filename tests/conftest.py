@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import faulthandler
+import multiprocessing
 import os
+import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -40,7 +44,6 @@ def debug_config():
     return debug()
 
 
-
 _exit_status: int | None = None
 
 
@@ -62,10 +65,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     check. Here the in-process resources are closed explicitly, with faulthandler printing every thread's
     stack should one of those steps crash, and the process then exits without the teardown.
     """
-    import faulthandler
-    import sys
-    import threading
-
     if _exit_status is None:  # no session ran (a usage error): nothing of ours is loaded
         return
     faulthandler.enable(file=sys.__stderr__, all_threads=True)
@@ -78,8 +77,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         import wandb
 
         wandb.teardown()
-    import multiprocessing
-
     for child in multiprocessing.active_children():
         child.terminate()
         child.join(5)

@@ -37,6 +37,12 @@ def _fill(path: Path) -> int:
         os.close(fd)
 
 
+def _updates_in_newest(directory: Path) -> int:
+    """SAC updates in the newest complete checkpoint (0 when there is none yet)."""
+    newest = latest_checkpoint(directory)
+    return 0 if newest is None else int(read_checkpoint(newest)["counters"]["updates"])
+
+
 @pytest.mark.faults
 def test_a_full_disk_ends_the_run_cleanly_and_resume_continues_after_freeing_space(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
@@ -51,8 +57,10 @@ def test_a_full_disk_ends_the_run_cleanly_and_resume_continues_after_freeing_spa
                                    "100000", "--run.eval-episodes", "0", "--run.min-free-mb", "4",
                                    "--learner.checkpoint-every-s", "3", *COUPLED]))
         run = runs[0]
-        wait_for(lambda: run.replay_state().get("sampled", 0) >= 40 and latest_checkpoint(run_dir / "checkpoints"),
-                 180, "joint training and a checkpoint", run.proc, run.log)
+        # A checkpoint with SAC updates in it: the first one (as soon as the first policy is out) holds only the
+        # model's pre-training, and on a slow machine the disk could fill before the next one is written.
+        wait_for(lambda: run.replay_state().get("sampled", 0) >= 40 and _updates_in_newest(run_dir / "checkpoints") > 0,
+                 180, "joint training and a checkpoint with updates", run.proc, run.log)
         filled = _fill(disk / "filler")
         assert os.statvfs(disk).f_bavail == 0
         assert run.wait(120) == 2, run.text[-3000:]
