@@ -333,6 +333,7 @@ class Driver:
                    "learner_restarts": self.supervisor.restarts, "learner_updates_lost": self.supervisor.updates_lost,
                    "learner_stalls_s": [round(s, 1) for s in self.supervisor.stalls_s],
                    "replay_server_restarts": self.watchdog.restarts if self.watchdog else 0,
+                   "replay_server_failed_starts": self.watchdog.failed_starts if self.watchdog else 0,
                    "replay_server_stalls_s": [round(s, 1) for s in self.watchdog.stalls_s] if self.watchdog else [],
                    "checkpoint": checkpoint, "run_dir": str(self.run.path),
                    "wandb_run_id": self.logger.run_id, "interrupted": interrupted,

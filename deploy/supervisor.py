@@ -86,6 +86,10 @@ class RedisWatchdog:
     def __init__(self, server: RedisServer, poll_s: float = 0.2, give_up_s: float = REDIS_GIVE_UP_S) -> None:
         self.server, self.poll_s, self.give_up_s = server, poll_s, give_up_s
         self.restarts = 0
+        self.failed_starts = 0
+        """Restart attempts that failed: the new server died while loading its AOF (killed, out of memory) or
+        could not start; each is retried. A server killed during its own restart is one of these, not a
+        restart of its own, so restarts + failed_starts is the number of servers that died under the run."""
         self.stalls_s: list[float] = []
         self.failure: str | None = None
         self.down = False
@@ -97,7 +101,7 @@ class RedisWatchdog:
         while not self._stop.wait(self.poll_s):
             if self.server.running:
                 continue
-            died, self.down = time.monotonic(), True
+            died, self.down, failed_before = time.monotonic(), True, self.failed_starts
             log.warning("the replay's redis-server (port %s) died; restarting it on %s", self.server.port,
                         self.server.data_dir)
             while not self._stop.is_set():
@@ -105,6 +109,11 @@ class RedisWatchdog:
                     self.server.start()  # same port, same data dir: the AOF reloads
                     break
                 except Exception as exc:  # noqa: BLE001 - a port still taken or a disk full: retry, bounded
+                    self.failed_starts += 1
+                    # One warning per outage: a server that cannot come back would otherwise print one a second.
+                    log.log(logging.WARNING if self.failed_starts == failed_before + 1 else logging.DEBUG,
+                            "redis-server failed to restart (%s); retrying every second for up to %.0f s",
+                            (str(exc).strip().splitlines() or [type(exc).__name__])[0], self.give_up_s)
                     if time.monotonic() - died > self.give_up_s:
                         log.error("redis-server restart failed: %s", exc)
                         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
