@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 from dataclasses import replace
@@ -24,6 +25,7 @@ from replay_fixtures import (
 )
 
 from common.config import ReplayConfig
+from deploy.supervisor import RedisWatchdog
 from replay_service import (
     SCHEMA_VERSION,
     RedisNotInstalledError,
@@ -73,6 +75,32 @@ def test_server_config_restart_reload_and_clean_stop(tmp_path: Path) -> None:
     with server:  # restart on the same data dir and port: the AOF is reloaded
         assert connect(server.url, 2.0).get("probe") == b"kept"
     assert not server.running
+
+
+def test_watchdog_counts_a_failed_restart_apart_from_the_restart(tmp_path: Path) -> None:
+    """A killed server whose first restart fails (here its port is taken meanwhile, as when the new server is
+    itself killed while loading) is one restart and one failed start, and comes back with its data."""
+    server = RedisServer(tmp_path, replace(BASE_CFG, capacity=500, appendfsync="always")).start()
+    connect(server.url, 2.0).set("probe", "kept")
+    with RedisWatchdog(server, poll_s=0.5, give_up_s=30) as watchdog:
+        squatter = socket.socket()
+        try:
+            os.kill(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+            squatter.bind(("127.0.0.1", server.port))  # before the watchdog's next look
+            squatter.listen()
+            deadline = time.monotonic() + 20
+            while watchdog.failed_starts == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert watchdog.failed_starts >= 1 and watchdog.restarts == 0 and watchdog.down
+        finally:
+            squatter.close()
+        deadline = time.monotonic() + 20
+        while watchdog.restarts == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert watchdog.restarts == 1 and not watchdog.down and watchdog.failure is None
+        assert connect(server.url, 2.0).get("probe") == b"kept"
+    server.stop()
 
 
 def test_missing_redis_server_names_the_apt_package(tmp_path: Path) -> None:
