@@ -111,6 +111,21 @@ def publish(png: Path, caption: str, runs: list[dict[str, Any]]) -> None:
         logger.finish({})
 
 
+def trained_row(run: SeedRun, summary: dict[str, Any], code: str, here_machine: dict[str, Any]) -> dict[str, Any]:
+    """summary.json's entry for a seed trained on this machine. A seed finished by an earlier harness (its
+    done.json) keeps that harness's commit and date, not this one's."""
+    updates = summary["updates"] + summary["pretrain_updates"]
+    wall = summary["wall_clock_s"]
+    finished = summary.get("harness_finished_at") or time.time()
+    return {"seed": run.seed, "run_dir": str(run.run_dir), "wandb_run_id": summary["wandb_run_id"],
+            "commit": summary.get("harness_commit") or code, "machine": here_machine,
+            "date": time.strftime("%Y-%m-%d", time.localtime(finished)),
+            "env_steps": summary["env_steps"], "updates": summary["updates"],
+            "pretrain_updates": summary["pretrain_updates"], "wall_clock_s": wall,
+            "updates_per_s": round(updates / wall, 2) if wall else None,
+            **{k: summary.get(k) for k in ("harness_wall_clock_s", "harness_started_at", "harness_finished_at")}}
+
+
 def reproduce_task(rest: list[str], base: Config, preset: str, seeds: int, parallel: int | None,
                    results: Path, runs_root: Path, code: str) -> dict[str, Any]:
     """Train `seeds` seeds of one task (`parallel` at a time) and write its results; returns its summary."""
@@ -128,7 +143,7 @@ def reproduce_task(rest: list[str], base: Config, preset: str, seeds: int, paral
                 "--run.eval-episodes", str(base.run.eval_episodes), "--run.group", f"{task}-{preset}",
                 "--run.job-type", "reproduce", "--run.name", f"{task}-{preset}-seed{seed}",
                 "--run.tags", *tags, f"seed{seed}"]
-        seed_runs.append(SeedRun(seed, (runs_root / task / preset / f"seed{seed}").resolve(), argv))
+        seed_runs.append(SeedRun(seed, (runs_root / task / preset / f"seed{seed}").resolve(), argv, commit=code))
     reused = committed_seeds(out, base, [r.seed for r in seed_runs], {r.seed: r.run_dir for r in seed_runs})
     to_train = [r for r in seed_runs if r.seed not in reused]
     k = parallel or default_parallel(base, max(1, len(to_train)))
@@ -145,15 +160,7 @@ def reproduce_task(rest: list[str], base: Config, preset: str, seeds: int, paral
             summary = trained[run.seed]
             (out / f"seed{run.seed}").mkdir(exist_ok=True)
             shutil.copyfile(run.run_dir / "eval.csv", out / f"seed{run.seed}" / "eval.csv")
-            updates = summary["updates"] + summary["pretrain_updates"]
-            wall = summary["wall_clock_s"]
-            runs.append({"seed": run.seed, "run_dir": str(run.run_dir), "wandb_run_id": summary["wandb_run_id"],
-                         "commit": code, "machine": here_machine, "date": time.strftime("%Y-%m-%d"),
-                         "env_steps": summary["env_steps"], "updates": summary["updates"],
-                         "pretrain_updates": summary["pretrain_updates"], "wall_clock_s": wall,
-                         "updates_per_s": round(updates / wall, 2) if wall else None,
-                         **{k: summary.get(k) for k in ("harness_wall_clock_s", "harness_started_at",
-                                                        "harness_finished_at")}})
+            runs.append(trained_row(run, summary, code, here_machine))
         evaluations += read_evaluations(out / f"seed{run.seed}" / "eval.csv", run.seed)
     write_returns(evaluations, out / "returns.csv")
     random_mean, random_std, episodes = random_baseline(evaluations)

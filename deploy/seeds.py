@@ -62,6 +62,9 @@ class SeedRun:
     seed: int
     run_dir: Path
     argv: list[str]
+    commit: str = ""
+    """The code this harness runs (git commit); done.json keeps it, so a later harness that only collects the
+    finished seed does not put its own commit on it."""
     process: subprocess.Popen[bytes] | None = None
     log_file: IO[str] | None = None
     summary: dict[str, Any] | None = None
@@ -114,6 +117,7 @@ class SeedRun:
             raise SeedFailed(f"seed {self.seed} was interrupted; run the same command again to resume it")
         summary["harness_wall_clock_s"] = round(time.monotonic() - self.started, 1)
         summary["harness_started_at"], summary["harness_finished_at"] = round(self.started_at, 1), round(time.time(), 1)
+        summary["harness_commit"] = self.commit
         (self.run_dir / "done.json").write_text(json.dumps(summary, indent=2, default=str))
         self.summary = summary
         return summary

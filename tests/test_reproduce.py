@@ -136,6 +136,22 @@ def test_a_fresh_clone_takes_committed_seeds_of_the_same_config_and_trains_the_r
     assert committed_seeds(out, base, [0, 1, 2], run_dirs) == {}
 
 
+def test_a_seed_finished_by_an_earlier_harness_keeps_its_commit_and_date(tmp_path: Path) -> None:
+    from deploy.reproduce import trained_row
+    from deploy.seeds import SeedRun
+
+    run = SeedRun(1, tmp_path / "seed1", [], commit="cccc")
+    finished = {"seed": 1, "wandb_run_id": "w", "env_steps": 3000, "updates": 90, "pretrain_updates": 10,
+                "wall_clock_s": 50.0, "harness_commit": "aaaa-dirty", "harness_finished_at": 1796040000.0}
+    (tmp_path / "seed1").mkdir()
+    (tmp_path / "seed1" / "done.json").write_text(json.dumps(finished))
+    run.start(quiet=True)  # done.json: skipped, its summary taken as it is
+    row = trained_row(run, run.finish(), "cccc", {"cores": 2})
+    assert row["commit"] == "aaaa-dirty" and row["date"] == "2026-11-30" and row["updates_per_s"] == 2.0
+    del finished["harness_commit"]  # a done.json written before harnesses kept their commit
+    assert trained_row(run, finished, "cccc", {"cores": 2})["commit"] == "cccc"
+
+
 @pytest.mark.e2e
 def test_make_reproduce_two_seeds_in_parallel_end_to_end(tmp_path: Path) -> None:
     env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
