@@ -86,9 +86,16 @@ def test_compiled_update_catches_non_finite_loss(eager_and_compiled: tuple[tuple
 
 
 def test_bf16_tracks_fp32_over_50_updates() -> None:
-    """bf16 autocast (CPU) vs fp32 on one fixed batch: each of the four losses and the KL stay within 2 %
-    relative of fp32 at every one of 50 joint updates (measured: at most 1 %), while differing somewhere
-    (autocast really ran), and every metric is still fp32."""
+    """bf16 autocast (CPU) vs fp32 on one fixed batch, 50 joint updates: every metric is still fp32, autocast
+    really ran (the runs differ somewhere), and each of the four losses stays within 2 % relative of fp32 at
+    every update (measured: at most 0.3 %).
+
+    The KL gets its own bound, 6 % at any update and 1 % on average. It is a difference of two Gaussians'
+    parameters, each from bf16 matmuls (8-bit mantissa, 0.4 % rounding), and that cancellation amplifies the
+    rounding. The kernels decide by how much: the same test measured 1.3 % at most (0.3 % mean) with oneDNN's
+    AVX-512 kernels and 3.7 % (0.4 % mean) with its AMX kernels on a Sapphire Rapids Xeon, where a fixed 2 %
+    failed CI. A bf16 path that computes something else (a wrong scale, a dropped term) misses them by far.
+    """
     batch = _batch(CFG.sac.batch_size, 0)
     runs = {}
     for precision in ("fp32", "bf16"):
@@ -98,11 +105,14 @@ def test_bf16_tracks_fp32_over_50_updates() -> None:
         learner.check_finite()
         runs[precision] = [{k: float(v) for k, v in m.items()} for m in metrics]
     differs = False
-    for key in ("model/loss", "model/kl", "critic/loss", "actor/loss", "alpha/loss"):
+    bounds = {"model/loss": (2e-2, 2e-2), "model/kl": (6e-2, 1e-2), "critic/loss": (2e-2, 2e-2),
+              "actor/loss": (2e-2, 2e-2), "alpha/loss": (2e-2, 2e-2)}
+    for key, (worst, mean) in bounds.items():
         fp32 = np.array([m[key] for m in runs["fp32"]])
         bf16 = np.array([m[key] for m in runs["bf16"]])
         relative = np.abs(bf16 - fp32) / np.maximum(np.abs(fp32), 1e-2)
-        assert relative.max() < 2e-2, (key, relative.max())
+        assert relative.max() < worst, (key, relative.max())
+        assert relative.mean() < mean, (key, relative.mean())
         differs |= bool((bf16 != fp32).any())
     assert differs
 
