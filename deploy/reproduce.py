@@ -216,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             outcomes.append(reproduce_task(rest, base, preset, ours.seeds, ours.parallel, results, Path(ours.runs),
                                            code))
-        except KeyboardInterrupt:  # the children got the same Ctrl-C and checkpoint themselves
+        except KeyboardInterrupt as stop:  # every running seed got the signal and wrote a checkpoint
             log.error("interrupted during %s; run the same command again to resume it", base.run.task)
-            return 130
+            return 143 if stop.args[:1] == ("SIGTERM",) else 130
         except SeedFailed as exc:
             log.error("%s", exc)
             return 1

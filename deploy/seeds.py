@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,32 @@ GPU_GIB_PER_LEARNER = 8.0
 """GPU memory one learner is assumed to need when choosing how many seeds share a GPU. Not measured yet
 (no GPU was lent to this project so far): an upper guess for the paper preset, whose networks, Adam state
 and batches of 256 x 9 frames take a few GiB."""
+
+
+STOP_WITH_PARENT = "SLAC_STOP_WITH_PARENT"
+"""Set by the harness in its children's environment (its own pid): `stop_with_parent` in the child then asks
+Linux for a SIGTERM when the harness dies, so even a harness killed with SIGKILL leaves no seed training
+on without it; the child checkpoints and stops as for any SIGTERM, and the same command resumes it."""
+
+
+def stop_with_parent() -> None:
+    """In a harness's child: receive SIGTERM when the harness dies, however it dies (prctl PR_SET_PDEATHSIG).
+
+    Does nothing outside a harness (STOP_WITH_PARENT unset; a `make train` run outlives its shell as before)
+    or off Linux. The variable is removed, so the run's own children do not inherit it.
+    """
+    parent = os.environ.pop(STOP_WITH_PARENT, "")
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM)) != 0:
+        log.warning("could not ask to be stopped with the reproduce harness (prctl failed); a harness killed "
+                    "with SIGKILL would leave this seed running")
+        return
+    if os.getppid() != int(parent):  # the harness died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class SeedFailed(RuntimeError):
@@ -94,10 +121,13 @@ class SeedRun:
         stderr = self.log_file = self.log_path.open("a") if quiet else None
         self.started, self.started_at = time.monotonic(), time.time()
         # stdout carries the run's JSON summary (a file, not a pipe nobody drains while the run lasts);
-        # progress and logs go to stderr.
+        # progress and logs go to stderr. The child has a session of its own: a terminal's Ctrl-C reaches
+        # only the harness, which passes it on once (`run_seeds`), and it stops with the harness however
+        # that dies (`stop_with_parent`).
         with self.stdout_path.open("w") as stdout:
             self.process = subprocess.Popen([sys.executable, "-m", "deploy.train", *self.argv, *where],
-                                            stdout=stdout, stderr=stderr)
+                                            stdout=stdout, stderr=stderr, start_new_session=True,
+                                            env=dict(os.environ, **{STOP_WITH_PARENT: str(os.getpid())}))
 
     def finish(self) -> dict[str, Any]:
         """Wait for the child; its summary (also written to done.json), or SeedFailed."""
@@ -137,38 +167,58 @@ class SeedRun:
 def run_seeds(runs: list[SeedRun], parallel: int, status_every_s: float = 30.0) -> list[dict[str, Any]]:
     """Run every seed, `parallel` at a time; their summaries in seed order.
 
-    A failing seed stops new ones from starting; those running finish (or checkpoint on Ctrl-C, which
-    reaches every child), then SeedFailed names the first failure.
+    A failing seed stops new ones from starting; those running finish, then SeedFailed names the first
+    failure. A SIGINT (Ctrl-C) or SIGTERM to the harness is passed on to every running child, which
+    checkpoints and stops; the harness waits for them, then raises KeyboardInterrupt with the signal's name.
     """
+    from deploy.supervisor import StopSignals  # imports Ray and torch: kept out of this module's import
+
     quiet = parallel > 1
     pending, running, failures = list(runs), [], []
     last_status = time.monotonic()
+    signals = StopSignals()
     try:
-        while pending or running:
-            while pending and len(running) < parallel and not failures:
-                run = pending.pop(0)
-                run.start(quiet)
-                if run.summary is None:
-                    running.append(run)
-            if not running:
-                break
-            for run in [r for r in running if r.process is not None and r.process.poll() is not None]:
-                running.remove(run)
-                try:
-                    run.finish()
-                    log.info("seed %d finished (%.0f s)", run.seed, run.summary["harness_wall_clock_s"])
-                except SeedFailed as exc:
-                    failures.append(exc)
-            if quiet and running and time.monotonic() - last_status >= status_every_s:
-                for run in running:
-                    print(f"seed {run.seed}: {run.last_line()}", file=sys.stderr, flush=True)
-                last_status = time.monotonic()
-            time.sleep(0.5)
-    except KeyboardInterrupt:  # every child got the same Ctrl-C and checkpoints itself: let them
-        for run in running:
-            if run.process is not None:
-                run.process.wait()
+        with signals:
+            while pending or running:
+                while pending and len(running) < parallel and not failures:
+                    run = pending.pop(0)
+                    run.start(quiet)
+                    if run.summary is None:
+                        running.append(run)
+                if not running:
+                    break
+                for run in [r for r in running if r.process is not None and r.process.poll() is not None]:
+                    running.remove(run)
+                    try:
+                        run.finish()
+                        log.info("seed %d finished (%.0f s)", run.seed, run.summary["harness_wall_clock_s"])
+                    except SeedFailed as exc:
+                        failures.append(exc)
+                if quiet and running and time.monotonic() - last_status >= status_every_s:
+                    for run in running:
+                        print(f"seed {run.seed}: {run.last_line()}", file=sys.stderr, flush=True)
+                    last_status = time.monotonic()
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        _stop_children(runs, signal.SIGTERM if signals.received == "SIGTERM" else signal.SIGINT)
         raise
     if failures:
         raise failures[0]
     return [run.summary for run in runs if run.summary is not None]
+
+
+def _stop_children(runs: list[SeedRun], sig: signal.Signals) -> None:
+    """Pass the harness's stop signal to every child still running and wait for each to checkpoint and exit.
+
+    Signals that arrive meanwhile are acknowledged and ignored, as in a run, so the checkpoints get written."""
+    from deploy.supervisor import StopSignals
+
+    alive = [r.process for r in runs if r.process is not None and r.process.poll() is None]
+    if alive:
+        log.warning("%s: stopping %d running seed(s); each writes a checkpoint", sig.name, len(alive))
+    with StopSignals() as late:
+        late.stopping()
+        for process in alive:
+            process.send_signal(sig)
+        for process in alive:
+            process.wait()

@@ -21,6 +21,7 @@ import tyro
 
 from common.config import PRESETS, Config, ConfigError, parse_cli
 from common.envs import RenderingUnavailableError
+from deploy.seeds import stop_with_parent
 from learner.checkpoint import CheckpointMismatchError
 
 
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C must reach the driver as KeyboardInterrupt (it stops the run and checkpoints), even when a
     # parent shell started us with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_with_parent()  # a seed of `make reproduce`: stop (checkpointing) when the harness dies
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A log handler that cannot write (W&B's debug log on a full disk) stays silent instead of printing a
     # "--- Logging error ---" traceback per record on the terminal.

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +205,56 @@ def test_make_reproduce_two_seeds_in_parallel_end_to_end(tmp_path: Path) -> None
     again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "already finished" in again.stderr
     assert (out / "returns.csv").read_text() == before
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids whose command line contains `text`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                pids.append(int(entry.name))
+        except OSError:  # it exited meanwhile
+            continue
+    return pids
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_stopped_harness_stops_its_seed_with_a_checkpoint(tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGTERM to the harness alone (a scheduler, `kill`) is passed on to its seed; SIGKILL, which the harness
+    cannot pass on, reaches the seed as SIGTERM from the kernel (PR_SET_PDEATHSIG). Either way the seed
+    checkpoints and exits, and nothing of it keeps running. Before, a SIGTERM left the seed training on."""
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
+    run_dir = tmp_path / "runs" / "cartpole_swingup" / "debug" / "seed0"
+    log_path = tmp_path / "harness.log"
+    args = [sys.executable, "-m", "deploy.reproduce", "debug", "--run.task", "cartpole_swingup", "--seeds", "1",
+            "--run.env-steps", "1000000", "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]
+    with log_path.open("w") as log:
+        harness = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while "[train]" not in log_path.read_text(errors="replace"):  # the seed makes SAC updates
+            assert harness.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(1)
+        seed_pids = [p for p in _processes_naming(str(run_dir)) if p != harness.pid]
+        assert len(seed_pids) == 1, seed_pids
+        harness.send_signal(sig)
+        assert harness.wait(timeout=180) == (143 if sig == signal.SIGTERM else -signal.SIGKILL)
+        deadline = time.monotonic() + 180
+        while Path(f"/proc/{seed_pids[0]}").exists():
+            assert time.monotonic() < deadline, "the seed is still running after its harness stopped"
+            time.sleep(0.5)
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+    out = (run_dir / "logs" / "train.stdout").read_text()
+    summary = json.loads(out[out.index('{\n  "summary"'):])["summary"]
+    assert summary["interrupted"] and summary["stopped_by"] == "SIGTERM"
+    assert Path(summary["checkpoint"]).is_file() and Path(summary["checkpoint"]).parent == run_dir / "checkpoints"
+    assert _processes_naming(str(tmp_path)) == [], "a process of the run outlived it"
+    if sig == signal.SIGTERM:
+        assert "run the same command again to resume it" in log_path.read_text()
 
 
 @pytest.mark.e2e
