@@ -220,18 +220,20 @@ def _processes_naming(text: str) -> list[int]:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "SIGTERM", "SIGKILL"])
 def test_a_stopped_harness_stops_its_seed_with_a_checkpoint(tmp_path: Path, sig: signal.Signals) -> None:
-    """SIGTERM to the harness alone (a scheduler, `kill`) is passed on to its seed; SIGKILL, which the harness
-    cannot pass on, reaches the seed as SIGTERM from the kernel (PR_SET_PDEATHSIG). Either way the seed
-    checkpoints and exits, and nothing of it keeps running. Before, a SIGTERM left the seed training on."""
+    """Ctrl-C (SIGINT to the terminal's process group) and SIGTERM to the harness alone (a scheduler, `kill`)
+    are passed on to its seed; SIGKILL, which the harness cannot pass on, reaches the seed as SIGTERM from the
+    kernel (PR_SET_PDEATHSIG). Each time the seed checkpoints and exits, and nothing of it keeps running.
+    Before, a SIGTERM or SIGKILL left the seed training on."""
     env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
     run_dir = tmp_path / "runs" / "cartpole_swingup" / "debug" / "seed0"
     log_path = tmp_path / "harness.log"
     args = [sys.executable, "-m", "deploy.reproduce", "debug", "--run.task", "cartpole_swingup", "--seeds", "1",
             "--run.env-steps", "1000000", "--results", str(tmp_path / "results"), "--runs", str(tmp_path / "runs")]
     with log_path.open("w") as log:
-        harness = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        harness = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # its own process group, as a terminal gives it
     try:
         deadline = time.monotonic() + 300
         while "[train]" not in log_path.read_text(errors="replace"):  # the seed makes SAC updates
@@ -239,8 +241,12 @@ def test_a_stopped_harness_stops_its_seed_with_a_checkpoint(tmp_path: Path, sig:
             time.sleep(1)
         seed_pids = [p for p in _processes_naming(str(run_dir)) if p != harness.pid]
         assert len(seed_pids) == 1, seed_pids
-        harness.send_signal(sig)
-        assert harness.wait(timeout=180) == (143 if sig == signal.SIGTERM else -signal.SIGKILL)
+        if sig == signal.SIGINT:
+            os.killpg(harness.pid, sig)
+        else:
+            harness.send_signal(sig)
+        expected = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}[sig]
+        assert harness.wait(timeout=180) == expected
         deadline = time.monotonic() + 180
         while Path(f"/proc/{seed_pids[0]}").exists():
             assert time.monotonic() < deadline, "the seed is still running after its harness stopped"
@@ -250,10 +256,10 @@ def test_a_stopped_harness_stops_its_seed_with_a_checkpoint(tmp_path: Path, sig:
             harness.kill()
     out = (run_dir / "logs" / "train.stdout").read_text()
     summary = json.loads(out[out.index('{\n  "summary"'):])["summary"]
-    assert summary["interrupted"] and summary["stopped_by"] == "SIGTERM"
+    assert summary["interrupted"] and summary["stopped_by"] == ("SIGINT" if sig == signal.SIGINT else "SIGTERM")
     assert Path(summary["checkpoint"]).is_file() and Path(summary["checkpoint"]).parent == run_dir / "checkpoints"
     assert _processes_naming(str(tmp_path)) == [], "a process of the run outlived it"
-    if sig == signal.SIGTERM:
+    if sig != signal.SIGKILL:
         assert "run the same command again to resume it" in log_path.read_text()
 
 
