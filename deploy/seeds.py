@@ -169,56 +169,52 @@ def run_seeds(runs: list[SeedRun], parallel: int, status_every_s: float = 30.0) 
 
     A failing seed stops new ones from starting; those running finish, then SeedFailed names the first
     failure. A SIGINT (Ctrl-C) or SIGTERM to the harness is passed on to every running child, which
-    checkpoints and stops; the harness waits for them, then raises KeyboardInterrupt with the signal's name.
+    checkpoints and stops; the harness waits for them (later signals are acknowledged and ignored, as in a
+    run), then raises KeyboardInterrupt with the signal's name.
     """
     from deploy.supervisor import StopSignals  # imports Ray and torch: kept out of this module's import
 
-    quiet = parallel > 1
-    pending, running, failures = list(runs), [], []
-    last_status = time.monotonic()
-    signals = StopSignals()
-    try:
-        with signals:
-            while pending or running:
-                while pending and len(running) < parallel and not failures:
-                    run = pending.pop(0)
-                    run.start(quiet)
-                    if run.summary is None:
-                        running.append(run)
-                if not running:
-                    break
-                for run in [r for r in running if r.process is not None and r.process.poll() is not None]:
-                    running.remove(run)
-                    try:
-                        run.finish()
-                        log.info("seed %d finished (%.0f s)", run.seed, run.summary["harness_wall_clock_s"])
-                    except SeedFailed as exc:
-                        failures.append(exc)
-                if quiet and running and time.monotonic() - last_status >= status_every_s:
-                    for run in running:
-                        print(f"seed {run.seed}: {run.last_line()}", file=sys.stderr, flush=True)
-                    last_status = time.monotonic()
-                time.sleep(0.5)
-    except KeyboardInterrupt:
-        _stop_children(runs, signal.SIGTERM if signals.received == "SIGTERM" else signal.SIGINT)
-        raise
+    with StopSignals() as signals:
+        try:
+            failures = _schedule(runs, parallel, status_every_s)
+        except KeyboardInterrupt:
+            alive = [r.process for r in runs if r.process is not None and r.process.poll() is None]
+            sig = signal.SIGTERM if signals.received == "SIGTERM" else signal.SIGINT
+            if alive:
+                log.warning("%s: stopping %d running seed(s); each writes a checkpoint", sig.name, len(alive))
+            for process in alive:
+                process.send_signal(sig)
+            for process in alive:
+                process.wait()
+            raise
     if failures:
         raise failures[0]
     return [run.summary for run in runs if run.summary is not None]
 
 
-def _stop_children(runs: list[SeedRun], sig: signal.Signals) -> None:
-    """Pass the harness's stop signal to every child still running and wait for each to checkpoint and exit.
-
-    Signals that arrive meanwhile are acknowledged and ignored, as in a run, so the checkpoints get written."""
-    from deploy.supervisor import StopSignals
-
-    alive = [r.process for r in runs if r.process is not None and r.process.poll() is None]
-    if alive:
-        log.warning("%s: stopping %d running seed(s); each writes a checkpoint", sig.name, len(alive))
-    with StopSignals() as late:
-        late.stopping()
-        for process in alive:
-            process.send_signal(sig)
-        for process in alive:
-            process.wait()
+def _schedule(runs: list[SeedRun], parallel: int, status_every_s: float) -> list[SeedFailed]:
+    """Start the seeds `parallel` at a time and wait for them all; the failures, in the order they ended."""
+    quiet = parallel > 1
+    pending, running, failures = list(runs), [], []
+    last_status = time.monotonic()
+    while pending or running:
+        while pending and len(running) < parallel and not failures:
+            run = pending.pop(0)
+            run.start(quiet)
+            if run.summary is None:
+                running.append(run)
+        if not running:
+            break
+        for run in [r for r in running if r.process is not None and r.process.poll() is not None]:
+            running.remove(run)
+            try:
+                run.finish()
+                log.info("seed %d finished (%.0f s)", run.seed, run.summary["harness_wall_clock_s"])
+            except SeedFailed as exc:
+                failures.append(exc)
+        if quiet and running and time.monotonic() - last_status >= status_every_s:
+            for run in running:
+                print(f"seed {run.seed}: {run.last_line()}", file=sys.stderr, flush=True)
+            last_status = time.monotonic()
+        time.sleep(0.5)
+    return failures
