@@ -27,7 +27,7 @@ class Evaluator:
     def __init__(self, cfg: Config, env_factory: EnvFactory | None = None) -> None:
         torch.set_num_threads(1)
         self.cfg = cfg
-        self.env_factory = env_factory or default_env_factory(cfg.run.task)
+        self.env_factory = env_factory or default_env_factory(cfg)
 
     def evaluate(self, weights: dict[str, Any] | None, episodes: int, seed: int, record_video: bool = False,
                  deterministic: bool = False) -> dict[str, Any]:

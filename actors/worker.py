@@ -34,7 +34,7 @@ from replay_service import RateLimitTimeout, ReplayWriter
 log = logging.getLogger(__name__)
 
 EnvFactory = Callable[[int], PixelEnv]
-"""Builds an environment from a seed; the default is `make_env(cfg.run.task, seed)`."""
+"""Builds an environment from a seed; the default is `make_env(cfg.task_spec, seed)`."""
 
 
 class WeightSource(Protocol):
@@ -50,8 +50,9 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def default_env_factory(task: str) -> EnvFactory:
-    return functools.partial(make_env, task)
+def default_env_factory(cfg: Config) -> EnvFactory:
+    """The run's task as config.json resolved it: the same env in every process, whatever its registry holds."""
+    return functools.partial(make_env, cfg.task_spec, image_size=cfg.model.image_size)
 
 
 class ActorWorker:
@@ -61,7 +62,7 @@ class ActorWorker:
                  env_factory: EnvFactory | None = None, generation: int = 0) -> None:
         torch.set_num_threads(1)  # several actors share the cores; OpenMP stalls otherwise
         self.cfg, self.index, self.replay_url, self.weights = cfg, index, replay_url, weights
-        self.env_factory = env_factory or default_env_factory(cfg.run.task)
+        self.env_factory = env_factory or default_env_factory(cfg)
         self.generation = generation  # bumped on each resume, so a resumed run draws new seeds
         self._stop = threading.Event()
         self._lock = threading.Lock()

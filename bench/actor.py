@@ -122,7 +122,7 @@ def actor_rate(cfg: Config, url: str, blob: dict[str, Any], steps: int, full_his
     client.flushdb()  # a fresh replay for this task (its schema names the task and action dimension)
     client.close()
     timers = _Timers()
-    factory: EnvFactory = lambda seed: timers.wrap(make_env(cfg.run.task, seed))  # noqa: E731
+    factory: EnvFactory = lambda seed: timers.wrap(make_env(cfg.task_spec, seed))  # noqa: E731
     worker_cls: Callable[..., ActorWorker] = _FullHistoryWorker if full_history else ActorWorker
     worker = worker_cls(cfg, 0, url, _NewVersionEverySync(blob), env_factory=factory)
     k = cfg.actors.envs_per_actor

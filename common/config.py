@@ -16,11 +16,11 @@ import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 
-from common.tasks import resolve_task
+from common.tasks import TaskSpec, UnknownTaskError, parse_task, resolve_task
 
 
 class ConfigError(ValueError):
@@ -267,11 +267,43 @@ class LearnerConfig:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """How the task `run.task` names is stepped and drawn: auto takes the registry's value (table 1 for the paper's
+    tasks) or, for a task outside it, the documented defaults of common/tasks.DEFAULTS. A run starts by resolving
+    every auto to a number (config.json holds the numbers), and a resume refuses a changed one."""
+
+    action_repeat: int | Literal["auto"] = "auto"
+    """Environment steps per agent step, rewards summed (table 1; the policy decides once per repeat)."""
+    episode_length: int | Literal["auto"] = "auto"
+    """Environment steps per episode before the time limit truncates it."""
+    camera: int | Literal["auto", "default"] = "auto"
+    """Camera id the frames are rendered from; default: the env's own camera."""
+    suite: Annotated[str, tyro.conf.Suppress] = ""
+    """Where the env comes from (dmc, gym, custom), written when the run resolves its task; not a setting."""
+    env_id: Annotated[str, tyro.conf.Suppress] = ""
+    """The dm_control domain/task, gymnasium id or module:callable, written when the run resolves its task."""
+
+    def __post_init__(self) -> None:
+        for name in ("action_repeat", "episode_length"):
+            value = getattr(self, name)
+            _check(value == "auto" or (isinstance(value, int) and value > 0),
+                   f"task.{name} must be a positive number or auto, got {value!r}")
+        _check(self.camera in ("auto", "default") or (isinstance(self.camera, int) and self.camera >= -1),
+               f"task.camera must be a camera id (-1: the free camera), default or auto, got {self.camera!r}")
+
+    @property
+    def resolved(self) -> bool:
+        """Whether every setting is a value (the run's start resolved them), not auto."""
+        return bool(self.suite) and "auto" not in (self.action_repeat, self.episode_length, self.camera)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """What to run and where to put it."""
 
     task: str = "cheetah_run"
-    """One of the paper's eight tasks (or an alias such as `hopper`)."""
+    """A registered task (`make tasks`: the paper's eight, e.g. hopper), dmc:<domain>/<task>, gym:<id>, or
+    <module>:<callable> returning a gymnasium.Env; its settings are the `task` group's."""
     seed: int = 0
     """Run seed; every actor and environment derives its own from it."""
     env_steps: int = 1_000_000
@@ -303,8 +335,12 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_finite(self, "run")
-        # Canonicalise aliases so config.json and run names always carry the registry's name.
-        object.__setattr__(self, "task", resolve_task(self.task).name)
+        # Canonicalise aliases so config.json and run names always carry the registry's name. Only the string's
+        # form is checked here; whether the env exists is checked by building one before a run starts.
+        try:
+            object.__setattr__(self, "task", parse_task(self.task).name)
+        except UnknownTaskError as exc:
+            raise ConfigError(str(exc)) from None
         _check_positive(self, "run", "env_steps", "eval_every")
         _check(self.eval_episodes >= 0, f"run.eval_episodes must be >= 0, got {self.eval_episodes}")
         _check(self.min_free_mb >= 0, f"run.min_free_mb must be >= 0, got {self.min_free_mb}")
@@ -320,11 +356,30 @@ class Config:
     actors: ActorsConfig = field(default_factory=ActorsConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def __post_init__(self) -> None:
         _check(self.model.batch_size <= self.sac.batch_size,
                f"model.batch_size ({self.model.batch_size}) must not exceed sac.batch_size "
                f"({self.sac.batch_size}): the model batch is the first rows of the SAC batch")
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        """The task this config trains on. Once the run resolved it (config.json), the recorded settings
+        alone: no registry lookup, so processes that never saw a `register(...)` call build the same env."""
+        t = self.task
+        if t.resolved:
+            return TaskSpec(self.run.task, t.suite, t.env_id, int(t.action_repeat), int(t.episode_length),  # type: ignore[arg-type]
+                            None if t.camera == "default" else int(t.camera))
+        return resolve_task(self.run.task, None if t.action_repeat == "auto" else int(t.action_repeat),
+                            None if t.episode_length == "auto" else int(t.episode_length),
+                            "auto" if t.camera == "auto" else None if t.camera == "default" else int(t.camera))
+
+    def with_task(self, spec: TaskSpec) -> Config:
+        """This config with every task setting resolved to `spec`'s values (what config.json records)."""
+        task = TaskConfig(spec.action_repeat, spec.episode_length, "default" if spec.camera is None else spec.camera,
+                          spec.suite, spec.env_id)
+        return dataclasses.replace(self, task=task)
 
     @property
     def initial_collection_size(self) -> int:
@@ -406,13 +461,18 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 
 # Fields a resumed run must share with the run it continues: they shape the networks, the replay
 # contents or the meaning of the counters. Everything else (run length, actor count, logging) may change.
-_RESUME_KEYS = ("model", "sac.hidden_dim", "replay.capacity", "replay.frame_reserve", "run.task", "run.seed")
+_RESUME_KEYS = ("model", "sac.hidden_dim", "replay.capacity", "replay.frame_reserve", "run.task", "run.seed", "task")
 
 
 def resume_conflicts(saved: Config, new: Config) -> list[str]:
     """Describe each field that differs between a saved run's config and a resuming one's."""
     conflicts = []
     for key in _RESUME_KEYS:
+        if key == "task":  # as resolved: a run saved before the task group existed ran the registry's values
+            old_task, new_task = saved.task_spec.settings(), new.task_spec.settings()
+            conflicts += [f"task.{k}: saved {old_task[k]!r}, now {new_task[k]!r}" for k in old_task
+                          if k != "task" and old_task[k] != new_task[k]]
+            continue
         old_value, new_value = saved, new
         for part in key.split("."):
             old_value, new_value = getattr(old_value, part), getattr(new_value, part)

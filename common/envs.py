@@ -1,9 +1,12 @@
-"""Pixel environments for the paper's eight tasks: 64x64 RGB frames rendered headless.
+"""Pixel environments for any task string: 64x64 RGB frames rendered headless.
 
-`make_env(task, seed)` hides whether a task comes from dm_control or gymnasium: actions in [-1, 1]
-are rescaled to the env's bounds, each action is repeated (table 1) with rewards summed, and
-termination (a gym robot falling) stays distinct from truncation (the time limit), because only
-termination may zero the critic's bootstrap (eq. 10).
+`make_env(task, seed)` hides where a task comes from (dm_control, gymnasium, the user's own factory):
+actions in [-1, 1] are rescaled to the env's bounds, each action is repeated (the task's action repeat)
+with rewards summed, the episode is truncated at the task's episode length, and termination (a gym robot
+falling) stays distinct from truncation (the time limit), because only termination may zero the critic's
+bootstrap (eq. 10). MuJoCo envs render through MuJoCo's offscreen context at the model's size with shadows
+and multisampling off (fast on a CPU); any other env renders through its own `render()`, and frames of
+another size are resized to the model's by area averaging, once per agent step.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from common.tasks import TaskSpec, resolve_task
+from common.tasks import TaskError, TaskSpec, import_factory, parse_task
 
 _GL_PROBE = "import mujoco; c = mujoco.GLContext(8, 8); c.make_current(); c.free()"
 # The same, reporting what draws: NVIDIA's EGL on a GPU, or Mesa's llvmpipe (software) when EGL fell back.
@@ -139,8 +142,28 @@ class PixelEnv(Protocol):
     def close(self) -> None: ...
 
 
+def area_resize(frame: np.ndarray, size: int) -> np.ndarray:
+    """An (H, W, C) uint8 frame resized to (size, size, C) by area averaging: each output pixel is the mean of
+    the input area it covers, weighted by overlap (OpenCV's INTER_AREA when shrinking), rounded to uint8."""
+    h, w = frame.shape[:2]
+    if (h, w) == (size, size):
+        return frame
+    rows, cols = _area_weights(h, size), _area_weights(w, size)
+    out = np.einsum("ih,hwc,jw->ijc", rows, frame.astype(np.float32), cols, optimize=True)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix: row i averages the input cells that output cell i covers, by overlap length."""
+    edges = np.linspace(0.0, n_in, n_out + 1)
+    cells = np.arange(n_in + 1, dtype=np.float64)
+    start, end = edges[:-1, None], edges[1:, None]
+    overlap = np.clip(np.minimum(end, cells[None, 1:]) - np.maximum(start, cells[None, :-1]), 0.0, None)
+    return (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 class _RepeatedActionEnv:
-    """Shared action checking, rescaling and repeat; subclasses provide one raw step and a render."""
+    """Shared action checking, rescaling, repeat and time limit; subclasses provide one raw step and a render."""
 
     spec: TaskSpec
     action_dim: int
@@ -150,8 +173,12 @@ class _RepeatedActionEnv:
     def __init__(self, spec: TaskSpec, image_size: int) -> None:
         self.spec = spec
         self.image_size = image_size
+        self._t = 0  # environment steps in this episode
 
     def _raw_step(self, action: np.ndarray) -> tuple[float, bool, bool]:
+        raise NotImplementedError
+
+    def _raw_reset(self) -> None:
         raise NotImplementedError
 
     def render(self) -> np.ndarray:
@@ -159,9 +186,28 @@ class _RepeatedActionEnv:
         raise NotImplementedError
 
     @property
+    def draws_with_mujoco(self) -> bool:
+        """Whether frames come from MuJoCo's offscreen context at the model's size (else the env's own render())."""
+        return True
+
+    def reset(self) -> np.ndarray:
+        """Start an episode; returns its first frame."""
+        self._raw_reset()
+        self._t = 0
+        return self.render()
+
+    @property
     def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) of the env's own action space, which `rescale` maps [-1, 1]^A onto."""
         return self._low, self._high
+
+    def _set_bounds(self, low: Any, high: Any) -> None:
+        low, high = np.asarray(low, dtype=np.float64).reshape(-1), np.asarray(high, dtype=np.float64).reshape(-1)
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
+            raise TaskError(f"task {self.spec.name}: the action space's bounds must be finite with high > low (got "
+                            f"low {low.tolist()}, high {high.tolist()}); SLAC's tanh policy acts in [-1, 1] and is "
+                            "rescaled to them. Give the env's Box action space finite bounds.")
+        self._low, self._high, self.action_dim = low, high, int(low.shape[0])
 
     def rescale(self, action: np.ndarray) -> np.ndarray:
         """Map an action in [-1, 1]^A to the env's bounds."""
@@ -174,20 +220,24 @@ class _RepeatedActionEnv:
         return self._low + (action + 1.0) * 0.5 * (self._high - self._low)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Repeat `action` spec.action_repeat times, summing rewards; stop early at the episode's end."""
+        """Repeat `action` spec.action_repeat times, summing rewards; stop early at the episode's end (a
+        termination, the env's own truncation, or the task's episode length)."""
         raw_action = self.rescale(action)
         total, terminated, truncated, steps = 0.0, False, False, 0
         for _ in range(self.spec.action_repeat):
             reward, terminated, truncated = self._raw_step(raw_action)
             total += reward
             steps += 1
+            self._t += 1
+            truncated = truncated or (not terminated and self._t >= self.spec.episode_length)
             if terminated or truncated:
                 break
         return self.render(), total, terminated, truncated, {"env_steps": steps}
 
 
 class DmControlEnv(_RepeatedActionEnv):
-    """A dm_control suite task; episodes are 1000 environment steps and never terminate early."""
+    """A dm_control suite task; its episodes end at the task's episode length (dm_control's 1000 steps by
+    default), or earlier where a task marks a terminal state with discount 0."""
 
     def __init__(self, spec: TaskSpec, seed: int, image_size: int = 64) -> None:
         super().__init__(spec, image_size)
@@ -195,25 +245,26 @@ class DmControlEnv(_RepeatedActionEnv):
         from dm_control import suite
 
         domain, task = spec.env_id.split("/")
-        self._env = suite.load(domain, task, task_kwargs={"random": seed})
+        if (domain, task) not in suite.ALL_TASKS:
+            raise TaskError(_unknown_dmc(spec.name, domain, task, suite.ALL_TASKS))
+        # The time limit is the wrapper's (spec.episode_length), so the suite's own is lifted.
+        self._env = suite.load(domain, task, task_kwargs={"random": seed, "time_limit": float("inf")})
         action_spec = self._env.action_spec()
-        self._low, self._high = action_spec.minimum.astype(np.float64), action_spec.maximum.astype(np.float64)
-        self.action_dim = int(action_spec.shape[0])
+        self._set_bounds(action_spec.minimum, action_spec.maximum)
         _fast_visuals(self._env.physics.model)
 
-    def reset(self) -> np.ndarray:
+    def _raw_reset(self) -> None:
         self._env.reset()
-        return self.render()
 
     def _raw_step(self, action: np.ndarray) -> tuple[float, bool, bool]:
         time_step = self._env.step(action)
-        last = time_step.last()
         # dm_control marks a true terminal state with discount 0; the time limit keeps discount 1.
-        terminated = bool(last and time_step.discount == 0.0)
-        return float(time_step.reward or 0.0), terminated, bool(last and not terminated)
+        terminated = bool(time_step.last() and time_step.discount == 0.0)
+        return float(time_step.reward or 0.0), terminated, bool(time_step.last() and not terminated)
 
     def render(self) -> np.ndarray:
-        frame = self._env.physics.render(self.image_size, self.image_size, camera_id=self.spec.camera_id)
+        camera = 0 if self.spec.camera is None else self.spec.camera
+        frame = self._env.physics.render(self.image_size, self.image_size, camera_id=camera)
         return np.ascontiguousarray(frame.transpose(2, 0, 1))
 
     def close(self) -> None:
@@ -224,34 +275,66 @@ class DmControlEnv(_RepeatedActionEnv):
         self._env.close()
 
 
+def _unknown_dmc(name: str, domain: str, task: str, all_tasks: Any) -> str:
+    domains = sorted({d for d, _ in all_tasks})
+    if domain not in domains:
+        return f"task {name!r}: dm_control has no domain {domain!r}; its domains are: {', '.join(domains)}"
+    tasks = sorted(t for d, t in all_tasks if d == domain)
+    return f"task {name!r}: dm_control's {domain} domain has no task {task!r}; its tasks are: {', '.join(tasks)}"
+
+
 class GymnasiumEnv(_RepeatedActionEnv):
-    """A gymnasium MuJoCo v5 task, with its 1000-step time limit as truncation."""
+    """A gymnasium env: a registered id (`gym:` and the registry's gym tasks) or what a user's factory returns.
+
+    MuJoCo envs render offscreen at the model's size, with MuJoCo's fast settings; any other env renders through
+    its own `render()` and its frames are checked and resized (`area_resize`)."""
 
     def __init__(self, spec: TaskSpec, seed: int, image_size: int = 64) -> None:
         super().__init__(spec, image_size)
-        process_renderer()
         import gymnasium as gym
 
-        self._env = gym.make(spec.env_id, render_mode="rgb_array", width=image_size, height=image_size,
-                             max_episode_steps=spec.max_env_steps)
+        if spec.suite == "custom":
+            self._env = _from_factory(spec)
+        else:
+            self._env = _make_registered(spec, image_size)
+        space = self._env.action_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise TaskError(f"task {spec.name}: its action space is {space}; SLAC needs continuous actions, a 1-D "
+                            "gymnasium.spaces.Box (for discrete actions use a discrete-action method, or wrap the env "
+                            "with continuous actions).")
+        if getattr(self._env, "render_mode", None) != "rgb_array":
+            raise TaskError(f"task {spec.name}: the env renders with render_mode={self._env.render_mode!r}; SLAC "
+                            "learns from its frames and needs render_mode='rgb_array' (build the env with "
+                            "render_mode='rgb_array' in your factory).")
+        self._mujoco = hasattr(self._env.unwrapped, "mujoco_renderer")
+        if self._mujoco:
+            process_renderer()
         self._seed: int | None = seed
-        self._env.action_space.seed(seed)
-        self._low = self._env.action_space.low.astype(np.float64)
-        self._high = self._env.action_space.high.astype(np.float64)
-        self.action_dim = int(self._env.action_space.shape[0])
+        space.seed(seed)
+        self._set_bounds(space.low, space.high)
         self._visuals_set = False
 
-    def reset(self) -> np.ndarray:
+    @property
+    def draws_with_mujoco(self) -> bool:
+        return self._mujoco
+
+    @property
+    def own_time_limit(self) -> int | None:
+        """The env's own time limit (a gymnasium TimeLimit wrapper, or its spec's max_episode_steps), if any."""
+        limit = getattr(self._env, "_max_episode_steps", None) or getattr(getattr(self._env, "spec", None),
+                                                                          "max_episode_steps", None)
+        return int(limit) if limit else None
+
+    def _raw_reset(self) -> None:
         # Seed only the first reset; later resets continue the env's own RNG stream.
         self._env.reset(seed=self._seed)
         self._seed = None
-        if not self._visuals_set:
+        if self._mujoco and not self._visuals_set:
             _fast_visuals(self._env.unwrapped.model)
             self._visuals_set = True
-        return self.render()
 
     def _raw_step(self, action: np.ndarray) -> tuple[float, bool, bool]:
-        _, reward, terminated, truncated, _ = self._env.step(action.astype(np.float32))
+        _, reward, terminated, truncated, _ = self._env.step(action.astype(self._env.action_space.dtype))
         return float(reward), bool(terminated), bool(truncated)
 
     def render(self) -> np.ndarray:
@@ -261,9 +344,11 @@ class GymnasiumEnv(_RepeatedActionEnv):
         viewer = self._viewer()
         if viewer is not None:
             viewer.make_context_current()
-        return np.ascontiguousarray(self._env.render().transpose(2, 0, 1))
+        return checked_frame(self._env.render(), self.spec.name, self.image_size)
 
     def _viewer(self) -> Any:
+        if not self._mujoco:
+            return None
         return self._env.unwrapped.mujoco_renderer._viewers.get("rgb_array")
 
     def close(self) -> None:
@@ -277,6 +362,66 @@ class GymnasiumEnv(_RepeatedActionEnv):
         self._env.close()
 
 
+def checked_frame(frame: Any, task: str, size: int) -> np.ndarray:
+    """A rendered (H, W, 3) uint8 frame as the model's (3, size, size); anything else is a TaskError."""
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        shape = getattr(frame, "shape", None)
+        raise TaskError(f"task {task}: render() returned {type(frame).__name__} {shape} of "
+                        f"{getattr(frame, 'dtype', '?')}; slac-dist needs an RGB frame, a uint8 array of shape "
+                        "(height, width, 3) (convert floats with (frame * 255).astype(np.uint8), drop an alpha channel).")
+    return np.ascontiguousarray(area_resize(frame, size).transpose(2, 0, 1))
+
+
+def _make_registered(spec: TaskSpec, image_size: int) -> Any:
+    """gym.make of a registered id, drawn at the model's size and camera when it is a MuJoCo env."""
+    import gymnasium as gym
+    from gymnasium.envs.registration import load_env_creator
+
+    try:
+        entry = gym.spec(spec.env_id)
+    except gym.error.Error as exc:
+        raise TaskError(f"task {spec.name!r}: {exc} (gymnasium's ids: `python -c \"import gymnasium; "
+                        "gymnasium.pprint_registry()\"`; an id of another package needs that package imported, "
+                        "e.g. through a <module>:<callable> factory)") from None
+    kwargs: dict[str, Any] = {"render_mode": "rgb_array", "max_episode_steps": spec.episode_length}
+    creator = load_env_creator(entry.entry_point) if isinstance(entry.entry_point, str) else entry.entry_point
+    if _is_mujoco_env(creator):
+        kwargs.update(width=image_size, height=image_size)
+        if spec.camera is not None:
+            kwargs["camera_id"] = spec.camera
+    elif spec.camera is not None:
+        raise TaskError(f"task {spec.name}: --task.camera applies to MuJoCo envs only; {spec.env_id} draws its own view")
+    try:
+        return gym.make(spec.env_id, **kwargs)
+    except gym.error.DependencyNotInstalled as exc:
+        raise TaskError(f"task {spec.name!r}: {exc}") from None
+
+
+def _is_mujoco_env(creator: Any) -> bool:
+    try:
+        from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+    except ImportError:
+        return False
+    return isinstance(creator, type) and issubclass(creator, MujocoEnv)
+
+
+def _from_factory(spec: TaskSpec) -> Any:
+    """The env a user's `module:callable` returns, checked to be a gymnasium-style env."""
+    factory = import_factory(spec.env_id)
+    if spec.camera is not None:
+        raise TaskError(f"task {spec.name}: --task.camera applies to MuJoCo and dm_control tasks; a factory's env "
+                        "draws its own view (give your factory the camera instead)")
+    try:
+        env = factory()
+    except Exception as exc:
+        raise TaskError(f"task {spec.name}: the factory raised {type(exc).__name__}: {exc}") from exc
+    missing = [name for name in ("reset", "step", "render", "action_space") if not hasattr(env, name)]
+    if missing:
+        raise TaskError(f"task {spec.name}: the factory returned a {type(env).__name__}, which has no "
+                        f"{', '.join(missing)}; it must return a gymnasium.Env")
+    return env
+
+
 def _fast_visuals(model: Any) -> None:
     """Turn off shadow maps and multisampling: 5-10x faster software rendering at 64x64.
 
@@ -286,8 +431,13 @@ def _fast_visuals(model: Any) -> None:
     model.vis.quality.offsamples = 0
 
 
-def make_env(task: str, seed: int, image_size: int = 64) -> DmControlEnv | GymnasiumEnv:
-    """Build the pixel env for a task name or alias (see common.tasks.TASKS)."""
-    spec = resolve_task(task)
+def make_env(task: str | TaskSpec, seed: int, image_size: int = 64) -> DmControlEnv | GymnasiumEnv:
+    """Build the pixel env of a task string (common/tasks.py) or a resolved `TaskSpec` (Config.task_spec)."""
+    spec = parse_task(task) if isinstance(task, str) else task
     cls = DmControlEnv if spec.suite == "dmc" else GymnasiumEnv
     return cls(spec, seed, image_size)
+
+
+def needs_gl(spec: TaskSpec) -> bool:
+    """Whether the task surely renders with MuJoCo's GL (a custom factory's env may, or may not)."""
+    return spec.suite in ("dmc", "gym")

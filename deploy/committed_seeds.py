@@ -16,15 +16,23 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from common.config import Config
+from common.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
 
 def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """The two configs (as written to summary.json) are equal once both went through JSON."""
+    """The two configs (as written to summary.json) are equal once both went through JSON, with every key a config
+    written before it existed (the `task` group) at its default, and the task's settings resolved (auto and the
+    registry's value are the same run)."""
     def canon(d: dict[str, Any]) -> str:
-        return json.dumps(json.loads(json.dumps(d, default=str)), sort_keys=True)
+        plain = json.loads(json.dumps(d, default=str))
+        try:
+            cfg = Config.from_dict(plain)
+            plain = cfg.with_task(cfg.task_spec).to_dict()
+        except (ConfigError, ValueError):
+            pass  # not a config of this version: compared as written
+        return json.dumps(plain, sort_keys=True, default=str)
 
     return canon(a) == canon(b)
 

@@ -10,9 +10,11 @@ the extra file `slac_policy.json`; ONNX: the metadata property `slac_policy`), s
   missing slots hold copies of its first frame (as the learner trained the actor);
 - action_history float32 [N, tau - 1, A], the actions taken between those frames, zeros where missing;
 - output action float32 [N, A] in [-1, 1]; the environment gets `low + (action + 1) / 2 * (high - low)`,
-  repeated `action_repeat` times, and frames are rendered at 64 x 64 from `camera_id` with MuJoCo's shadows
-  and multisampling off (common/envs.py).
-`examples/play_exported.py` runs such a file on its task with dm_control or gymnasium and nothing else.
+  repeated `action_repeat` times; episodes end after `episode_length` environment steps; MuJoCo tasks render
+  at 64 x 64 from `camera` with MuJoCo's shadows and multisampling off, other envs render their own frames,
+  resized to 64 x 64 by area averaging (common/envs.py).
+`examples/play_exported.py` runs such a file on its task with dm_control, gymnasium or the task's own factory
+and nothing else.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from torch import nn
 
 from common.envs import RenderingUnavailableError, make_env
 from common.policy import Policy
-from common.tasks import resolve_task
 from deploy.trained import TrainedPolicy, TrainedPolicyError, load_trained
 
-METADATA_FORMAT = 1
+METADATA_FORMAT = 2
+"""2: the task's settings (episode_length, camera), its suite may be custom, frames may be resized (`rendering`)."""
 FORMATS = ("torchscript", "onnx")
 
 
@@ -61,18 +63,19 @@ class DeterministicPolicy(nn.Module):
 def metadata(trained: TrainedPolicy, fmt: str) -> dict[str, Any]:
     """What the exported file's user must know: history, frames, action bounds and repeat, provenance."""
     cfg = trained.cfg
-    spec = resolve_task(cfg.run.task)
-    env = make_env(cfg.run.task, seed=0, image_size=cfg.model.image_size)
+    spec = cfg.task_spec
+    env = make_env(spec, seed=0, image_size=cfg.model.image_size)
     try:
         low, high = (bound.tolist() for bound in env.action_bounds)
+        mujoco = env.draws_with_mujoco
     finally:
         env.close()
     tau, a = cfg.model.sequence_length, trained.weights["action_dim"]
     return {
         "format": METADATA_FORMAT, "file_format": fmt, "policy": "deterministic: tanh of the actor's mean",
-        "task": spec.name, "suite": spec.suite, "env_id": spec.env_id, "action_repeat": spec.action_repeat,
-        "camera_id": spec.camera_id, "image_size": cfg.model.image_size,
-        "rendering": {"mujoco_vis_quality": {"shadowsize": 0, "offsamples": 0}},
+        **spec.settings(), "image_size": cfg.model.image_size,
+        "rendering": {"mujoco": mujoco, "mujoco_vis_quality": {"shadowsize": 0, "offsamples": 0},
+                      "resize": None if mujoco else "area"},
         "tau": tau, "action_dim": a, "action_low": low, "action_high": high,
         "inputs": {"obs_history": f"uint8 [N, {tau}, 3, {cfg.model.image_size}, {cfg.model.image_size}], oldest "
                                   "first; slots before the episode's first frame hold copies of it",

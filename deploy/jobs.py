@@ -24,14 +24,17 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.tasks import SHIPPED_MODULES, TaskError, parse_task, slug
 from replay_service.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,6 +133,36 @@ def entrypoint(preset: str, task: str, actors: str, extra: Sequence[str], run_di
     return command
 
 
+def task_modules(task: str, scratch: Path) -> list[str]:
+    """What a `<module>:<callable>` task must ship with the job, as Ray's `py_modules`, so that the driver, the actors
+    and the evaluator import it on every node: its top-level package's folder, or for a single-file module a folder
+    `scratch/<SHIPPED_MODULES>` holding a copy of that file alone (Ray's job client ships folders only;
+    common/tasks.import_factory looks inside it). Nothing for other tasks, for modules at this repository's top
+    (the working_dir carries them) or for installed packages (they must be installed on the nodes as here)."""
+    import importlib.util
+
+    if not task:
+        return []
+    spec = parse_task(task)
+    if spec.suite != "custom":
+        return []
+    top = spec.env_id.split(":")[0].split(".")[0]
+    found = importlib.util.find_spec(top)
+    if found is None or not (found.submodule_search_locations or found.origin):
+        raise TaskError(f"task {task!r}: module {top!r} is not importable here, so it cannot be shipped to the "
+                        "cluster. Put its folder on PYTHONPATH (`PYTHONPATH=path/to/folder make train TASK=...`) or "
+                        "install its package here and on the cluster's nodes.")
+    path = Path(list(found.submodule_search_locations)[0] if found.submodule_search_locations else str(found.origin))
+    if path.resolve().parent == REPO or "site-packages" in path.parts:
+        return []
+    if path.is_dir():
+        return [str(path.resolve())]
+    folder = scratch / SHIPPED_MODULES
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(path, folder / path.name)
+    return [str(folder)]
+
+
 def submit(preset: str, task: str, actors: str, extra: Sequence[str]) -> dict[str, str]:
     """Submit the driver as a Ray job; returns what `.slac-job` records."""
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
@@ -141,12 +174,14 @@ def submit(preset: str, task: str, actors: str, extra: Sequence[str]) -> dict[st
     if run_id:
         env["WANDB_RUN_ID"] = run_id
     # `~` is the head's home: the job's shell expands it. Runs outlive Ray's per-session working_dir there.
-    run_dir = f"~/slac-runs/{task or preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = f"~/slac-runs/{slug(task or preset or 'run')}-{time.strftime('%Y%m%d-%H%M%S')}"
     command = entrypoint(preset, task, actors, extra, run_dir)
     logging.getLogger("ray").setLevel(logging.ERROR)  # not a line per file Ray's packaging skips
-    with job_server() as url:
-        job_id = _client(url).submit_job(entrypoint=command, runtime_env={
-            "working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env})
+    runtime_env: dict[str, Any] = {"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env}
+    with job_server() as url, tempfile.TemporaryDirectory() as scratch:
+        if modules := task_modules(task, Path(scratch)):
+            runtime_env["py_modules"] = modules
+        job_id = _client(url).submit_job(entrypoint=command, runtime_env=runtime_env)
     record = {"job_id": job_id, "address": os.environ.get("RAY_ADDRESS", ""), "cluster": os.environ.get("CLUSTER", ""),
               "wandb_run_id": run_id, "entrypoint": command}
     JOB_FILE.write_text(json.dumps(record, indent=1) + "\n")
@@ -274,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             status(args.job_id, nodes_only=args.nodes)
         else:
             stop(args.job_id)
-    except (JobError, ConnectionError, RuntimeError, RayError) as exc:  # the SDK's HTTP errors are RuntimeErrors
+    except (JobError, TaskError, ConnectionError, RuntimeError, RayError) as exc:  # the SDK's HTTP errors are RuntimeErrors
         print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,12 +21,11 @@ import ray
 from actors.evaluator import Evaluator
 from actors.worker import EnvFactory
 from common.config import Config
-from common.envs import make_env, select_gl_backend
-from common.tasks import resolve_task
 from deploy.checkpoint_schedule import CheckpointSchedule
 from deploy.disk import MB, DiskFullError, DiskGuard
 from deploy.eval_schedule import EvalSchedule
 from deploy.fleet import ActorFleet, RunState
+from deploy.forecast import Forecast
 from deploy.ray_runtime import (
     RENDER_PROCESS_ENV,
     Placement,
@@ -35,7 +34,7 @@ from deploy.ray_runtime import (
     replay_inserts,
     resolve_actor_count,
 )
-from deploy.run_config import derived_config, short_run_warning
+from deploy.run_config import derived_config, resolve_task_of_run, short_run_warning
 from deploy.run_dir import RunDir, prepare_run_dir, write_traceback
 from deploy.run_logger import ActorWaitMeter, RunLogger, bound_scalars, progress_line
 from deploy.supervisor import (
@@ -58,7 +57,7 @@ log = logging.getLogger(__name__)
 def train(cfg: Config, env_factory: EnvFactory | None = None,
           on_started: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run SLAC end to end; returns the final summary. `env_factory` and `on_started` serve the tests."""
-    select_gl_backend()
+    cfg, action_dim = resolve_task_of_run(cfg, env_factory)
     cfg = derived_config(resolve_actor_count(cfg))
     if (short := short_run_warning(cfg)) is not None:
         log.warning(short)
@@ -68,7 +67,7 @@ def train(cfg: Config, env_factory: EnvFactory | None = None,
     cfg = run.cfg
     try:
         DiskGuard(run.path, cfg.run.min_free_mb).check(starting=True)
-        return _train(cfg, run, env_factory, on_started)
+        return _train(cfg, run, action_dim, env_factory, on_started)
     except Exception as exc:
         try:
             exc.log_path = write_traceback(run.path, exc)  # type: ignore[attr-defined]  # main() names it
@@ -79,11 +78,8 @@ def train(cfg: Config, env_factory: EnvFactory | None = None,
         run.release()
 
 
-def _train(cfg: Config, run: RunDir, env_factory: EnvFactory | None,
+def _train(cfg: Config, run: RunDir, action_dim: int, env_factory: EnvFactory | None,
            on_started: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-    probe = (env_factory or (lambda seed: make_env(cfg.run.task, seed)))(0)
-    action_dim = probe.action_dim
-    probe.close()
     with ExitStack() as stack:
         replay_url = cfg.replay.url
         cluster = connect_ray(cfg)
@@ -125,7 +121,7 @@ class Driver:
         elif cfg.run.resume:  # stopped before its first checkpoint: count on from what the replay holds
             self.carried["steps"] = self.state.agent_steps = replay_inserts(replay_url, cfg)
             self.carried["env_steps"] = self.state.env_steps = self.state.agent_steps * \
-                resolve_task(cfg.run.task).action_repeat
+                cfg.task_spec.action_repeat
             self.state.generation = 1
         self.logger = RunLogger(cfg, run.path, run_id=resume["extra"]["wandb_run_id"] if resume else None)
         # The board and the evaluator come back by themselves when their process dies (the board empty: the
@@ -147,7 +143,7 @@ class Driver:
         self.supervisor = LearnerSupervisor(cfg, run.path, make_learner, resume)
         self.evaluator = ray.remote(num_cpus=1, max_restarts=-1, runtime_env={"env_vars": RENDER_PROCESS_ENV})(
             Evaluator).options(name="slac-evaluator").remote(cfg, env_factory)
-        self.action_repeat = resolve_task(cfg.run.task).action_repeat
+        self.action_repeat = cfg.task_spec.action_repeat
         self.fleet = ActorFleet(cfg, replay_url, env_factory, self.state, self.carried, place.actors,
                                 self.action_repeat)
         self.evals = EvalSchedule(cfg, self.state, self.evaluator, self.board, self.logger, self._note_renderer)
@@ -161,6 +157,7 @@ class Driver:
         self.renderers: list[dict[str, str]] = []
         self.started = self.last_poll = time.monotonic()
         self.disk = DiskGuard(run.path, cfg.run.min_free_mb)
+        self.forecast = Forecast(cfg, learner_on_cpu=not place.learner_gpu)
         self.closed = False
 
     # --- main loop ----------------------------------------------------------------------------------
@@ -260,6 +257,7 @@ class Driver:
             self.logger.note("execution", info["execution"])  # which compile mode really runs (after any fallback)
         self.learner_info = info
         self.supervisor.progress(info["counters"])
+        self.forecast.tick(info.get("phase", "?"), info["counters"], self.state.env_steps)
         elapsed = max(time.monotonic() - self.last_poll, 1e-6)
         self.last_poll = time.monotonic()
         updates = info["counters"]["updates"] + info["counters"]["pretrain_updates"]

@@ -12,7 +12,8 @@ grouping shows the mean and band over seeds. The harness then writes, under `res
     seed<k>/eval.csv   the seed's evaluations (copied from its run directory)
     returns.csv        env_steps, seed, return_mean, return_std (one row per grid point and seed)
     returns.png        mean and min-max band over seeds, published SLAC points, random-policy line
-    summary.json       the command, commit, machine, wall clock and updates/s of each seed, the baseline
+    summary.json       the command, commit, machine, action repeat, wall clock and updates/s of each seed,
+                       the baseline
 
 logs the figure to every seed's W&B run, and rewrites `results/<preset>/table.md` (deploy/results_table.py):
 return at 100k and 500k environment steps of every task reproduced with the preset, beside the published
@@ -41,7 +42,7 @@ import imageio.v2 as imageio
 
 from common.config import Config, parse_cli
 from deploy.committed_seeds import committed_seeds
-from deploy.results_table import write_table
+from deploy.results_table import config_action_repeat, write_table
 from deploy.returns_plot import plot_returns, random_baseline, read_evaluations, write_returns
 from deploy.seeds import SeedFailed, SeedRun, actors_per_seed, default_parallel, run_seeds
 from deploy.train import known_errors
@@ -164,11 +165,12 @@ def reproduce_task(rest: list[str], base: Config, preset: str, seeds: int, paral
         evaluations += read_evaluations(out / f"seed{run.seed}" / "eval.csv", run.seed)
     write_returns(evaluations, out / "returns.csv")
     random_mean, random_std, episodes = random_baseline(evaluations)
-    plot_returns(evaluations, task, preset, out / "returns.png", note=f"preset {preset}")
+    action_repeat = config_action_repeat(base.to_dict(), task)  # the table and figure set it beside SLAC's
+    plot_returns(evaluations, task, preset, out / "returns.png", note=f"preset {preset}", action_repeat=action_repeat)
     trained_here = [r for r in runs if r["seed"] not in reused]  # committed seeds' W&B runs are on other machines
     publish(out / "returns.png", f"{task}, preset {preset}: {len(runs)} seeds", trained_here)
     summary = {"command": command, "commit": code, "machine": here_machine, "date": time.strftime("%Y-%m-%d"),
-               "task": task, "preset": preset, "parallel": k, "config": base.to_dict(),
+               "task": task, "preset": preset, "parallel": k, "action_repeat": action_repeat, "config": base.to_dict(),
                "random_policy": {"return_mean": random_mean, "return_std": random_std, "episodes": episodes},
                "final_return_mean": {r["seed"]: next(e.mean for e in reversed(evaluations) if e.seed == r["seed"])
                                      for r in runs},

@@ -1,5 +1,6 @@
 """`results/<preset>/table.md`: each reproduced task's return at 100k and 500k environment steps over its
-seeds, beside the published figures (deploy/published.py) and the wall clock per run.
+seeds, beside the published figures (deploy/published.py) and the wall clock per run, and the action repeat
+of each run beside that of SLAC's published one, flagged where they differ.
 
 Built from what `make reproduce` leaves under `results/<task>/<preset>/` (returns.csv, summary.json), so
 the table covers every task reproduced with the preset, whichever invocation ran it.
@@ -14,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from deploy.published import CHECKPOINTS, PUBLISHED, published
+from common.tasks import UnknownTaskError, resolve_task
+from deploy.published import CHECKPOINTS, PUBLISHED, published, published_action_repeat
 
 
 def _seed_means(returns_csv: Path) -> dict[int, dict[int, float]]:
@@ -41,6 +43,49 @@ def _hours(seconds: list[float]) -> str:
     return f"{mean / 3600:.2f} h" if mean >= 3600 else f"{mean / 60:.1f} min"
 
 
+def config_action_repeat(config: dict[str, Any], task: str) -> int | None:
+    """The action repeat of a run from its config as summary.json holds it: the task section's number where it
+    has one; else (`auto`, or a config from before the action repeat could be set per run) the task registry's.
+    None for a task the registry does not know."""
+    section = config.get("task")
+    repeat = section.get("action_repeat") if isinstance(section, dict) else None
+    if isinstance(repeat, int) and not isinstance(repeat, bool):
+        return repeat
+    try:
+        return resolve_task(task).action_repeat
+    except UnknownTaskError:
+        return None
+
+
+def run_action_repeat(summary: dict[str, Any], task: str) -> int | None:
+    """The action repeat a reproduce ran with: summary.json's own record, else its config's (summaries written
+    before the harness recorded it)."""
+    recorded = summary.get("action_repeat")
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        return recorded
+    return config_action_repeat(summary.get("config") or {}, task)
+
+
+def action_repeat_flag(ours: int | None, slac: int | None, samples_per_insert: float = 1.0) -> str:
+    """'' where the run and SLAC's published one used the same action repeat (or either is unknown); else the
+    table's warning: how many times our agent steps and updates per environment step SLAC's runs made (SLAC
+    makes one update per agent step, slac-dist `samples_per_insert` per agent step)."""
+    if ours is None or slac is None or ours == slac:
+        return ""
+    steps = ours / slac
+    updates = steps / samples_per_insert
+    made = f"{steps:.3g}x the agent steps" + (" and updates" if updates == steps
+                                               else f" and {updates:.3g}x the updates")
+    return f"⚠ not like for like: ours {ours}, SLAC's {slac}: per environment step SLAC's runs made {made}"
+
+
+def action_repeat_cell(ours: int | None, slac: int | None, samples_per_insert: float = 1.0) -> str:
+    """The table's `action repeat (ours / SLAC's)` cell: `8 / 4` and the flag where they differ."""
+    cell = f"{'?' if ours is None else ours} / {'—' if slac is None else slac}"
+    flag = action_repeat_flag(ours, slac, samples_per_insert)
+    return f"{cell} {flag}" if flag else cell
+
+
 def task_row(task_dir: Path) -> dict[str, Any] | None:
     """The table's row for one `results/<task>/<preset>/` folder, or None when it holds no finished reproduce."""
     summary_file, returns_csv = task_dir / "summary.json", task_dir / "returns.csv"
@@ -50,7 +95,11 @@ def task_row(task_dir: Path) -> dict[str, Any] | None:
     table = _seed_means(returns_csv)
     last = max(table)
     seeds = summary.get("seeds", [])
-    return {"task": summary.get("task", task_dir.parent.name), "seeds": len(seeds),
+    task = summary.get("task", task_dir.parent.name)
+    spi = float((summary.get("config") or {}).get("replay", {}).get("samples_per_insert", 1.0))
+    return {"task": task, "seeds": len(seeds),
+            "action_repeat": action_repeat_cell(run_action_repeat(summary, task),
+                                                published_action_repeat("SLAC", task), spi),
             **{f"at_{k}": _at(table, k) for k in CHECKPOINTS},
             "final": f"{_at(table, last)} at {last:,}",
             "wall_clock": _hours([s["wall_clock_s"] for s in seeds if s.get("wall_clock_s")]),
@@ -72,18 +121,23 @@ def write_table(results: Path, preset: str) -> Path:
              "",
              "slac-dist: mean ± std over seeds of each seed's evaluation (10 episodes of the stochastic policy,",
              "appendix C); `—` where the runs did not reach that point. Published figures (100k / 500k, pixels,",
-             "mean over seeds) and their sources: deploy/published.py. Wall clock: mean per seed's run.",
+             "mean over seeds, at the action repeat `AR` each was made with) and their sources:",
+             "deploy/published.py. Wall clock: mean per seed's run. Action repeat: slac-dist's run / SLAC's published",
+             "one; SLAC makes one update per agent step, as slac-dist does by default, so the smaller action repeat",
+             "makes more agent steps and updates in the same environment steps: ⚠ flags a row where they differ,",
+             "whose comparison is not like for like.",
              "",
-             "| task | seeds | slac-dist 100k | slac-dist 500k | last point | " + " | ".join(methods)
-             + " | wall clock per run | commit |",
-             "|---|---|---|---|---|" + "---|" * len(methods) + "---|---|"]
+             "| task | seeds | action repeat (ours / SLAC's) | slac-dist 100k | slac-dist 500k | last point | "
+             + " | ".join(methods) + " | wall clock per run | commit |",
+             "|---|---|---|---|---|---|" + "---|" * len(methods) + "---|---|"]
     for row in rows:
         theirs = []
         for method in methods:
-            figures = published(method, row["task"])
-            theirs.append(" / ".join(f"{figures[k]:.0f}" for k in CHECKPOINTS) if figures else "—")
-        lines.append(f"| {row['task']} | {row['seeds']} | {row['at_100000']} | {row['at_500000']} | {row['final']} | "
-                     + " | ".join(theirs) + f" | {row['wall_clock']} | {row['commit']} |")
+            figures, repeat = published(method, row["task"]), published_action_repeat(method, row["task"])
+            theirs.append(" / ".join(f"{figures[k]:.0f}" for k in CHECKPOINTS) + (f" (AR {repeat})" if repeat else "")
+                          if figures else "—")
+        lines.append(f"| {row['task']} | {row['seeds']} | {row['action_repeat']} | {row['at_100000']} | "
+                     f"{row['at_500000']} | {row['final']} | " + " | ".join(theirs) + f" | {row['wall_clock']} | {row['commit']} |")
     out = results / preset / "table.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

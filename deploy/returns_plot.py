@@ -3,7 +3,8 @@
 The figure is the paper's figure 5 for one task: the mean return over seeds against environment steps
 with the min-max band, the published SLAC returns at 100k and 500k environment steps, and the uniform
 random policy's return measured with the same protocol (the evaluations made before the first policy
-was published, policy version 0). Used by `make reproduce` (deploy/reproduce.py).
+was published, policy version 0). The legend gives each curve's action repeat, and the title warns where
+the run's differs from SLAC's. Used by `make reproduce` (deploy/reproduce.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from deploy.published import published as published_returns
+from deploy.published import published_action_repeat
 
 RETURNS_COLUMNS = ("env_steps", "seed", "return_mean", "return_std")
 
@@ -76,8 +78,10 @@ def curve(evaluations: list[Evaluation]) -> tuple[np.ndarray, np.ndarray, np.nda
             np.array([np.max(v) for v in by_step]), np.array([len(v) for v in by_step]))
 
 
-def plot_returns(evaluations: list[Evaluation], task: str, preset: str, path: Path, note: str = "") -> None:
-    """returns.png: mean over seeds with the min-max band, published SLAC points, random-policy line."""
+def plot_returns(evaluations: list[Evaluation], task: str, preset: str, path: Path, note: str = "",
+                 action_repeat: int | None = None) -> None:
+    """returns.png: mean over seeds with the min-max band, published SLAC points, random-policy line; each with
+    its action repeat where known (`action_repeat`: the run's)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     import matplotlib.pyplot as plt  # imported here: only the harness needs it, and after the backend is set
 
@@ -85,8 +89,9 @@ def plot_returns(evaluations: list[Evaluation], task: str, preset: str, path: Pa
     seeds = len({e.seed for e in evaluations})
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     ax.fill_between(steps, low, high, alpha=0.25, color="tab:blue", linewidth=0)
+    ours = f", action repeat {action_repeat}" if action_repeat else ""
     ax.plot(steps, mean, color="tab:blue", marker="o", markersize=3,
-            label=f"slac-dist, preset {preset} (mean, min-max over {seeds} seed{'s' * (seeds != 1)})")
+            label=f"slac-dist, preset {preset}{ours} (mean, min-max over {seeds} seed{'s' * (seeds != 1)})")
     random_mean, _, episodes = random_baseline(evaluations)
     if episodes:
         ax.axhline(random_mean, color="gray", linestyle="--",
@@ -95,13 +100,20 @@ def plot_returns(evaluations: list[Evaluation], task: str, preset: str, path: Pa
     # Points far beyond the curve would squash it into the left edge: draw those within reach, name the rest.
     shown = {k: v for k, v in published.items() if k <= 1.25 * max(steps.max(), 1)}
     beyond = ", ".join(f"{k // 1000}k: {v:.0f}" for k, v in published.items() if k not in shown)
+    slac_repeat = published_action_repeat("SLAC", task)
+    theirs = f", action repeat {slac_repeat}" if slac_repeat else ""
     if published:
         ax.scatter(list(shown), list(shown.values()), color="tab:red", marker="*", s=120, zorder=3,
-                   label="SLAC, published (official results, 10 seeds)" + (f"; beyond this axis {beyond}" if beyond else ""))
+                   label=f"SLAC, published{theirs} (official results, 10 seeds)"
+                   + (f"; beyond this axis {beyond}" if beyond else ""))
     episodes_per_eval = int(np.median([len(e.returns) for e in evaluations]))
     ax.set_xlabel("environment steps")
     ax.set_ylabel(f"average return ({episodes_per_eval} episodes, stochastic policy)")
-    ax.set_title(f"{task}: {note}" if note else task)
+    title = f"{task}: {note}" if note else task
+    if published and action_repeat and slac_repeat and action_repeat != slac_repeat:
+        title += (f"\n⚠ not like for like: SLAC's runs used action repeat {slac_repeat}, "
+                  f"{action_repeat / slac_repeat:.3g}x our agent steps per environment step")
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import Config, ConfigError, resume_conflicts
+from common.tasks import slug
 from learner.checkpoint import CheckpointMismatchError, latest_checkpoint, load_checkpoint
 from replay_service.server import AOF_DIR
 
@@ -69,7 +70,7 @@ def prepare_run_dir(cfg: Config) -> RunDir:
 def _new_default_dir(cfg: Config) -> Path:
     """runs/<task>-<timestamp>, or with -2, -3, ... when another run took that name in the same second
     (several `make train` started together): mkdir is atomic, so two drivers never share a directory."""
-    base = Path("runs").resolve() / f"{cfg.run.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = Path("runs").resolve() / f"{slug(cfg.run.task)}-{time.strftime('%Y%m%d-%H%M%S')}"
     base.parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 1000):
         path = base if n == 1 else base.with_name(f"{base.name}-{n}")

@@ -24,6 +24,7 @@ import numpy as np
 import wandb
 
 from common.config import Config, ReplayConfig
+from deploy.forecast import eta_seconds
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,10 @@ def progress_line(cfg: Config, learner_info: dict[str, Any], env_steps: int, age
     """The terminal's one-line view of a run: phase, steps, updates, returns, rates, bound side, ETA."""
     total = cfg.run.env_steps
     rate = scalars["perf/env_steps_per_s"]
-    eta_text = format_eta((total - env_steps) / rate if rate > 0 else float("nan"))
     fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
     counters = learner_info["counters"]
     phase = learner_info.get("phase", "?")
+    eta_text = format_eta(eta_seconds(cfg, phase, counters, env_steps, rate, scalars["perf/updates_per_s"]))
     # Agent steps are policy decisions (env steps / action repeat): the unit of the initial collection.
     agent = (f"agent {agent_steps:,}/{cfg.initial_collection_size:,}" if phase == "collect"
              else f"agent {agent_steps:,}")

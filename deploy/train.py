@@ -21,6 +21,8 @@ import tyro
 
 from common.config import PRESETS, Config, ConfigError, parse_cli
 from common.envs import RenderingUnavailableError
+from common.tasks import TaskError
+from deploy.forecast import CPU_PRESET_HINT
 from deploy.seeds import stop_with_parent
 from learner.checkpoint import CheckpointMismatchError
 
@@ -37,7 +39,7 @@ def known_errors() -> tuple[type[Exception], ...]:
     from deploy.supervisor import ReplayServerLostError, RestartsExhaustedError
     from replay_service import RedisNotInstalledError, ReplayConnectionError, ReplaySchemaError
 
-    return (ConfigError, CheckpointMismatchError, RenderingUnavailableError, RedisNotInstalledError,
+    return (ConfigError, TaskError, CheckpointMismatchError, RenderingUnavailableError, RedisNotInstalledError,
             ReplayConnectionError, ReplaySchemaError, RestartsExhaustedError, ReplayServerLostError, DiskFullError)
 
 
@@ -135,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if _slow_on_this_machine(cfg):
         logging.warning("the paper preset without a GPU is very slow (about a second per update on 2 cores, "
-                        "100 000 model pre-training updates first); to see the whole system work in minutes "
-                        "run `make train TASK=%s PRESET=debug`", cfg.run.task)
+                        "%s model pre-training updates first): the run measures its first updates and then says "
+                        "what it will take on this machine. %s", f"{cfg.learner.model_pretrain_steps:,}", CPU_PRESET_HINT)
     from deploy.launcher import train  # imports Ray; kept out of the CLI's --help path
 
     try:

@@ -1,5 +1,5 @@
 """Play a policy exported by `make export` on its task, with no slac-dist code: torch (or onnxruntime),
-numpy, and dm_control or gymnasium.
+numpy, and dm_control or gymnasium (or, for a task of your own, the module of its factory on PYTHONPATH).
 
     python examples/play_exported.py runs/<run>/export/ckpt_0000020000.pt   [--episodes 3]
     python examples/play_exported.py runs/<run>/export/ckpt_0000020000.onnx
@@ -12,6 +12,7 @@ MUJOCO_GL says otherwise (MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa where only O
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 
@@ -39,31 +40,51 @@ def load(path: str):
 
 
 class Env:
-    """The task as the policy was trained on it: 64x64 frames (3, H, W), actions rescaled and repeated."""
+    """The task as the policy was trained on it: 64x64 frames (3, H, W), actions rescaled and repeated, episodes
+    cut at `episode_length` environment steps."""
 
     def __init__(self, meta: dict, seed: int) -> None:
         self.meta, size = meta, meta["image_size"]
-        quality = meta["rendering"]["mujoco_vis_quality"]
+        camera = meta.get("camera", meta.get("camera_id"))  # camera_id: files of metadata format 1
+        meta.setdefault("episode_length", 1000)
+        meta["rendering"].setdefault("mujoco", True)
         if meta["suite"] == "dmc":
             from dm_control import suite
 
             domain, task = meta["env_id"].split("/")
-            self.env = suite.load(domain, task, task_kwargs={"random": seed})
+            self.env = suite.load(domain, task, task_kwargs={"random": seed, "time_limit": float("inf")})
             model = self.env.physics.model
-            self.render = lambda: self.env.physics.render(size, size, camera_id=meta["camera_id"]).transpose(2, 0, 1)
+            self.render = lambda: self.env.physics.render(size, size, camera_id=camera or 0)
         else:
             import gymnasium as gym
 
-            self.env = gym.make(meta["env_id"], render_mode="rgb_array", width=size, height=size)
+            if meta["suite"] == "gym":
+                kwargs = {"width": size, "height": size} if meta["rendering"]["mujoco"] else {}
+                kwargs.update({"camera_id": camera} if camera is not None else {})
+                self.env = gym.make(meta["env_id"], render_mode="rgb_array",
+                                    max_episode_steps=meta["episode_length"], **kwargs)
+            else:  # the user's own factory, importable here as it was in training
+                module, _, name = meta["env_id"].partition(":")
+                factory = importlib.import_module(module)
+                for part in name.split("."):
+                    factory = getattr(factory, part)
+                self.env = factory()
             self.env.reset(seed=seed)
-            model = self.env.unwrapped.model
-            self.render = lambda: self.env.render().transpose(2, 0, 1)
-        model.vis.quality.shadowsize, model.vis.quality.offsamples = quality["shadowsize"], quality["offsamples"]
+            model = getattr(self.env.unwrapped, "model", None)
+            self.render = self.env.render
+        if meta["rendering"]["mujoco"]:
+            quality = meta["rendering"]["mujoco_vis_quality"]
+            model.vis.quality.shadowsize, model.vis.quality.offsamples = quality["shadowsize"], quality["offsamples"]
         self.low, self.high = np.array(meta["action_low"]), np.array(meta["action_high"])
+        self.steps = 0
+
+    def frame(self) -> np.ndarray:
+        return np.ascontiguousarray(area_resize(np.asarray(self.render()), self.meta["image_size"]).transpose(2, 0, 1))
 
     def reset(self) -> np.ndarray:
         self.env.reset()
-        return np.ascontiguousarray(self.render())
+        self.steps = 0
+        return self.frame()
 
     def close(self) -> None:
         self.env.close()  # frees the GL context now, not in the interpreter's shutdown
@@ -76,11 +97,29 @@ class Env:
                 step = self.env.step(raw)
                 total, done = total + (step.reward or 0.0), step.last()
             else:
-                _, reward, terminated, truncated, _ = self.env.step(raw.astype(np.float32))
+                _, reward, terminated, truncated, _ = self.env.step(raw.astype(self.env.action_space.dtype))
                 total, done = total + reward, terminated or truncated
-            if done:
+            self.steps += 1
+            if done or self.steps >= self.meta["episode_length"]:
+                done = True
                 break
-        return np.ascontiguousarray(self.render()), total, done
+        return self.frame(), total, done
+
+
+def area_resize(frame: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 to (size, size, 3) by overlap-weighted area averages, as training saw it."""
+    if frame.shape[:2] == (size, size):
+        return frame
+
+    def weights(n: int) -> np.ndarray:
+        edges, cells = np.linspace(0.0, n, size + 1), np.arange(n + 1, dtype=np.float64)
+        overlap = np.clip(np.minimum(edges[1:, None], cells[None, 1:]) - np.maximum(edges[:-1, None], cells[None, :-1]),
+                          0.0, None)
+        return (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    out = np.einsum("ih,hwc,jw->ijc", weights(frame.shape[0]), frame.astype(np.float32), weights(frame.shape[1]),
+                    optimize=True)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def play(path: str, episodes: int = 1, seed: int = 0, max_steps: int | None = None) -> list[float]:

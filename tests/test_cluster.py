@@ -123,7 +123,9 @@ def job_server() -> Iterator[str]:
                              '--resources={"learner": 1, "actor": 2}', f"--temp-dir={temp}", "--disable-usage-stats"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             # Jobs run `python` from PATH: the venv's, as deploy/cluster*.yaml arrange on the nodes.
-                            env=dict(os.environ, RAY_ADDRESS="", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
+                            # No PYTHONPATH: a job's own modules must reach the nodes through its runtime env.
+                            env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "RAY_ADDRESS": "",
+                                 "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     url = f"http://127.0.0.1:{dashboard}"
     try:
         deadline = time.monotonic() + 120
@@ -148,11 +150,13 @@ def job_server() -> Iterator[str]:
 
 
 def test_make_train_submits_a_ray_job_and_make_logs_follows_it(tmp_path: Path, job_server: str) -> None:
+    """A task of the user's own (examples/custom_task, on PYTHONPATH here only): its module travels with the job."""
     run_dir = tmp_path / "run"
-    env = dict(os.environ, RAY_ADDRESS=job_server, SLAC_JOB_FILE=str(tmp_path / "job.json"), CLUSTER="")
+    env = dict(os.environ, RAY_ADDRESS=job_server, SLAC_JOB_FILE=str(tmp_path / "job.json"), CLUSTER="",
+               PYTHONPATH=str(REPO / "examples" / "custom_task"))
     env.setdefault("MUJOCO_GL", "egl")
     args = " ".join(RUN[3:] + ["--run.dir", str(run_dir)])
-    submitted = subprocess.run(["make", "-s", "train", "PRESET=debug", "TASK=cheetah", f"ARGS={args}"], cwd=REPO,
+    submitted = subprocess.run(["make", "-s", "train", "PRESET=debug", "TASK=reach:make_env", f"ARGS={args}"], cwd=REPO,
                                env=env, capture_output=True, text=True, timeout=300)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     job_id = json.loads((tmp_path / "job.json").read_text())["job_id"]
@@ -161,6 +165,7 @@ def test_make_train_submits_a_ray_job_and_make_logs_follows_it(tmp_path: Path, j
     assert followed.returncode == 0, followed.stdout[-4000:] + followed.stderr[-2000:]
     assert f"job {job_id}: SUCCEEDED" in followed.stdout, followed.stdout[-3000:]
     summary = summary_of(followed.stdout)
+    assert json.loads((run_dir / "config.json").read_text())["task"]["env_id"] == "reach:make_env"
     assert summary["env_steps"] >= 1600 and summary["run_dir"] == str(run_dir) and Path(summary["checkpoint"]).exists()
     assert summary["replay_url"].startswith("redis://replay:"), summary["replay_url"]  # a job runs on the cluster
     # `make status`: the nodes by role (the fixture's one node advertises both), the job, its progress, W&B.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import os
@@ -121,7 +120,7 @@ def test_hopper_falls_as_termination_not_truncation() -> None:
 
 
 def test_hopper_time_limit_is_truncation_not_termination() -> None:
-    spec = dataclasses.replace(resolve_task("hopper"), max_env_steps=20)
+    spec = resolve_task("hopper", episode_length=20)
     env = GymnasiumEnv(spec, seed=0)
     env.reset()
     steps = 0

@@ -62,7 +62,7 @@ def test_curves_align_on_the_grid_and_the_baseline_is_the_random_policy(tmp_path
     assert tuple(rows[0]) == RETURNS_COLUMNS
     assert rows[1:3] == [["0", "0", "2.0000", "1.0000"], ["0", "1", "5.0000", "0.0000"]]
     for task in ("finger_spin", "hopper"):  # with and without published points
-        plot_returns(a + b, task, "cpu", tmp_path / f"{task}.png")
+        plot_returns(a + b, task, "cpu", tmp_path / f"{task}.png", action_repeat=2)  # finger_spin's SLAC: 1
         assert (tmp_path / f"{task}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -71,8 +71,9 @@ def test_an_empty_eval_csv_is_a_clear_error(tmp_path: Path) -> None:
         read_evaluations(_eval_csv(tmp_path / "e.csv", []), seed=0)
 
 
-def _reproduced(results: Path, task: str, preset: str, seeds: dict[int, list[tuple[int, float]]]) -> None:
-    """What `make reproduce` leaves for one task: returns.csv and summary.json."""
+def _reproduced(results: Path, task: str, preset: str, seeds: dict[int, list[tuple[int, float]]],
+                **recorded: object) -> None:
+    """What `make reproduce` leaves for one task: returns.csv and summary.json (with `recorded`'s keys)."""
     out = results / task / preset
     out.mkdir(parents=True)
     with (out / "returns.csv").open("w", newline="") as f:
@@ -81,8 +82,8 @@ def _reproduced(results: Path, task: str, preset: str, seeds: dict[int, list[tup
         for seed, points in seeds.items():
             for steps, ret in points:
                 writer.writerow([steps, seed, ret, 1.0])
-    (out / "summary.json").write_text(json.dumps({"task": task, "commit": "0123456789abcdef-dirty", "seeds": [
-        {"seed": s, "wall_clock_s": 1800.0 * (s + 1)} for s in seeds]}))
+    (out / "summary.json").write_text(json.dumps({"task": task, "commit": "0123456789abcdef-dirty", **recorded,
+                                                  "seeds": [{"seed": s, "wall_clock_s": 1800.0 * (s + 1)} for s in seeds]}))
 
 
 def test_the_table_puts_each_task_beside_the_published_figures(tmp_path: Path) -> None:
@@ -95,11 +96,29 @@ def test_the_table_puts_each_task_beside_the_published_figures(tmp_path: Path) -
             if line.startswith("| ") and "---" not in line and not line.startswith("| task")}
     assert sorted(rows) == ["finger_spin", "hopper"]
     finger = rows["finger_spin"].split(" | ")
-    assert finger[1:5] == ["2", "450 ± 50 (n=2)", "—", "450 ± 50 (n=2) at 100,000"]
-    assert finger[5:9] == ["951 / 983", "901 / 938", "325 / 789", "493 / 573"]  # SLAC, DrQ, DrQ-v2, DreamerV3
-    assert finger[9] == "45.0 min" and finger[10].startswith("0123456789ab-dirty")
+    assert finger[1] == "2" and finger[3:6] == ["450 ± 50 (n=2)", "—", "450 ± 50 (n=2) at 100,000"]
+    # SLAC, DrQ, DrQ-v2, DreamerV3, each at its own action repeat
+    assert finger[6:10] == ["951 / 983 (AR 1)", "901 / 938 (AR 2)", "325 / 789 (AR 2)", "493 / 573 (AR 2)"]
+    assert finger[10] == "45.0 min" and finger[11].startswith("0123456789ab-dirty")
     hopper = rows["hopper"].split(" | ")
-    assert hopper[2:4] == ["90 ± 0 (n=1)", "300 ± 0 (n=1)"] and hopper[5:9] == ["—"] * 4
+    assert hopper[2] == "2 / —"  # no published SLAC run to compare with: nothing to flag
+    assert hopper[3:5] == ["90 ± 0 (n=1)", "300 ± 0 (n=1)"] and hopper[6:10] == ["—"] * 4
+
+
+def test_a_row_whose_action_repeat_differs_from_slacs_is_flagged(tmp_path: Path) -> None:
+    points = {0: [(0, 1.0), (100_000, 200.0)]}
+    _reproduced(tmp_path, "finger_spin", "cpu", points)  # nothing recorded: the registry's 2 (table 1); SLAC ran 1
+    _reproduced(tmp_path, "cartpole_swingup", "cpu", points, action_repeat=4)  # recorded by the harness, as SLAC's
+    _reproduced(tmp_path, "ball_in_cup_catch", "cpu", points, config={"task": {"action_repeat": 8}})
+    _reproduced(tmp_path, "walker_walk", "cpu", points, config={"task": {"action_repeat": "auto"}})  # registry's 2
+    text = write_table(tmp_path, "cpu").read_text()
+    assert "action repeat (ours / SLAC's)" in text and "⚠ flags a row" in text
+    cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[2] for line in text.splitlines()
+             if line.startswith("| ") and "---" not in line and not line.startswith("| task")}
+    assert cells["finger_spin"] == ("2 / 1 ⚠ not like for like: ours 2, SLAC's 1: per environment step SLAC's runs "
+                                    "made 2x the agent steps and updates")
+    assert cells["cartpole_swingup"] == "4 / 4" and cells["walker_walk"] == "2 / 2"
+    assert cells["ball_in_cup_catch"].startswith("8 / 4 ⚠ not like for like: ours 8, SLAC's 4")
 
 
 def test_parallel_seeds_by_default_fit_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
