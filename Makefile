@@ -48,7 +48,7 @@ else
 TORCH_FLAGS := $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),--find-links /opt/wheels,--index-url https://download.pytorch.org/whl/cpu)
 endif
 
-.PHONY: setup sysdeps test train reproduce eval export bench lint clean cluster-up cluster-down logs stop status
+.PHONY: setup sysdeps test train tasks reproduce eval export bench lint clean cluster-up cluster-down logs stop status
 
 setup: $(STAMP)
 
@@ -92,6 +92,10 @@ ifeq ($(ON_CLUSTER),1)
 else
 	$(PY) -m deploy.train $(PRESET) $(TASK_ARG) $(ACTORS_ARG) $(ARGS)
 endif
+
+# The registered task names with their settings, and the task strings beyond them (dmc:, gym:, module:callable).
+tasks: setup
+	$(PY) -m deploy.tasks
 
 # A cloud cluster (AWS by default; CLUSTER=deploy/cluster-gcp.yaml or deploy/cluster-local.yaml for the others).
 # Ray's token auth: every node gets this machine's ~/.ray/auth_token (the YAMLs ship it), so only holders of

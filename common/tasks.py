@@ -185,7 +185,7 @@ def _unknown(name: str) -> UnknownTaskError:
         f"unknown task {name!r}.{hint} A task is a registered name ({', '.join(names)}; `make tasks` lists them), "
         "dmc:<domain>/<task> (any dm_control suite task, e.g. dmc:reacher/hard), gym:<id> (a gymnasium id, e.g. "
         "gym:InvertedDoublePendulum-v5) or <module>:<callable> (your own factory returning a gymnasium.Env, e.g. "
-        "examples.custom_task.reach:make_env).")
+        "mypkg.envs:make_env, its folder on PYTHONPATH).")
 
 
 def parse_task(name: str) -> TaskSpec:

@@ -71,12 +71,13 @@ def parse_args(argv: Sequence[str]) -> Config:
 
 
 def _log_dir(argv: Sequence[str]) -> Path:
-    """Whose logs/ a failure's traceback goes to: the run directory when one is named, else a temp dir."""
+    """Whose logs/ a failure's traceback goes to: the named run directory when it exists, else a temp dir (a run
+    refused before it started leaves no directory behind; once started, the launcher writes into the run's own)."""
     for flag in ("--run.resume", "--run.dir"):
         for i, arg in enumerate(argv):
             value = argv[i + 1] if arg == flag and i + 1 < len(argv) else (
                 arg.split("=", 1)[1] if arg.startswith(flag + "=") else None)
-            if value and (flag == "--run.dir" or (Path(value) / "config.json").is_file()):
+            if value and (Path(value).is_dir() if flag == "--run.dir" else (Path(value) / "config.json").is_file()):
                 return Path(value)
     return Path(tempfile.gettempdir()) / "slac-dist"
 

@@ -69,20 +69,24 @@ class Env:
                 for part in name.split("."):
                     factory = getattr(factory, part)
                 self.env = factory()
-            self.env.reset(seed=seed)
+            self.env.action_space.seed(seed)
             model = getattr(self.env.unwrapped, "model", None)
             self.render = self.env.render
         if meta["rendering"]["mujoco"]:
             quality = meta["rendering"]["mujoco_vis_quality"]
             model.vis.quality.shadowsize, model.vis.quality.offsamples = quality["shadowsize"], quality["offsamples"]
         self.low, self.high = np.array(meta["action_low"]), np.array(meta["action_high"])
-        self.steps = 0
+        self.steps, self.seed = 0, seed
 
     def frame(self) -> np.ndarray:
         return np.ascontiguousarray(area_resize(np.asarray(self.render()), self.meta["image_size"]).transpose(2, 0, 1))
 
     def reset(self) -> np.ndarray:
-        self.env.reset()
+        if self.meta["suite"] == "dmc":
+            self.env.reset()
+        else:  # seeded at its first reset only, as in training; later ones go on with the env's own stream
+            self.env.reset(seed=self.seed)
+            self.seed = None
         self.steps = 0
         return self.frame()
 
