@@ -28,25 +28,14 @@ CLUSTER ?= $(shell cat .cluster 2>/dev/null)
 JOB    ?=
 ON_CLUSTER := $(if $(or $(CLUSTER),$(filter http://% https://%,$(RAY_ADDRESS))),1,)
 
-# A GPU machine is one where `nvidia-smi -L` works or /dev/nvidia0 exists (common/envs.nvidia_gpu_present agrees).
-# It gets the CUDA build of torch for the newest CUDA its driver supports (nvidia-smi's "CUDA Version"), from
-# PyTorch's index, with --force-reinstall so that a local +cpu wheel in pip's find-links cannot win; a CPU machine
-# must not pull ~2 GB of CUDA wheels: the local CPU wheel when this workplace provides one (named with --find-links, as
-# a shell that `ray up` opens over SSH has no PIP_FIND_LINKS), else PyTorch's CPU index. rsync is `ray up`'s file copy.
-HAS_GPU := $(shell { nvidia-smi -L >/dev/null 2>&1 || test -e /dev/nvidia0; } && echo 1 || echo 0)
-ifeq ($(HAS_GPU),1)
-DRIVER_CUDA := $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1)
-TORCH_CUDA := $(shell v="$(DRIVER_CUDA)"; maj=$${v%%.*}; min=$${v#*.}; \
-  if [ -z "$$v" ]; then echo unknown; elif [ "$$maj" -ge 13 ]; then echo cu130; \
-  elif [ "$$maj" -eq 12 ] && [ "$$min" -ge 8 ]; then echo cu128; elif [ "$$maj" -eq 12 ] && [ "$$min" -ge 6 ]; then echo cu126; \
-  else echo old; fi)
-TORCH_FLAGS = $(if $(filter cu%,$(TORCH_CUDA)),--force-reinstall --index-url https://download.pytorch.org/whl/$(TORCH_CUDA),$(error \
-  make setup: this machine has an NVIDIA GPU but $(if $(filter old,$(TORCH_CUDA)),its driver supports only CUDA $(DRIVER_CUDA) and \
-  torch 2.13 needs 12.6 or newer: update the NVIDIA driver,`nvidia-smi` does not report the driver's CUDA version: check \
-  the driver with `nvidia-smi`) (or `make setup HAS_GPU=0` for the CPU build)))
-else
-TORCH_FLAGS := $(if $(wildcard /opt/wheels/torch-2.13.0+cpu*),--find-links /opt/wheels,--index-url https://download.pytorch.org/whl/cpu)
-endif
+# The torch build for this machine (CUDA for the newest CUDA its driver supports, else CPU) is chosen by
+# scripts/torch_wheel.sh, which names its rules; `make setup HAS_GPU=0` installs the CPU build anyway. TORCH_ARGS
+# (pip's arguments: torch==<pin> and where from) runs it once, and only when a recipe needs it; its error (a driver
+# too old, no CUDA version) stops make. rsync is `ray up`'s file copy.
+TORCH_WHEEL := bash scripts/torch_wheel.sh
+HAS_GPU := $(shell HAS_GPU= $(TORCH_WHEEL) --has-gpu)
+TORCH_ARGS = $(eval TORCH_ARGS := $(shell HAS_GPU=$(HAS_GPU) $(TORCH_WHEEL) 2>&1))$(if \
+  $(filter 0,$(.SHELLSTATUS)),$(TORCH_ARGS),$(error $(TORCH_ARGS)))
 
 .PHONY: setup sysdeps test train tasks reproduce eval export bench lint clean cluster-up cluster-down logs stop status
 
@@ -68,15 +57,14 @@ sysdeps:
 $(STAMP): pyproject.toml | sysdeps
 	test -d $(VENV) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0 $(TORCH_FLAGS)
+	$(PIP) install -q $(TORCH_ARGS)
 	$(PIP) install -q -e ".[dev]"
 	@if [ "$(HAS_GPU)" = 0 ] && $(PIP) list 2>/dev/null | grep -qi '^nvidia-'; then \
 	  echo "make setup: CUDA wheels were installed on a machine without a GPU" >&2; exit 1; fi
 	@if [ "$(HAS_GPU)" = 1 ] && ! $(PY) -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
 	  echo "make setup: this machine has an NVIDIA GPU but the installed torch cannot use it ($$($(PY) -c \
 	    'import torch; print(torch.__version__, "CUDA", torch.version.cuda)')); the learner would run on CPU." \
-	       "Fix: $(PIP) install --force-reinstall torch==2.13.0 --index-url" \
-	       "https://download.pytorch.org/whl/$(TORCH_CUDA), and check the driver with nvidia-smi" >&2; exit 1; fi
+	       "Fix: $(PIP) install $(TORCH_ARGS), and check the driver with nvidia-smi" >&2; exit 1; fi
 	touch $(STAMP)
 
 test: setup

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import commit, cpu_name, dirty, write_report  # noqa: E402
-from deploy.wandb_reader import find_offline_runs, read_history  # noqa: E402
+from deploy.tools.wandb_reader import find_offline_runs, read_history  # noqa: E402
 
 
 def run_once(preset: str, task: str, actors: int, env_steps: int, spi: float) -> dict[str, float]:

@@ -177,7 +177,7 @@ class ActorsConfig:
     num: int | Literal["auto"] = "auto"
     """Number of actor processes. auto: on a private local Ray, the machine's cores less the learner, the
     evaluator and Redis (at least 1), so a GPU workstation's cores all step environments; on a Ray cluster,
-    `cluster_num` (deploy/ray_runtime.resolve_actor_count)."""
+    `cluster_num` (deploy/run/ray_runtime.resolve_actor_count)."""
     cluster_num: int = 2
     """What `num: auto` means on a Ray cluster, where the autoscaler adds actor nodes for them."""
     envs_per_actor: int = 4
@@ -331,7 +331,7 @@ class RunConfig:
     """W&B run name; empty: the run directory's name."""
     min_free_mb: float = 200.0
     """Free space the run directory's disk keeps beyond the next replay snapshot and checkpoint: below it the run
-    stops cleanly (one paragraph, the newest checkpoint intact) instead of filling the disk (deploy/disk.py)."""
+    stops cleanly (one paragraph, the newest checkpoint intact) instead of filling the disk (deploy/run/disk.py)."""
 
     def __post_init__(self) -> None:
         _check_finite(self, "run")
@@ -469,6 +469,8 @@ def resume_conflicts(saved: Config, new: Config) -> list[str]:
     conflicts = []
     for key in _RESUME_KEYS:
         if key == "task":  # as resolved: a run saved before the task group existed ran the registry's values
+            if saved.run.task != new.run.task:
+                continue  # another task altogether: run.task says so, its settings differ as a consequence
             old_task, new_task = saved.task_spec.settings(), new.task_spec.settings()
             conflicts += [f"task.{k}: saved {old_task[k]!r}, now {new_task[k]!r}" for k in old_task
                           if k != "task" and old_task[k] != new_task[k]]

@@ -108,7 +108,7 @@ def process_renderer() -> dict[str, str]:
 
     Ray sets CUDA_VISIBLE_DEVICES="" in processes that ask for no GPU, and NVIDIA's EGL hides its devices
     by that variable, so an actor may fail to start EGL, or render in software, where the driver renders on
-    the GPU (deploy/ray_runtime.RENDER_PROCESS_ENV keeps Ray from setting it for actors and the evaluator). When EGL cannot start here
+    the GPU (deploy/run/ray_runtime.RENDER_PROCESS_ENV keeps Ray from setting it for actors and the evaluator). When EGL cannot start here
     and MuJoCo has not bound a backend in this process yet, rendering falls back to OSMesa with one warning.
     """
     global _RENDERER

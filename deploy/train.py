@@ -20,27 +20,16 @@ from pathlib import Path
 import tyro
 
 from common.config import PRESETS, Config, ConfigError, parse_cli
-from common.envs import RenderingUnavailableError
-from common.tasks import TaskError
-from deploy.forecast import CPU_PRESET_HINT
-from deploy.seeds import stop_with_parent
-from learner.checkpoint import CheckpointMismatchError
+from deploy.run.errors import known_errors
+from deploy.run.files import RunFiles
+from deploy.run.forecast import CPU_PRESET_HINT
+from deploy.run.signals import stop_with_parent
 
 
 def _slow_on_this_machine(cfg: Config) -> bool:
     import torch
 
     return cfg.learner.device != "cuda" and not torch.cuda.is_available() and cfg.model.z2_dim >= 256
-
-
-def known_errors() -> tuple[type[Exception], ...]:
-    """Failures with a message that says what to do: printed as a paragraph, never as a traceback."""
-    from deploy.disk import DiskFullError
-    from deploy.supervisor import ReplayServerLostError, RestartsExhaustedError
-    from replay_service import RedisNotInstalledError, ReplayConnectionError, ReplaySchemaError
-
-    return (ConfigError, TaskError, CheckpointMismatchError, RenderingUnavailableError, RedisNotInstalledError,
-            ReplayConnectionError, ReplaySchemaError, RestartsExhaustedError, ReplayServerLostError, DiskFullError)
 
 
 def _resume_dir(argv: Sequence[str]) -> str | None:
@@ -57,15 +46,10 @@ def parse_args(argv: Sequence[str]) -> Config:
     resume = _resume_dir(argv)
     if not resume:
         return parse_cli(argv)
-    config_file = Path(resume) / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"--run.resume {resume}: there is no run there (no config.json). Pass the directory a "
-                          "run was started in (--run.dir, default runs/<task>-<timestamp>).")
     try:
-        saved = Config.from_json(config_file.read_text(errors="replace"))
+        saved = RunFiles(Path(resume)).read_config()
     except ConfigError as exc:
-        raise ConfigError(f"--run.resume {resume}: its config.json is damaged ({exc}). Restore it from a copy (W&B "
-                          "keeps one with the run's files, as config.yaml) or start a new run; nothing was changed.") from exc
+        raise ConfigError(f"--run.resume {resume}: {exc}") from None
     rest = list(argv[1:] if argv and argv[0] in PRESETS else argv)  # the saved config replaces the preset
     return tyro.cli(Config, default=saved, args=rest)
 
@@ -77,14 +61,14 @@ def _log_dir(argv: Sequence[str]) -> Path:
         for i, arg in enumerate(argv):
             value = argv[i + 1] if arg == flag and i + 1 < len(argv) else (
                 arg.split("=", 1)[1] if arg.startswith(flag + "=") else None)
-            if value and (Path(value).is_dir() if flag == "--run.dir" else (Path(value) / "config.json").is_file()):
+            if value and (Path(value).is_dir() if flag == "--run.dir" else RunFiles(Path(value)).is_run()):
                 return Path(value)
     return Path(tempfile.gettempdir()) / "slac-dist"
 
 
 def _report(exc: BaseException, argv: Sequence[str]) -> None:
     """One paragraph on the terminal; the traceback in a file it names."""
-    from deploy.run_dir import write_traceback  # imports torch: kept out of the --help path
+    from deploy.run.run_dir import write_traceback  # imports torch: kept out of the --help path
 
     cause = getattr(exc, "cause", None) or exc  # a Ray task error: the exception the process raised
     try:
@@ -140,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.warning("the paper preset without a GPU is very slow (about a second per update on 2 cores, "
                         "%s model pre-training updates first): the run measures its first updates and then says "
                         "what it will take on this machine. %s", f"{cfg.learner.model_pretrain_steps:,}", CPU_PRESET_HINT)
-    from deploy.launcher import train  # imports Ray; kept out of the CLI's --help path
+    from deploy.run.driver import train  # imports Ray; kept out of the CLI's --help path
 
     try:
         summary = train(cfg)

@@ -147,7 +147,7 @@ class ReplayWriter:
         # Unique per writer object, so a restarted actor with the same writer_id never collides.
         self._token = f"{writer_id}:{secrets.token_hex(6)}"
         self._seq = 0
-        # The writer's own record of what the replay acknowledged (replay.audit; deploy/audit.py reads it).
+        # The writer's own record of what the replay acknowledged (replay.audit; deploy/tools/audit.py reads it).
         self._audit: int | None = None
         if audit_dir is not None:
             Path(audit_dir).mkdir(parents=True, exist_ok=True)

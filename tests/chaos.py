@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from process_tools import Run, alive, cmdline, descendants  # noqa: E402
 
-from deploy.audit import audit  # noqa: E402
-from deploy.wandb_reader import find_offline_runs, read_history  # noqa: E402
+from deploy.tools.audit import audit  # noqa: E402
+from deploy.tools.wandb_reader import find_offline_runs, read_history  # noqa: E402
 from learner.checkpoint import latest_checkpoint, read_checkpoint  # noqa: E402
 
 COMPONENTS = {"actor": "ray::ActorWorker", "learner": "ray::LearnerProcess", "redis": "redis-server",

@@ -22,8 +22,8 @@ import torch
 
 from actors.evaluator import Evaluator
 from actors.worker import derive_seed
-from deploy.trained import load_trained
-from deploy.wandb_reader import find_offline_runs, read_run_info
+from deploy.tools.trained import load_trained
+from deploy.tools.wandb_reader import find_offline_runs, read_run_info
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]

@@ -31,7 +31,7 @@ import pytest
 import yaml
 from process_tools import alive, cmdline, summary_of
 
-from deploy.audit import audit
+from deploy.tools.audit import audit
 from replay_service.server import free_port
 
 pytestmark = pytest.mark.cluster

@@ -179,7 +179,7 @@ def test_make_train_submits_a_ray_job_and_make_logs_follows_it(tmp_path: Path, j
 
 
 def test_make_stop_stops_a_job_with_a_checkpoint(tmp_path: Path, job_server: str) -> None:
-    """`make stop`: Ray sends the driver SIGTERM and waits (RAY_JOB_STOP_WAIT_TIME_S from deploy/jobs.py) while
+    """`make stop`: Ray sends the driver SIGTERM and waits (RAY_JOB_STOP_WAIT_TIME_S from deploy/cluster/jobs.py) while
     it checkpoints and stops every process, as on a preempted machine."""
     run_dir = tmp_path / "run"
     env = dict(os.environ, RAY_ADDRESS=job_server, SLAC_JOB_FILE=str(tmp_path / "job.json"), CLUSTER="")

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from actors.history import History, stack_histories
 from actors.worker import derive_seed
 from common.config import Config, ConfigError, debug, resume_conflicts
-from deploy.run_logger import ActorWaitMeter, bound_scalars, bound_text, format_eta, limiter_position
-from deploy.weights import WeightBoard
+from deploy.run.logger import ActorWaitMeter, bound_scalars, bound_text, format_eta, limiter_position
+from deploy.run.weight_board import WeightBoard
 from learner.checkpoint import (
     CheckpointMismatchError,
     latest_checkpoint,
@@ -63,7 +63,7 @@ def test_weight_board_only_moves_forward() -> None:
 
 def test_a_restarted_board_does_not_lower_the_version_a_restarted_learner_starts_above(monkeypatch) -> None:
     """The board starts empty when Ray restarts it; the driver's floor (the newest version it saw) still holds."""
-    from deploy import weights
+    from deploy.run import weight_board as weights
 
     class Board:
         class version:  # noqa: N801 - mimics an actor handle's method
@@ -104,7 +104,7 @@ def test_resume_may_change_run_length_but_not_the_task() -> None:
 
 
 def test_a_cluster_job_runs_the_entry_point_with_a_run_dir_outside_rays_working_dir() -> None:
-    from deploy.jobs import entrypoint
+    from deploy.cluster.jobs import entrypoint
 
     command = entrypoint("paper", "hopper", "64", ["--run.seed", "3"], "~/slac-runs/hopper-1")
     assert command == "python -m deploy.train paper --run.task hopper --actors.num 64 --run.seed 3 --run.dir ~/slac-runs/hopper-1"
@@ -155,7 +155,7 @@ def test_progress_line_names_the_bound_side_while_training() -> None:
 
 
 def test_a_run_that_ends_inside_the_limiters_slack_is_warned_about() -> None:
-    from deploy.run_config import short_run_warning
+    from deploy.run.config import short_run_warning
 
     cfg = debug()  # 100 agent steps of initial collection, 200 of slack: 300 agent steps, 1200 env steps on cheetah
     short = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, task="cheetah_run", env_steps=1200))
@@ -167,9 +167,9 @@ def test_a_run_that_ends_inside_the_limiters_slack_is_warned_about() -> None:
 def test_auto_actors_fill_this_machine_and_take_the_clusters_number_on_a_cluster(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from common.config import parse_cli
-    from deploy.ray_runtime import resolve_actor_count
-    from deploy.run_logger import progress_line
-    from deploy.seeds import actors_per_seed
+    from deploy.experiments.child_runs import actors_per_seed
+    from deploy.run.logger import progress_line
+    from deploy.run.ray_runtime import resolve_actor_count
 
     paper = parse_cli(["paper"])
     assert paper.actors.num == "auto" and parse_cli(["paper", "--actors.num", "6"]).actors.num == 6

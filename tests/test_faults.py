@@ -27,7 +27,7 @@ from process_tools import COUPLED, Run, alive, cmdline, descendants, wait_for
 from replay_fixtures import listening_addresses
 
 from common.config import debug
-from deploy.wandb_reader import find_offline_runs, read_history
+from deploy.tools.wandb_reader import find_offline_runs, read_history
 from replay_service import RedisServer
 from replay_service.schema import STATE, row_key
 
@@ -100,7 +100,7 @@ def test_a_redis_server_that_cannot_come_back_ends_the_run_with_a_clear_error(tm
     """Its AOF manifest damaged as it dies (a broken disk): the watchdog gives up after REDIS_GIVE_UP_S, the
     learner's work is kept in a checkpoint written without the replay, and once the disk is repaired
     --run.resume continues from that checkpoint on the replay's AOF."""
-    from deploy.supervisor import REDIS_GIVE_UP_S
+    from deploy.run.supervisor import REDIS_GIVE_UP_S
 
     run_dir = tmp_path / "run"
     run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.env-steps", "100000",
@@ -306,7 +306,7 @@ def test_known_failures_are_a_short_error(tmp_path: Path, runs, case: str) -> No
 def test_resumed_totals_count_on_from_the_checkpoint() -> None:
     """The known bug: the saved steps of actors that never died were in no base, so a resumed run's
     total stayed at the saved value until the new lives' own counts passed it."""
-    from deploy.fleet import ActorFleet, RunState
+    from deploy.run.fleet import ActorFleet, RunState
 
     fleet = ActorFleet.__new__(ActorFleet)
     fleet.state = RunState(env_steps=64_996, agent_steps=16_249, env_errors=1)
@@ -322,7 +322,7 @@ def test_resumed_totals_count_on_from_the_checkpoint() -> None:
 
 
 def test_a_second_signal_does_not_interrupt_the_graceful_stop(capsys: pytest.CaptureFixture[str]) -> None:
-    from deploy.supervisor import StopSignals
+    from deploy.run.signals import StopSignals
 
     with StopSignals() as signals:
         with pytest.raises(KeyboardInterrupt):
@@ -340,7 +340,7 @@ def test_checkpoints_are_also_written_by_time_and_after_pretraining() -> None:
     first checkpoint comes as soon as the first policy is published (the end of the model pre-training)."""
     import dataclasses
 
-    from deploy.checkpoint_schedule import CheckpointSchedule
+    from deploy.run.checkpoint_schedule import CheckpointSchedule
 
     cfg = dataclasses.replace(debug().learner, checkpoint_every=1000, checkpoint_every_s=30.0)
     schedule = CheckpointSchedule(cfg, {"updates": 0, "pretrain_updates": 0, "version": 0})

@@ -144,7 +144,7 @@ def test_the_whole_replay_path_works_with_only_the_replay_url(server: RedisServe
     replay.sync()
     assert replay.size == 16 and replay.can_sample()
     client = connect(server.url, 5.0)
-    assert int(client.hget(STATE, "inserted")) == 16  # deploy.ray_runtime.replay_inserts
+    assert int(client.hget(STATE, "inserted")) == 16  # deploy.run.ray_runtime.replay_inserts
     # SequenceReplay.snapshot's BGSAVE and INFO (its CONFIG GET is the admin's).
     saves = client.info("persistence")["rdb_saves"]
     client.bgsave()

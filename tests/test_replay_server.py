@@ -25,7 +25,7 @@ from replay_fixtures import (
 )
 
 from common.config import ReplayConfig
-from deploy.supervisor import RedisWatchdog
+from deploy.run.supervisor import RedisWatchdog
 from replay_service import (
     SCHEMA_VERSION,
     RedisNotInstalledError,

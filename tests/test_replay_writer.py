@@ -289,9 +289,9 @@ def test_record_samples_retried_after_a_lost_reply_counts_once(url: str) -> None
 
 
 def test_audit_records_find_every_lost_or_changed_acknowledged_row(url: str, tmp_path) -> None:
-    """replay.audit: each writer's own record of acknowledged flushes, checked against Redis (deploy/audit.py).
+    """replay.audit: each writer's own record of acknowledged flushes, checked against Redis (deploy/tools/audit.py).
     A retried flush is recorded once; a deleted, a rewritten and an evicted row are each told apart."""
-    from deploy.audit import audit_replay
+    from deploy.tools.audit import audit_replay
 
     audit_dir = tmp_path / "audit"
     writers = [ReplayWriter(url, replace(BASE_CFG, flush_every=4), TASK, ACTION_DIM, f"w{w}", audit_dir=audit_dir)

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from common.config import parse_cli
-from deploy.results_table import write_table
-from deploy.returns_plot import (
+from deploy.experiments.child_runs import default_parallel
+from deploy.experiments.results_table import write_table
+from deploy.experiments.returns_plot import (
     RETURNS_COLUMNS,
     curve,
     plot_returns,
@@ -24,9 +25,8 @@ from deploy.returns_plot import (
     read_evaluations,
     write_returns,
 )
-from deploy.run_logger import EVAL_COLUMNS
-from deploy.seeds import default_parallel
-from deploy.wandb_reader import find_offline_runs, read_history, read_run_info
+from deploy.run.logger import EVAL_COLUMNS
+from deploy.tools.wandb_reader import find_offline_runs, read_history, read_run_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,7 @@ def test_parallel_seeds_by_default_fit_the_cores(monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_fresh_clone_takes_committed_seeds_of_the_same_config_and_trains_the_rest(tmp_path: Path) -> None:
-    from deploy.committed_seeds import committed_seeds
+    from deploy.experiments.committed_seeds import committed_seeds
 
     base = parse_cli(["debug", "--run.task", "finger_spin", "--run.env-steps", "3000"])
     out = tmp_path / "results" / "finger_spin" / "debug"
@@ -158,8 +158,8 @@ def test_a_fresh_clone_takes_committed_seeds_of_the_same_config_and_trains_the_r
 
 
 def test_a_seed_finished_by_an_earlier_harness_keeps_its_commit_and_date(tmp_path: Path) -> None:
-    from deploy.reproduce import trained_row
-    from deploy.seeds import SeedRun
+    from deploy.experiments.child_runs import SeedRun
+    from deploy.experiments.harness import trained_row
 
     run = SeedRun(1, tmp_path / "seed1", [], commit="cccc")
     finished = {"seed": 1, "wandb_run_id": "w", "env_steps": 3000, "updates": 90, "pretrain_updates": 10,

@@ -1,6 +1,6 @@
 """A run's config before anything starts: the values derived from it, and a warning for a run too short to train.
 
-Kept apart from the launcher, which only wires processes together (deploy/launcher.py).
+Kept apart from the launcher, which only wires processes together (deploy/run/driver.py).
 """
 
 from __future__ import annotations

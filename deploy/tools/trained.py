@@ -14,6 +14,7 @@ from typing import Any
 
 from common.config import Config, ConfigError
 from common.policy import Policy
+from deploy.run.files import RunFiles
 from learner.checkpoint import latest_checkpoint, read_checkpoint
 from learner.learner import STATE_FORMAT
 
@@ -38,31 +39,27 @@ class TrainedPolicy:
 
 def _checkpoint_path(run_dir: Path, checkpoint: str | None) -> Path:
     if not checkpoint:
-        found = latest_checkpoint(run_dir / "checkpoints")
+        found = latest_checkpoint(RunFiles(run_dir).checkpoints)
         if found is None:
             raise TrainedPolicyError(
                 f"{run_dir} has no checkpoint yet (nothing in {run_dir / 'checkpoints'}): a run writes its first one "
                 "after model pre-training and when it stops; let it train longer, or resume it with "
                 f"`make train ARGS=\"--run.resume {run_dir}\"`")
         return found
-    for path in (Path(checkpoint), run_dir / "checkpoints" / checkpoint):
+    for path in (Path(checkpoint), RunFiles(run_dir).checkpoints / checkpoint):
         if path.is_file():
             return path
-    raise TrainedPolicyError(f"no checkpoint {checkpoint!r} (looked for it as a path and in {run_dir / 'checkpoints'}); "
+    raise TrainedPolicyError(f"no checkpoint {checkpoint!r} (looked for it as a path and in {RunFiles(run_dir).checkpoints}); "
                              "CKPT= takes a file name such as ckpt_0000020000.pt, or leave it empty for the newest")
 
 
 def load_trained(run_dir: str | Path, checkpoint: str | None = None) -> TrainedPolicy:
     """The policy of `run_dir`'s newest checkpoint, or of `checkpoint` (a file name in its checkpoints/ or a path)."""
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
-        raise TrainedPolicyError(f"{run_dir} is not a run directory (no config.json): pass the directory a training "
-                                 "wrote, e.g. runs/<task>-<timestamp> (`ls runs/`)")
     try:
-        cfg = Config.from_json(config_file.read_text())
+        cfg = RunFiles(run_dir).read_config()
     except ConfigError as exc:
-        raise TrainedPolicyError(f"{config_file} is not a slac-dist config ({exc})") from None
+        raise TrainedPolicyError(str(exc)) from None
     path = _checkpoint_path(run_dir, checkpoint)
     try:
         state = read_checkpoint(path)

@@ -2,7 +2,7 @@
 
 On one machine everything is embedded: a local Ray, a redis-server started in the run directory, W&B
 offline, and a run starts its own private Ray whatever else runs on the machine. On a cluster
-(`RAY_ADDRESS` set, as it is for a Ray job; deploy/ray_runtime.connect_ray) the processes are placed across its nodes and the replay URL must be reachable from all of them.
+(`RAY_ADDRESS` set, as it is for a Ray job; deploy/run/ray_runtime.connect_ray) the processes are placed across its nodes and the replay URL must be reachable from all of them.
 The driver loop here only polls, logs and decides when to evaluate, checkpoint and stop; the work
 happens in the Ray processes.
 """
@@ -21,12 +21,14 @@ import ray
 from actors.evaluator import Evaluator
 from actors.worker import EnvFactory
 from common.config import Config
-from deploy.checkpoint_schedule import CheckpointSchedule
-from deploy.disk import MB, DiskFullError, DiskGuard
-from deploy.eval_schedule import EvalSchedule
-from deploy.fleet import ActorFleet, RunState
-from deploy.forecast import Forecast
-from deploy.ray_runtime import (
+from deploy.run.checkpoint_schedule import CheckpointSchedule
+from deploy.run.config import derived_config, resolve_task_of_run, short_run_warning
+from deploy.run.disk import MB, DiskFullError, DiskGuard
+from deploy.run.evaluation_schedule import EvalSchedule
+from deploy.run.fleet import ActorFleet, RunState
+from deploy.run.forecast import Forecast
+from deploy.run.logger import ActorWaitMeter, RunLogger, bound_scalars, progress_line
+from deploy.run.ray_runtime import (
     RENDER_PROCESS_ENV,
     Placement,
     connect_ray,
@@ -34,10 +36,8 @@ from deploy.ray_runtime import (
     replay_inserts,
     resolve_actor_count,
 )
-from deploy.run_config import derived_config, resolve_task_of_run, short_run_warning
-from deploy.run_dir import RunDir, prepare_run_dir, write_traceback
-from deploy.run_logger import ActorWaitMeter, RunLogger, bound_scalars, progress_line
-from deploy.supervisor import (
+from deploy.run.run_dir import RunDir, prepare_run_dir, write_traceback
+from deploy.run.supervisor import (
     REDIS_GIVE_UP_S,
     LearnerSupervisor,
     RedisWatchdog,
@@ -45,7 +45,7 @@ from deploy.supervisor import (
     RestartsExhaustedError,
     StopSignals,
 )
-from deploy.weights import BOARD_NAME, RayWeightPublisher, WeightBoard
+from deploy.run.weight_board import BOARD_NAME, RayWeightPublisher, WeightBoard
 from learner.checkpoint import latest_checkpoint
 from learner.process import LearnerProcess
 from replay_service import RedisServer, connect
@@ -91,7 +91,7 @@ def _train(cfg: Config, run: RunDir, action_dim: int, env_factory: EnvFactory | 
             # address only, with ACL users (the replay's clients get the `replay` user's URL; the admin
             # password stays in this process). Locally it listens on loopback.
             host = ray.util.get_node_ip_address() if cluster else "127.0.0.1"
-            server = stack.enter_context(RedisServer(run.path / "redis", cfg.replay, host=host, secure=cluster))
+            server = stack.enter_context(RedisServer(run.files.redis, cfg.replay, host=host, secure=cluster))
             watchdog = stack.enter_context(RedisWatchdog(server))  # stops before the server does
             replay_url = server.url
         driver = Driver(cfg, run, replay_url, action_dim, env_factory, signals, watchdog, placement(cfg, cluster))
@@ -194,7 +194,7 @@ class Driver:
         self.signals.stopping()
         self.fleet.stop()
         self.learner.stop.remote()
-        newest = latest_checkpoint(self.run.path / "checkpoints")
+        newest = latest_checkpoint(self.run.files.checkpoints)
         if disk_full and (newest is None or self.disk.free_mb() < 2 * newest.stat().st_size / MB + 1):
             return (f"No final checkpoint was written (no room for one); the newest complete one is {newest or 'none'}. "
                     f"Free space on that disk, then continue with --run.resume {self.run.path}.")
@@ -202,7 +202,7 @@ class Driver:
             path = ray.get(self.learner.checkpoint.remote(self._extra(), replay=False), timeout=REDIS_GIVE_UP_S + 60)
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
             log.exception("no learner checkpoint without the replay")
-            newest = latest_checkpoint(self.run.path / "checkpoints")
+            newest = latest_checkpoint(self.run.files.checkpoints)
             return (f"The learner's checkpoint could not be written ({type(exc).__name__}); the newest is "
                     f"{newest or 'none'}.")
         log.warning("learner checkpoint without a replay snapshot: %s", path)
@@ -312,7 +312,7 @@ class Driver:
             self.learner_info = ray.get(self.learner.poll.remote())
             checkpoint: str | None = ray.get(self.learner.checkpoint.remote(self._extra()))
         except ray.exceptions.RayActorError:  # e.g. a SIGTERM to every process of the machine reached it first
-            newest = latest_checkpoint(self.run.path / "checkpoints")
+            newest = latest_checkpoint(self.run.files.checkpoints)
             checkpoint = str(newest) if newest else None
             log.error("the learner process is gone, so no final checkpoint; the newest is %s", checkpoint)
         if not interrupted and self.cfg.run.eval_episodes > 0:

@@ -1,6 +1,6 @@
 """Running a reproduce's seeds: each an ordinary `deploy.train` run in a child process, k at a time.
 
-Each child has its own private Ray, embedded Redis, W&B run and run directory (deploy/ray_runtime.py), so
+Each child has its own private Ray, embedded Redis, W&B run and run directory (deploy/run/ray_runtime.py), so
 seeds side by side never see each other. With one at a time the child's progress passes through to the
 terminal; with several, each child's output goes to `<run dir>/logs/train.log` and the harness prints one
 line per seed every `status_every_s`. A finished seed (done.json) is skipped, an interrupted one resumed.
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from common.config import Config
+from deploy.run.files import RunFiles
+from deploy.run.signals import STOP_WITH_PARENT, StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -28,32 +30,6 @@ GPU_GIB_PER_LEARNER = 8.0
 """GPU memory one learner is assumed to need when choosing how many seeds share a GPU. Not measured yet
 (no GPU was lent to this project so far): an upper guess for the paper preset, whose networks, Adam state
 and batches of 256 x 9 frames take a few GiB."""
-
-
-STOP_WITH_PARENT = "SLAC_STOP_WITH_PARENT"
-"""Set by the harness in its children's environment (its own pid): `stop_with_parent` in the child then asks
-Linux for a SIGTERM when the harness dies, so even a harness killed with SIGKILL leaves no seed training
-on without it; the child checkpoints and stops as for any SIGTERM, and the same command resumes it."""
-
-
-def stop_with_parent() -> None:
-    """In a harness's child: receive SIGTERM when the harness dies, however it dies (prctl PR_SET_PDEATHSIG).
-
-    Does nothing outside a harness (STOP_WITH_PARENT unset; a `make train` run outlives its shell as before)
-    or off Linux. The variable is removed, so the run's own children do not inherit it.
-    """
-    parent = os.environ.pop(STOP_WITH_PARENT, "")
-    if not parent.isdigit() or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM)) != 0:
-        log.warning("could not ask to be stopped with the reproduce harness (prctl failed); a harness killed "
-                    "with SIGKILL would leave this seed running")
-        return
-    if os.getppid() != int(parent):  # the harness died before the request was in place
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class SeedFailed(RuntimeError):
@@ -76,7 +52,7 @@ def default_parallel(cfg: Config, seeds: int) -> int:
 
 def actors_per_seed(cfg: Config, parallel: int) -> list[str]:
     """With `actors.num: auto` and seeds side by side, each seed's share of the cores (at least 1 actor), as
-    overrides; none otherwise (one seed at a time resolves auto itself, deploy/ray_runtime.py)."""
+    overrides; none otherwise (one seed at a time resolves auto itself, deploy/run/ray_runtime.py)."""
     if cfg.actors.num != "auto" or parallel <= 1:
         return []
     return ["--actors.num", str(max(1, (os.cpu_count() or 1) // parallel - 2))]
@@ -101,20 +77,20 @@ class SeedRun:
 
     @property
     def log_path(self) -> Path:
-        return self.run_dir / "logs" / "train.log"
+        return RunFiles(self.run_dir).train_log
 
     @property
     def stdout_path(self) -> Path:
-        return self.run_dir / "logs" / "train.stdout"
+        return RunFiles(self.run_dir).train_stdout
 
     def start(self, quiet: bool) -> None:
         """Start the child; `quiet` sends its progress to logs/train.log instead of the terminal."""
-        done = self.run_dir / "done.json"
+        done = RunFiles(self.run_dir).done
         if done.exists():
             log.info("seed %d already finished in %s; skipping it", self.seed, self.run_dir)
             self.summary = json.loads(done.read_text())
             return
-        resume = (self.run_dir / "config.json").exists()
+        resume = RunFiles(self.run_dir).is_run()
         where = ["--run.resume", str(self.run_dir)] if resume else ["--run.dir", str(self.run_dir)]
         log.info("%s seed %d in %s", "resuming" if resume else "starting", self.seed, self.run_dir)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +124,7 @@ class SeedRun:
         summary["harness_wall_clock_s"] = round(time.monotonic() - self.started, 1)
         summary["harness_started_at"], summary["harness_finished_at"] = round(self.started_at, 1), round(time.time(), 1)
         summary["harness_commit"] = self.commit
-        (self.run_dir / "done.json").write_text(json.dumps(summary, indent=2, default=str))
+        RunFiles(self.run_dir).done.write_text(json.dumps(summary, indent=2, default=str))
         self.summary = summary
         return summary
 
@@ -172,7 +148,6 @@ def run_seeds(runs: list[SeedRun], parallel: int, status_every_s: float = 30.0) 
     checkpoints and stops; the harness waits for them (later signals are acknowledged and ignored, as in a
     run), then raises KeyboardInterrupt with the signal's name.
     """
-    from deploy.supervisor import StopSignals  # imports Ray and torch: kept out of this module's import
 
     with StopSignals() as signals:
         try:

@@ -18,8 +18,8 @@ import redis
 
 from actors.worker import ActorWorker, EnvFactory
 from common.config import Config
-from deploy.ray_runtime import RENDER_PROCESS_ENV, replay_inserts
-from deploy.weights import BOARD_NAME, RayWeightSource
+from deploy.run.ray_runtime import RENDER_PROCESS_ENV, replay_inserts
+from deploy.run.weight_board import BOARD_NAME, RayWeightSource
 from replay_service import ReplayConnectionError
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ The figure is the paper's figure 5 for one task: the mean return over seeds agai
 with the min-max band, the published SLAC returns at 100k and 500k environment steps, and the uniform
 random policy's return measured with the same protocol (the evaluations made before the first policy
 was published, policy version 0). The legend gives each curve's action repeat, and the title warns where
-the run's differs from SLAC's. Used by `make reproduce` (deploy/reproduce.py).
+the run's differs from SLAC's. Used by `make reproduce` (deploy/experiments/harness.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.published import published as published_returns
-from deploy.published import published_action_repeat
+from deploy.experiments.published import published as published_returns
+from deploy.experiments.published import published_action_repeat
 
 RETURNS_COLUMNS = ("env_steps", "seed", "return_mean", "return_std")
 

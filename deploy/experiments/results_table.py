@@ -1,5 +1,5 @@
 """`results/<preset>/table.md`: each reproduced task's return at 100k and 500k environment steps over its
-seeds, beside the published figures (deploy/published.py) and the wall clock per run, and the action repeat
+seeds, beside the published figures (deploy/experiments/published.py) and the wall clock per run, and the action repeat
 of each run beside that of SLAC's published one, flagged where they differ.
 
 Built from what `make reproduce` leaves under `results/<task>/<preset>/` (returns.csv, summary.json), so
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from common.tasks import UnknownTaskError, resolve_task
-from deploy.published import CHECKPOINTS, PUBLISHED, published, published_action_repeat
+from deploy.experiments.published import CHECKPOINTS, PUBLISHED, published, published_action_repeat
 
 
 def _seed_means(returns_csv: Path) -> dict[int, dict[int, float]]:
@@ -122,7 +122,7 @@ def write_table(results: Path, preset: str) -> Path:
              "slac-dist: mean ± std over seeds of each seed's evaluation (10 episodes of the stochastic policy,",
              "appendix C); `—` where the runs did not reach that point. Published figures (100k / 500k, pixels,",
              "mean over seeds, at the action repeat `AR` each was made with) and their sources:",
-             "deploy/published.py. Wall clock: mean per seed's run. Action repeat: slac-dist's run / SLAC's published",
+             "deploy/experiments/published.py. Wall clock: mean per seed's run. Action repeat: slac-dist's run / SLAC's published",
              "one; SLAC makes one update per agent step, as slac-dist does by default, so the smaller action repeat",
              "makes more agent steps and updates in the same environment steps: ⚠ flags a row where they differ,",
              "whose comparison is not like for like.",

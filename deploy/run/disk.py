@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from deploy.run.files import RunFiles
 from learner.checkpoint import latest_checkpoint
 
 MB = 1 << 20
@@ -52,7 +53,7 @@ class DiskGuard:
     def needed_mb(self) -> float:
         """run.min_free_mb plus a new replay snapshot and a new checkpoint as large as the current ones."""
         sizes = 0
-        for path in (self.run_dir / "redis" / "dump.rdb", latest_checkpoint(self.run_dir / "checkpoints")):
+        for path in (RunFiles(self.run_dir).redis / "dump.rdb", latest_checkpoint(RunFiles(self.run_dir).checkpoints)):
             try:
                 sizes += path.stat().st_size if path is not None else 0
             except OSError:

@@ -19,17 +19,25 @@ from typing import Any
 
 from common.config import Config, ConfigError, resume_conflicts
 from common.tasks import slug
+from deploy.run.files import RunFiles
 from learner.checkpoint import CheckpointMismatchError, latest_checkpoint, load_checkpoint
 from replay_service.server import AOF_DIR
 
 
 @dataclass(frozen=True)
 class RunDir:
+    """An opened run directory: its config, the state a resume continues from, and the lock held meanwhile.
+    File names: `files` (deploy/run/files.py)."""
+
     path: Path
     cfg: Config
     resume_state: dict[str, Any] | None
     lock_fd: int = -1
     """An flock on <run dir>/.lock held while the run lives (the kernel drops it when the driver dies)."""
+
+    @property
+    def files(self) -> RunFiles:
+        return RunFiles(self.path)
 
     def release(self) -> None:
         if self.lock_fd >= 0:
@@ -39,7 +47,7 @@ class RunDir:
 def _lock(path: Path) -> int:
     """One driver per run directory: a second one (e.g. a resume while the run still runs) is refused, so a
     resume may take over whatever a dead driver left behind (its orphaned redis-server)."""
-    fd = os.open(path / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+    fd = os.open(RunFiles(path).lock, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -58,12 +66,12 @@ def prepare_run_dir(cfg: Config) -> RunDir:
     if cfg.run.resume:
         return _reopen(cfg)
     path = Path(cfg.run.dir).resolve() if cfg.run.dir else _new_default_dir(cfg)
-    if (path / "config.json").exists():
+    if RunFiles(path).config.exists():
         raise ConfigError(f"{path} already holds a run; resume it with --run.resume {path} or pick another --run.dir")
     path.mkdir(parents=True, exist_ok=True)
     fd = _lock(path)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(path)))
-    (path / "config.json").write_text(cfg.to_json())
+    RunFiles(path).write_config(cfg)
     return RunDir(path, cfg, None, fd)
 
 
@@ -84,7 +92,7 @@ def _new_default_dir(cfg: Config) -> Path:
 
 def write_traceback(run_dir: str | Path, exc: BaseException) -> Path:
     """Save `exc`'s full traceback as <run dir>/logs/error-<time>.log (the terminal gets one paragraph)."""
-    logs = Path(run_dir) / "logs"
+    logs = RunFiles(Path(run_dir)).logs
     logs.mkdir(parents=True, exist_ok=True)
     path = logs / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
     path.write_text("".join(traceback.format_exception(exc)))
@@ -93,24 +101,25 @@ def write_traceback(run_dir: str | Path, exc: BaseException) -> Path:
 
 def _reopen(cfg: Config) -> RunDir:
     path = Path(cfg.run.resume).resolve()
-    config_file = path / "config.json"
-    if not config_file.exists():
-        raise ConfigError(f"--run.resume {path}: no config.json there; is it a run directory?")
-    saved = Config.from_json(config_file.read_text())
+    files = RunFiles(path)
+    try:
+        saved = files.read_config()
+    except ConfigError as exc:
+        raise ConfigError(f"--run.resume {path}: {exc}") from None
     conflicts = resume_conflicts(saved, cfg)
     if conflicts:
         raise CheckpointMismatchError(f"cannot resume {path}: the config differs where it must not: "
                                       + "; ".join(conflicts) + ". Use the original run's preset and overrides.")
-    checkpoint = latest_checkpoint(path / "checkpoints")
-    if checkpoint is None and not (path / "redis" / AOF_DIR).is_dir() and not cfg.replay.url:
-        raise ConfigError(f"--run.resume {path}: neither a checkpoint in {path / 'checkpoints'} nor replay data in "
-                          f"{path / 'redis'}; there is nothing to resume, start a new run instead")
+    checkpoint = latest_checkpoint(files.checkpoints)
+    if checkpoint is None and not (files.redis / AOF_DIR).is_dir() and not cfg.replay.url:
+        raise ConfigError(f"--run.resume {path}: neither a checkpoint in {files.checkpoints} nor replay data in "
+                          f"{files.redis}; there is nothing to resume, start a new run instead")
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dir=str(path), resume=str(path)))
     fd = _lock(path)
     try:
         # No checkpoint yet (stopped during the initial collection): a fresh learner on the kept replay.
         state = load_checkpoint(checkpoint, cfg) if checkpoint is not None else None
-        (path / "config.json").write_text(cfg.to_json())
+        files.write_config(cfg)
     except BaseException:
         os.close(fd)
         raise

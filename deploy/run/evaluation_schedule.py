@@ -17,8 +17,8 @@ from typing import Any
 import ray
 
 from common.config import Config
-from deploy.fleet import RunState
-from deploy.run_logger import RunLogger
+from deploy.run.fleet import RunState
+from deploy.run.logger import RunLogger
 
 log = logging.getLogger(__name__)
 

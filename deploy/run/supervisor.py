@@ -1,8 +1,6 @@
-"""Process supervision beside the driver's polling loop: signals, the embedded Redis, the learner.
+"""Process supervision beside the driver's polling loop: the embedded Redis and the learner (signals:
+deploy/run/signals.py).
 
-- `StopSignals`: SIGINT and SIGTERM (a preempted machine, `ray stop`) both stop the run gracefully; a
-  second signal during that stop only prints "stopping, writing a checkpoint", so the checkpoint is
-  always written.
 - `RedisWatchdog`: a thread that restarts the embedded redis-server on the same data directory and port
   when it dies (the AOF reloads every acknowledged flush); the clients' retries span the gap and the
   writers' acks keep flushes exactly-once.
@@ -14,18 +12,16 @@
 from __future__ import annotations
 
 import logging
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType, TracebackType
 from typing import Any
 
 import ray
 
 from common.config import Config
+from deploy.run.files import RunFiles
 from learner.checkpoint import latest_checkpoint, load_checkpoint
 from replay_service import RedisServer
 
@@ -43,41 +39,6 @@ class RestartsExhaustedError(RuntimeError):
 
 class ReplayServerLostError(RuntimeError):
     """The embedded redis-server died and could not be restarted."""
-
-
-class StopSignals:
-    """Within `with StopSignals():` the first SIGINT or SIGTERM raises KeyboardInterrupt in the main
-    thread (the driver then checkpoints and stops every process); later ones are acknowledged and
-    ignored, so an impatient second Ctrl-C (or a SIGINT delivered twice) cannot abort the checkpoint."""
-
-    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.received is None:
-            self.received = signal.Signals(signum).name
-            raise KeyboardInterrupt(self.received)
-        print(f"\n{signal.Signals(signum).name} received: stopping, writing a checkpoint (this finishes on its own)",
-              file=sys.stderr, flush=True)
-
-    def stopping(self) -> None:
-        """The driver started its graceful stop for another reason: later signals must not abort it."""
-        if self.received is None:
-            self.received = "stop"
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
-            for sig in self._SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 class RedisWatchdog:
@@ -178,14 +139,14 @@ class LearnerSupervisor:
         if self.restarts >= self.cfg.learner.max_restarts:
             raise RestartsExhaustedError(
                 f"the learner process failed {self.restarts + 1} times (last: {reason}); learner.max_restarts is "
-                f"{self.cfg.learner.max_restarts}. The full error is in the log above and in {self.run_path / 'logs'}; "
+                f"{self.cfg.learner.max_restarts}. The full error is in the log above and in {RunFiles(self.run_path).logs}; "
                 f"fix the cause, then continue with --run.resume {self.run_path}.")
         died = time.monotonic()
         try:
             ray.kill(self.handle, no_restart=True)  # a failed `run` may leave the process itself alive
         except ray.exceptions.RayError:
             pass
-        checkpoint = latest_checkpoint(self.run_path / "checkpoints")
+        checkpoint = latest_checkpoint(RunFiles(self.run_path).checkpoints)
         state = load_checkpoint(checkpoint, self.cfg) if checkpoint else None
         restored = {"updates": 0, "pretrain_updates": 0, "version": 0}
         if state is not None:  # the new process publishes above the board's version (LearnerProcess.__init__)

@@ -24,7 +24,8 @@ import numpy as np
 import wandb
 
 from common.config import Config, ReplayConfig
-from deploy.forecast import eta_seconds
+from deploy.run.files import RunFiles
+from deploy.run.forecast import eta_seconds
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class RunLogger:
                               settings=wandb.Settings(console="off", silent=True))
         self.run.define_metric("env_steps")
         self.run.define_metric("*", step_metric="env_steps")
-        self.eval_path = run_dir / "eval.csv"
+        self.eval_path = RunFiles(run_dir).eval_csv
         if not self.eval_path.exists():
             with self.eval_path.open("w", newline="") as f:
                 csv.writer(f).writerow(EVAL_COLUMNS)
@@ -164,7 +165,7 @@ class RunLogger:
         self._last_text = ""
         self._wandb_lost = False
         url = self.run.url if mode == "online" else None
-        log.info("W&B run %s (%s), files in %s%s", self.run.id, mode, run_dir / "wandb", f", {url}" if url else "")
+        log.info("W&B run %s (%s), files in %s%s", self.run.id, mode, RunFiles(run_dir).wandb, f", {url}" if url else "")
 
     @property
     def run_id(self) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 
 from wandb.proto import wandb_internal_pb2
 
+from deploy.run.files import RunFiles
+
 _HEADER = b":W&B"
 _BLOCK = 32 * 1024
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
@@ -48,7 +50,7 @@ def _records(data: bytes) -> list[bytes]:
 
 def find_offline_runs(directory: str | Path) -> list[Path]:
     """`offline-run-*` folders under `<directory>/wandb`, oldest first."""
-    return sorted((Path(directory) / "wandb").glob("offline-run-*"))
+    return sorted(RunFiles(Path(directory)).wandb.glob("offline-run-*"))
 
 
 def read_history(run_path: str | Path) -> list[dict[str, Any]]:

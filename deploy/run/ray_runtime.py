@@ -1,6 +1,6 @@
 """Where a run's processes live: join a Ray cluster or start a private local one; what it offers.
 
-The only place that decides between a cluster and this machine (deploy/launcher.py asks it).
+The only place that decides between a cluster and this machine (deploy/run/driver.py asks it).
 """
 
 from __future__ import annotations

@@ -1,0 +1,319 @@
+"""`make train` / `make logs` / `make stop` against a Ray cluster: the driver runs there as a Ray job.
+
+The driver (`python -m deploy.train`) is submitted with `ray job submit` semantics (the working tree as the
+job's working_dir), so it lives on the head and survives the laptop disconnecting. Where the cluster is:
+`RAY_ADDRESS=http://host:8265` (a job server you can reach), or `CLUSTER=deploy/cluster.yaml` (the YAML of
+`make cluster-up`): the job server then listens only on the head's 127.0.0.1 and is reached through
+`ray dashboard`'s SSH port-forward, opened for the duration of the command. The last job's id and address
+are kept in `.slac-job` (or $SLAC_JOB_FILE), so `make logs` and `make stop` need no arguments.
+
+    python -m deploy.jobs submit --preset paper --task hopper --actors 64 -- <extra deploy.train args>
+    python -m deploy.jobs logs [JOB_ID]        # follows until the job ends
+    python -m deploy.jobs stop [JOB_ID]        # SIGTERM: the driver checkpoints, then stops
+    python -m deploy.jobs status [JOB_ID]      # the cluster's nodes by role, the job, its progress, W&B
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from common.tasks import SHIPPED_MODULES, TaskError, parse_task, slug
+from replay_service.server import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+JOB_FILE = Path(os.environ.get("SLAC_JOB_FILE", REPO / ".slac-job"))
+# Never shipped with the job: the venv, runs, git history, local results (the job builds what it needs).
+EXCLUDES = [".venv", ".git", "runs", "results", "bench/results", "wandb", "**/__pycache__", ".slac-job", ".cluster"]
+# Seconds Ray lets a stopped job's driver take before SIGKILL: enough to write the final checkpoint.
+STOP_WAIT_S = 300
+# Forwarded to the job when set here: W&B goes online with the user's account.
+FORWARDED_ENV = ("WANDB_API_KEY", "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_BASE_URL")
+
+
+class JobError(RuntimeError):
+    """A job command that cannot work as asked (no cluster configured, no job recorded, tunnel failed)."""
+
+
+def _answers(url: str) -> bool:
+    """Whether an HTTP server answers at `url` (401 included: Ray's token check is the SDK's business)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/api/version", timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def job_server(address: str = "", cluster: str = "") -> Iterator[str]:
+    """The job server's http address: `address` itself, or a `ray dashboard` tunnel to `cluster`'s head."""
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    cluster = cluster or os.environ.get("CLUSTER", "")
+    if address.startswith(("http://", "https://")):
+        yield address.rstrip("/")
+        return
+    if not cluster:
+        raise JobError("no cluster to submit to: set CLUSTER=deploy/cluster.yaml (after `make cluster-up`) or "
+                       "RAY_ADDRESS=http://<head>:8265; without either, `make train` runs on this machine.")
+    if not Path(cluster).is_file():
+        raise JobError(f"CLUSTER={cluster}: no such cluster YAML; use one of deploy/cluster*.yaml")
+    port = free_port()
+    tunnel = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "dashboard", "--port", str(port), "--remote-port", "8265", cluster],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(url):
+            if tunnel.poll() is not None or time.monotonic() > deadline:
+                err = (tunnel.stderr.read().decode(errors="replace") if tunnel.stderr else "")[-800:]
+                raise JobError(f"could not reach the job server of {cluster} through `ray dashboard` (is the cluster "
+                               f"up? `make cluster-up`; `ray status` on the head with `ray attach {cluster}`): {err}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        # The whole process group: `ray dashboard` runs ssh as its child, and a SIGTERM to it alone leaves that
+        # ssh running, and with it the `while true; do sleep 86400; done` it keeps open on the head.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(tunnel.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            tunnel.wait(10)
+
+
+def _use_token() -> None:
+    """The cluster's nodes run with Ray's token auth and this machine's token (deploy/cluster*.yaml ship
+    ~/.ray/auth_token): send it. Must run before Ray is imported, which reads the mode once."""
+    if os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def _client(url: str) -> Any:
+    _use_token()
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(url)
+
+
+def wandb_url(run_id: str) -> str:
+    """Where the run will show up in W&B (the entity is the API key's default unless WANDB_ENTITY says)."""
+    project = os.environ.get("WANDB_PROJECT", "slac-dist")
+    entity = os.environ.get("WANDB_ENTITY", "<your-entity>")
+    return f"https://wandb.ai/{entity}/{project}/runs/{run_id}"
+
+
+def entrypoint(preset: str, task: str, actors: str, extra: Sequence[str], run_dir: str) -> str:
+    """The job's command line: deploy.train, with a run directory outside Ray's temporary working_dir."""
+    args = [preset] if preset else []
+    args += ["--run.task", task] if task else []
+    args += ["--actors.num", actors] if actors else []
+    args += list(extra)
+    command = "python -m deploy.train " + " ".join(shlex.quote(a) for a in args)
+    if not any(a.startswith(("--run.dir", "--run.resume", "--run-dir", "--run-resume")) for a in args):
+        command += f" --run.dir {run_dir}"  # unquoted: the job's shell expands its `~` to the head's home
+    return command
+
+
+def task_modules(task: str, scratch: Path) -> list[str]:
+    """What a `<module>:<callable>` task must ship with the job, as Ray's `py_modules`, so that the driver, the actors
+    and the evaluator import it on every node: its top-level package's folder, or for a single-file module a folder
+    `scratch/<SHIPPED_MODULES>` holding a copy of that file alone (Ray's job client ships folders only;
+    common/tasks.import_factory looks inside it). Nothing for other tasks, for modules at this repository's top
+    (the working_dir carries them) or for installed packages (they must be installed on the nodes as here)."""
+    import importlib.util
+
+    if not task:
+        return []
+    spec = parse_task(task)
+    if spec.suite != "custom":
+        return []
+    top = spec.env_id.split(":")[0].split(".")[0]
+    found = importlib.util.find_spec(top)
+    if found is None or not (found.submodule_search_locations or found.origin):
+        raise TaskError(f"task {task!r}: module {top!r} is not importable here, so it cannot be shipped to the "
+                        "cluster. Put its folder on PYTHONPATH (`PYTHONPATH=path/to/folder make train TASK=...`) or "
+                        "install its package here and on the cluster's nodes.")
+    path = Path(list(found.submodule_search_locations)[0] if found.submodule_search_locations else str(found.origin))
+    if path.resolve().parent == REPO or "site-packages" in path.parts:
+        return []
+    if path.is_dir():
+        return [str(path.resolve())]
+    folder = scratch / SHIPPED_MODULES
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(path, folder / path.name)
+    return [str(folder)]
+
+
+def submit(preset: str, task: str, actors: str, extra: Sequence[str]) -> dict[str, str]:
+    """Submit the driver as a Ray job; returns what `.slac-job` records."""
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env.update(WANDB_MODE="online" if "WANDB_API_KEY" in env else "offline",
+               RAY_JOB_STOP_WAIT_TIME_S=str(STOP_WAIT_S), PYTHONUNBUFFERED="1")
+    # A new run gets its W&B id here, so its URL can be printed now; a resumed run keeps its checkpoint's.
+    resuming = any(a.startswith(("--run.resume", "--run-resume")) for a in extra)
+    run_id = "" if resuming else os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
+    if run_id:
+        env["WANDB_RUN_ID"] = run_id
+    # `~` is the head's home: the job's shell expands it. Runs outlive Ray's per-session working_dir there.
+    run_dir = f"~/slac-runs/{slug(task or preset or 'run')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    command = entrypoint(preset, task, actors, extra, run_dir)
+    logging.getLogger("ray").setLevel(logging.ERROR)  # not a line per file Ray's packaging skips
+    runtime_env: dict[str, Any] = {"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env}
+    with job_server() as url, tempfile.TemporaryDirectory() as scratch:
+        if modules := task_modules(task, Path(scratch)):
+            runtime_env["py_modules"] = modules
+        job_id = _client(url).submit_job(entrypoint=command, runtime_env=runtime_env)
+    record = {"job_id": job_id, "address": os.environ.get("RAY_ADDRESS", ""), "cluster": os.environ.get("CLUSTER", ""),
+              "wandb_run_id": run_id, "entrypoint": command}
+    JOB_FILE.write_text(json.dumps(record, indent=1) + "\n")
+    if env["WANDB_MODE"] == "offline":
+        where = "offline (set WANDB_API_KEY to watch it online); files in the run dir on the head"
+    else:
+        where = wandb_url(run_id) if run_id else "the resumed run's own W&B run (its URL is in `make logs`)"
+    print(f"submitted job {job_id}\n  driver: {command}\n  W&B:    {where}\n"
+          f"  follow: make logs    stop (checkpoints first): make stop", flush=True)
+    return record
+
+
+def _recorded(job_id: str) -> tuple[str, dict[str, str]]:
+    record = json.loads(JOB_FILE.read_text()) if JOB_FILE.is_file() else {}
+    job_id = job_id or record.get("job_id", "")
+    if not job_id:
+        raise JobError(f"no job to act on: none recorded in {JOB_FILE} (submit one with `make train` on a cluster) "
+                       "and no JOB=<id> given")
+    return job_id, record
+
+
+def _recorded_server(record: dict[str, str]) -> contextlib.AbstractContextManager[str]:
+    """The job server of a recorded job: RAY_ADDRESS or CLUSTER when set now, else where it was submitted."""
+    return job_server(os.environ.get("RAY_ADDRESS") or record.get("address", ""),
+                      os.environ.get("CLUSTER") or record.get("cluster", ""))
+
+
+def logs(job_id: str = "", follow: bool = True) -> str:
+    """Print the job's logs (following them until it ends); returns its final status."""
+    job_id, record = _recorded(job_id)
+    with _recorded_server(record) as url:
+        client = _client(url)
+        if follow:
+            async def tail() -> None:
+                async for chunk in client.tail_job_logs(job_id):
+                    print(chunk, end="", flush=True)
+
+            asyncio.run(tail())
+        else:
+            print(client.get_job_logs(job_id), end="", flush=True)
+        status = str(client.get_job_status(job_id))
+    print(f"\njob {job_id}: {status}", flush=True)
+    return status
+
+
+def stop(job_id: str = "") -> None:
+    """Stop the job: the driver gets SIGTERM, writes a checkpoint and stops every process."""
+    job_id, record = _recorded(job_id)
+    with _recorded_server(record) as url:
+        _client(url).stop_job(job_id)
+        print(f"stopping job {job_id}: the driver writes a checkpoint first (up to {STOP_WAIT_S} s)", flush=True)
+
+
+PROGRESS = re.compile(r"\[(?:collect|pretrain|train)\] env [^\n]*")
+"""The driver's progress line (deploy/run/logger.progress_line), wherever a log line it shares starts."""
+
+
+def node_roles(nodes: list[dict[str, Any]]) -> dict[str, int]:
+    """Alive nodes counted by role: `learner` / `actor` (the custom resources of deploy/cluster*.yaml), else head
+    or other; a node with both (one machine doing everything) counts under each."""
+    roles: dict[str, int] = {}
+    for node in nodes:
+        if node.get("state", "ALIVE") != "ALIVE":
+            continue
+        resources = node.get("resources_total") or {}
+        names = [r for r in ("learner", "actor") if resources.get(r, 0) > 0]
+        for name in names or ["head" if node.get("is_head_node") else "other"]:
+            roles[name] = roles.get(name, 0) + 1
+    return roles
+
+
+def status(job_id: str = "", nodes_only: bool = False) -> dict[str, Any]:
+    """Print the cluster's nodes by role and, unless `nodes_only`, the recorded (or given) job: its status, its
+    driver's last progress line and its W&B run."""
+    _use_token()
+    from ray.util.state import list_nodes
+
+    record = json.loads(JOB_FILE.read_text()) if JOB_FILE.is_file() else {}
+    job_id = job_id or ("" if nodes_only else record.get("job_id", ""))
+    with _recorded_server(record) as url:
+        nodes = [n if isinstance(n, dict) else vars(n) for n in list_nodes(address=url, limit=1000, raise_on_missing_output=False)]
+        roles = node_roles(nodes)
+        print("nodes: " + ", ".join(f"{count} {role}" for role, count in sorted(roles.items())), flush=True)
+        out: dict[str, Any] = {"nodes": roles}
+        if job_id:
+            client = _client(url)
+            out["job"] = str(client.get_job_status(job_id))
+            lines = PROGRESS.findall(client.get_job_logs(job_id))
+            out["progress"] = lines[-1] if lines else "(no progress line yet)"
+            run_id = record.get("wandb_run_id", "") if record.get("job_id") == job_id else ""
+            out["wandb"] = wandb_url(run_id) if run_id else "(the run's W&B URL is in `make logs`)"
+            print(f"job {job_id}: {out['job']}\n  {out['progress']}\n  W&B: {out['wandb']}", flush=True)
+        elif not nodes_only:
+            print("no job recorded (`make train` on the cluster submits one)", flush=True)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.jobs", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("submit", help="submit the driver as a Ray job")
+    s.add_argument("--preset", default="")
+    s.add_argument("--task", default="")
+    s.add_argument("--actors", default="")
+    s.add_argument("extra", nargs="*", help="more deploy.train arguments (after --)")
+    lg = sub.add_parser("logs", help="follow a job's logs")
+    lg.add_argument("job_id", nargs="?", default="")
+    lg.add_argument("--no-follow", action="store_true")
+    st = sub.add_parser("stop", help="stop a job (it checkpoints first)")
+    st.add_argument("job_id", nargs="?", default="")
+    ss = sub.add_parser("status", help="the cluster's nodes, the job, its progress line and W&B run")
+    ss.add_argument("job_id", nargs="?", default="")
+    ss.add_argument("--nodes", action="store_true", help="only the nodes")
+    args = parser.parse_args(argv)
+    _use_token()
+    from ray.exceptions import RayError
+
+    try:
+        if args.command == "submit":
+            submit(args.preset, args.task, args.actors, args.extra)
+        elif args.command == "logs":
+            final = logs(args.job_id, follow=not args.no_follow)
+            return 0 if final in ("SUCCEEDED", "RUNNING", "PENDING") else 1
+        elif args.command == "status":
+            status(args.job_id, nodes_only=args.nodes)
+        else:
+            stop(args.job_id)
+    except (JobError, TaskError, ConnectionError, RuntimeError, RayError) as exc:  # the SDK's HTTP errors are RuntimeErrors
+        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nstopped following; the job goes on (`make stop` stops it)", file=sys.stderr)
+        return 130
+    return 0
+

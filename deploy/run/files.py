@@ -1,0 +1,105 @@
+"""Every file name in a run directory, in one place, and the one reader of a run's config.json.
+
+A run directory (`--run.dir`, default runs/<task>-<time>) holds:
+
+    config.json         the resolved config (written once when the run starts, again on each resume)
+    checkpoints/        ckpt_<updates>.pt with its .sha256 (learner/checkpoint.py)
+    eval.csv            every evaluation of the run
+    wandb/              the W&B run (offline unless configured)
+    redis/              the embedded redis-server's AOF and RDB
+    logs/               tracebacks of failures; train.log / train.stdout of a reproduce seed
+    audit/              the writers' records (--replay.audit)
+    eval/, export/      what `make eval` and `make export` write
+    done.json           a finished reproduce seed's summary
+    .lock               the driver's flock
+
+Kept free of heavy imports: the reproduce harness and the tools read it without Ray or torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.config import Config, ConfigError
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The paths of one run directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def eval_csv(self) -> Path:
+        return self.root / "eval.csv"
+
+    @property
+    def wandb(self) -> Path:
+        return self.root / "wandb"
+
+    @property
+    def redis(self) -> Path:
+        return self.root / "redis"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def audit(self) -> Path:
+        return self.root / "audit"
+
+    @property
+    def evaluations(self) -> Path:
+        """`make eval`'s reports and GIFs."""
+        return self.root / "eval"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def done(self) -> Path:
+        """A finished reproduce seed's summary."""
+        return self.root / "done.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def train_log(self) -> Path:
+        """A reproduce seed's log (stderr) when seeds run side by side."""
+        return self.logs / "train.log"
+
+    @property
+    def train_stdout(self) -> Path:
+        return self.logs / "train.stdout"
+
+    def is_run(self) -> bool:
+        """Whether a run was started here (its config.json exists)."""
+        return self.config.is_file()
+
+    def read_config(self) -> Config:
+        """The run's config; ConfigError (one message, naming the fix) when it is missing or damaged."""
+        if not self.is_run():
+            raise ConfigError(f"{self.root} is not a run directory (no config.json): pass the directory a training "
+                              "started in (--run.dir, default runs/<task>-<timestamp>; `ls runs/`)")
+        try:
+            return Config.from_json(self.config.read_text(errors="replace"))
+        except (OSError, ConfigError) as exc:
+            raise ConfigError(f"{self.root}: not a slac-dist config: its config.json is damaged ({exc}). Restore it from "
+                              "a copy (W&B keeps one with the run's files, as config.yaml) or start a new run; nothing "
+                              "was changed.") from None
+
+    def write_config(self, cfg: Config) -> None:
+        self.config.write_text(cfg.to_json())
