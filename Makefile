@@ -29,9 +29,10 @@ JOB    ?=
 ON_CLUSTER := $(if $(or $(CLUSTER),$(filter http://% https://%,$(RAY_ADDRESS))),1,)
 
 # The torch build for this machine (CUDA for the newest CUDA its driver supports, else CPU) is chosen by
-# scripts/torch_wheel.sh, which names its rules; `make setup HAS_GPU=0` installs the CPU build anyway. TORCH_ARGS
-# (pip's arguments: torch==<pin> and where from) runs it once, and only when a recipe needs it; its error (a driver
-# too old, no CUDA version) stops make. rsync is `ray up`'s file copy.
+# scripts/torch_wheel.sh, whose header gives the rules; `make setup HAS_GPU=0` installs the CPU build anyway.
+# TORCH_ARGS (pip's arguments: torch==<pin> and where from) runs it once, and only when a recipe needs it, so
+# that its error (a driver too old, no CUDA version) stops `make setup` but not the targets of a finished setup.
+# (sysdeps: rsync is `ray up`'s file copy.)
 TORCH_WHEEL := bash scripts/torch_wheel.sh
 HAS_GPU := $(shell HAS_GPU= $(TORCH_WHEEL) --has-gpu)
 TORCH_ARGS = $(eval TORCH_ARGS := $(shell HAS_GPU=$(HAS_GPU) $(TORCH_WHEEL) 2>&1))$(if \

@@ -553,6 +553,25 @@ PRESETS: dict[str, tuple[str, Config]] = {
 }
 
 
+def flag_value(argv: Sequence[str], key: str) -> str | None:
+    """The value the command line gives a config key (`--run.resume DIR`, `--run-resume=DIR`), or None: for the few
+    decisions made before the whole command line is parsed (a resume's saved config replaces the preset; a cluster
+    job's run directory)."""
+    flags = {f"--{key}", f"--{key.replace('.', '-')}", f"--{key.replace('_', '-')}"}
+    for i, arg in enumerate(argv):
+        if arg in flags and i + 1 < len(argv):
+            return argv[i + 1]
+        name, _, value = arg.partition("=")
+        if name in flags and value:
+            return value
+    return None
+
+
+def resume_dir(argv: Sequence[str]) -> str | None:
+    """The run directory `--run.resume` names on this command line, or None: the one place that reads it."""
+    return flag_value(argv, "run.resume")
+
+
 def parse_cli(args: Sequence[str] | None = None) -> Config:
     """Parse `<preset> [--group.field value ...]`; tyro type-checks and names unknown keys."""
     return tyro.extras.overridable_config_cli(PRESETS, args=args)

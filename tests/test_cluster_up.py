@@ -97,7 +97,7 @@ class Laptop:
 
     def node_ips(self) -> dict[str, str]:
         """Node id -> address, from the head's state API through the same tunnel `make status` uses."""
-        code = ("import json; from deploy.cluster.jobs import job_server, _use_token; _use_token()\n"
+        code = ("import json; from deploy.cluster.jobs import job_server, use_token; use_token()\n"
                 "from ray.util.state import list_nodes\n"
                 "with job_server() as url: print(json.dumps({n.node_id: n.node_ip for n in list_nodes(address=url)}))")
         done = self.run(str(REPO / ".venv/bin/python"), "-c", code, timeout=120)

@@ -137,7 +137,8 @@ def test_hostile_command_line_values_are_a_short_error_or_a_sound_config(preset:
     import io
     import math
 
-    from deploy.train import MAX_ERROR_LINES, _parse_quietly
+    from deploy.run.config import MAX_ERROR_LINES
+    from deploy.run.config import parse_quietly as _parse_quietly
 
     err = io.StringIO()
     try:
@@ -160,7 +161,7 @@ def test_hostile_command_line_values_are_a_short_error_or_a_sound_config(preset:
 @pytest.mark.parametrize("garbage", [b'{"run": {"task": 12', b"[1, 2, 3]", b'{"model": {"z1_dim": "abc"}}', b"\xff\xfe\x00",
                                      b""])
 def test_a_garbage_config_json_is_one_line_naming_it_and_is_left_alone(tmp_path, garbage: bytes) -> None:
-    from deploy.train import parse_args
+    from deploy.run.config import parse_args
 
     (tmp_path / "config.json").write_bytes(garbage)
     with pytest.raises(ConfigError, match=r"its config.json is damaged \(.+\)\. Restore it") as info:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from actors.history import History, stack_histories
 from actors.worker import derive_seed
 from common.config import Config, ConfigError, debug, resume_conflicts
-from deploy.run.logger import ActorWaitMeter, bound_scalars, bound_text, format_eta, limiter_position
+from deploy.run.progress import ActorWaitMeter, bound_scalars, bound_text, format_eta, limiter_position
 from deploy.run.weight_board import WeightBoard
 from learner.checkpoint import (
     CheckpointMismatchError,
@@ -168,7 +168,7 @@ def test_auto_actors_fill_this_machine_and_take_the_clusters_number_on_a_cluster
         monkeypatch: pytest.MonkeyPatch) -> None:
     from common.config import parse_cli
     from deploy.experiments.child_runs import actors_per_seed
-    from deploy.run.logger import progress_line
+    from deploy.run.progress import progress_line
     from deploy.run.ray_runtime import resolve_actor_count
 
     paper = parse_cli(["paper"])

@@ -175,7 +175,7 @@ def test_hopper_survives_a_killed_actor_and_a_raising_env(tmp_path: Path, monkey
     import ray.cloudpickle
 
     from common.batch import padding_mask
-    from deploy.run.driver import train
+    from deploy.run.launch import train
     from replay_service import RedisServer, SequenceReplay
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship FlakyEnv to the Ray workers
@@ -224,7 +224,7 @@ def test_two_node_cluster_spreads_actors_and_shares_the_replay(tmp_path: Path,
     through RAY_ADDRESS, starts Redis on this node's address, and spreads the actors over both nodes."""
     from ray.cluster_utils import Cluster
 
-    from deploy.run.driver import train
+    from deploy.run.launch import train
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     cluster.add_node(num_cpus=2)

@@ -20,9 +20,9 @@ import pytest
 from actors.evaluator import Evaluator
 from actors.worker import derive_seed
 from common.envs import make_env
+from deploy.run.config import MAX_ERROR_LINES
 from deploy.tools.trained import load_trained
 from deploy.tools.wandb_reader import find_offline_runs, read_config
-from deploy.train import MAX_ERROR_LINES
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]

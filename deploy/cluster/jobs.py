@@ -15,7 +15,6 @@ are kept in `.slac-job` (or $SLAC_JOB_FILE), so `make logs` and `make stop` need
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -34,6 +33,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.config import flag_value, resume_dir
 from common.tasks import SHIPPED_MODULES, TaskError, parse_task, slug
 from replay_service.server import free_port
 
@@ -100,7 +100,7 @@ def job_server(address: str = "", cluster: str = "") -> Iterator[str]:
             tunnel.wait(10)
 
 
-def _use_token() -> None:
+def use_token() -> None:
     """The cluster's nodes run with Ray's token auth and this machine's token (deploy/cluster*.yaml ship
     ~/.ray/auth_token): send it. Must run before Ray is imported, which reads the mode once."""
     if os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file():
@@ -108,7 +108,7 @@ def _use_token() -> None:
 
 
 def _client(url: str) -> Any:
-    _use_token()
+    use_token()
     from ray.job_submission import JobSubmissionClient
 
     return JobSubmissionClient(url)
@@ -128,7 +128,7 @@ def entrypoint(preset: str, task: str, actors: str, extra: Sequence[str], run_di
     args += ["--actors.num", actors] if actors else []
     args += list(extra)
     command = "python -m deploy.train " + " ".join(shlex.quote(a) for a in args)
-    if not any(a.startswith(("--run.dir", "--run.resume", "--run-dir", "--run-resume")) for a in args):
+    if flag_value(args, "run.dir") is None and resume_dir(args) is None:
         command += f" --run.dir {run_dir}"  # unquoted: the job's shell expands its `~` to the head's home
     return command
 
@@ -169,7 +169,7 @@ def submit(preset: str, task: str, actors: str, extra: Sequence[str]) -> dict[st
     env.update(WANDB_MODE="online" if "WANDB_API_KEY" in env else "offline",
                RAY_JOB_STOP_WAIT_TIME_S=str(STOP_WAIT_S), PYTHONUNBUFFERED="1")
     # A new run gets its W&B id here, so its URL can be printed now; a resumed run keeps its checkpoint's.
-    resuming = any(a.startswith(("--run.resume", "--run-resume")) for a in extra)
+    resuming = resume_dir(extra) is not None
     run_id = "" if resuming else os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
     if run_id:
         env["WANDB_RUN_ID"] = run_id
@@ -256,7 +256,7 @@ def node_roles(nodes: list[dict[str, Any]]) -> dict[str, int]:
 def status(job_id: str = "", nodes_only: bool = False) -> dict[str, Any]:
     """Print the cluster's nodes by role and, unless `nodes_only`, the recorded (or given) job: its status, its
     driver's last progress line and its W&B run."""
-    _use_token()
+    use_token()
     from ray.util.state import list_nodes
 
     record = json.loads(JOB_FILE.read_text()) if JOB_FILE.is_file() else {}
@@ -277,43 +277,3 @@ def status(job_id: str = "", nodes_only: bool = False) -> dict[str, Any]:
         elif not nodes_only:
             print("no job recorded (`make train` on the cluster submits one)", flush=True)
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.jobs", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("submit", help="submit the driver as a Ray job")
-    s.add_argument("--preset", default="")
-    s.add_argument("--task", default="")
-    s.add_argument("--actors", default="")
-    s.add_argument("extra", nargs="*", help="more deploy.train arguments (after --)")
-    lg = sub.add_parser("logs", help="follow a job's logs")
-    lg.add_argument("job_id", nargs="?", default="")
-    lg.add_argument("--no-follow", action="store_true")
-    st = sub.add_parser("stop", help="stop a job (it checkpoints first)")
-    st.add_argument("job_id", nargs="?", default="")
-    ss = sub.add_parser("status", help="the cluster's nodes, the job, its progress line and W&B run")
-    ss.add_argument("job_id", nargs="?", default="")
-    ss.add_argument("--nodes", action="store_true", help="only the nodes")
-    args = parser.parse_args(argv)
-    _use_token()
-    from ray.exceptions import RayError
-
-    try:
-        if args.command == "submit":
-            submit(args.preset, args.task, args.actors, args.extra)
-        elif args.command == "logs":
-            final = logs(args.job_id, follow=not args.no_follow)
-            return 0 if final in ("SUCCEEDED", "RUNNING", "PENDING") else 1
-        elif args.command == "status":
-            status(args.job_id, nodes_only=args.nodes)
-        else:
-            stop(args.job_id)
-    except (JobError, TaskError, ConnectionError, RuntimeError, RayError) as exc:  # the SDK's HTTP errors are RuntimeErrors
-        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nstopped following; the job goes on (`make stop` stops it)", file=sys.stderr)
-        return 130
-    return 0
-

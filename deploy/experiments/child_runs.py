@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from common.config import Config
 from deploy.run.files import RunFiles
+from deploy.run.ray_runtime import RAY_CPUS_BESIDES_ACTORS
 from deploy.run.signals import STOP_WITH_PARENT, StopSignals
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def default_parallel(cfg: Config, seeds: int) -> int:
     """How many seeds fit on this machine at once: the cores each run's processes need (its actors, the
     learner, the evaluator) and, with a GPU, the learners' memory; at least 1 (1 on a 2-core CPU)."""
     actors = 1 if cfg.actors.num == "auto" else cfg.actors.num  # auto shares what is left (`actors_per_seed`)
-    per_run = actors * cfg.actors.num_cpus + 2
+    per_run = actors * cfg.actors.num_cpus + RAY_CPUS_BESIDES_ACTORS
     k = max(1, math.floor((os.cpu_count() or 1) / per_run))
     import torch
 
@@ -55,7 +56,7 @@ def actors_per_seed(cfg: Config, parallel: int) -> list[str]:
     overrides; none otherwise (one seed at a time resolves auto itself, deploy/run/ray_runtime.py)."""
     if cfg.actors.num != "auto" or parallel <= 1:
         return []
-    return ["--actors.num", str(max(1, (os.cpu_count() or 1) // parallel - 2))]
+    return ["--actors.num", str(max(1, (os.cpu_count() or 1) // parallel - RAY_CPUS_BESIDES_ACTORS))]
 
 
 @dataclass

@@ -28,11 +28,8 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
-import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,6 +40,7 @@ import imageio.v2 as imageio
 from common.config import Config, parse_cli
 from deploy.experiments.child_runs import SeedFailed, SeedRun, actors_per_seed, default_parallel, run_seeds
 from deploy.experiments.committed_seeds import committed_seeds
+from deploy.experiments.provenance import machine, revision
 from deploy.experiments.results_table import config_action_repeat, write_table
 from deploy.experiments.returns_plot import plot_returns, random_baseline, read_evaluations, write_returns
 from deploy.run.errors import known_errors
@@ -53,35 +51,6 @@ log = logging.getLogger(__name__)
 
 PAPER_EVAL_EVERY = 10_000
 PAPER_EVAL_EPISODES = 10
-
-
-def machine() -> dict[str, Any]:
-    """What ran it: CPU model, logical cores, memory, GPU (if torch sees one), OS."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory_gib, "gpu": gpu,
-            "os": platform.platform(), "torch": torch.__version__}
-
-
-def commit() -> str:
-    """The git commit of the working tree, with `-dirty` when it has uncommitted changes."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
 
 
 def protocol_config(cfg: Config, overrides: list[str]) -> Config:
@@ -212,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     except known_errors() as exc:
         log.error("%s", exc)
         return 2
-    code = commit()  # recorded before the seeds run: the code they run is the code at the start
+    code = revision()  # recorded before the seeds run: the code they run is the code at the start
     results = Path(ours.results)
     outcomes = []
     for base in bases:

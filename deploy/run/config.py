@@ -1,18 +1,26 @@
-"""A run's config before anything starts: the values derived from it, and a warning for a run too short to train.
-
-Kept apart from the launcher, which only wires processes together (deploy/run/driver.py).
+"""A run's config, resolved once before anything starts: the command line (a preset and overrides, or a resumed
+run's config.json and overrides) parsed here, then every auto value made a number by `resolve_run` (the task's
+settings, by building one env; the actor count; the replay's minimum size). The run directory's config.json is
+written from that (deploy/run/run_dir.py), and read back only through deploy/run/files.RunFiles.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from common.config import Config, ConfigError
+import tyro
+
+from common.config import PRESETS, Config, ConfigError, parse_cli, resume_dir
 from common.envs import RenderingUnavailableError, make_env, select_gl_backend
 from common.tasks import TaskError
+from deploy.run.files import RunFiles
 
 log = logging.getLogger(__name__)
 
@@ -74,3 +82,56 @@ def resolve_task_of_run(cfg: Config, env_factory: Callable[[int], Any] | None = 
                         f"{exc}") from exc
     log.info("%s; frames %s, %d actions", spec.describe(), "x".join(map(str, frame.shape)), action_dim)
     return cfg.with_task(spec), action_dim
+
+
+def parse_args(argv: Sequence[str]) -> Config:
+    """The config to run: a preset and overrides, or for a resume the saved config and overrides."""
+    resume = resume_dir(argv)
+    if not resume:
+        return parse_cli(argv)
+    try:
+        saved = RunFiles(Path(resume)).read_config()
+    except ConfigError as exc:
+        raise ConfigError(f"--run.resume {resume}: {exc}") from None
+    rest = list(argv[1:] if argv and argv[0] in PRESETS else argv)  # the saved config replaces the preset
+    return tyro.cli(Config, default=saved, args=rest)
+
+
+MAX_ERROR_LINES = 12
+"""Lines of a command-line error: tyro repeats its suggestions once per preset (30 lines for one typo)."""
+
+
+def parse_quietly(argv: list[str]) -> Config:
+    """`parse_args`, with tyro's error box (a typo, a value of the wrong type) cut to its first distinct lines."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return parse_args(argv)
+    except SystemExit as exc:
+        text = captured.getvalue()
+        if exc.code not in (0, None):
+            seen: list[str] = []
+            for line in text.splitlines():
+                line = line.strip(" │╭╮╰╯─")  # tyro draws a box around its message
+                if line and not line.startswith("in ") and line not in seen:
+                    seen.append(line)
+            more = len(seen) > MAX_ERROR_LINES
+            text = "\n".join(seen[:MAX_ERROR_LINES] + (["... (see --help)"] if more else [])) + "\n"
+        sys.stderr.write(text)
+        raise
+
+
+def slow_on_this_machine(cfg: Config) -> bool:
+    import torch
+
+    return cfg.learner.device != "cuda" and not torch.cuda.is_available() and cfg.model.z2_dim >= 256
+
+
+def resolve_run(cfg: Config, env_factory: Callable[[int], Any] | None = None) -> tuple[Config, int]:
+    """The config a run records and runs with, every auto resolved, and the task's action dimension."""
+    from deploy.run.ray_runtime import (
+        resolve_actor_count,  # imports Ray: kept out of the command line's --help
+    )
+
+    cfg, action_dim = resolve_task_of_run(cfg, env_factory)
+    return derived_config(resolve_actor_count(cfg)), action_dim

@@ -1,10 +1,7 @@
-"""The composition root behind `make train`: Redis, Ray, learner, actors, evaluator, logging, stop.
-
-On one machine everything is embedded: a local Ray, a redis-server started in the run directory, W&B
-offline, and a run starts its own private Ray whatever else runs on the machine. On a cluster
-(`RAY_ADDRESS` set, as it is for a Ray job; deploy/run/ray_runtime.connect_ray) the processes are placed across its nodes and the replay URL must be reachable from all of them.
-The driver loop here only polls, logs and decides when to evaluate, checkpoint and stop; the work
-happens in the Ray processes.
+"""The driver of one training run: it starts the Ray processes (learner, actors, evaluator, weight board) and
+polls them until the run's length, asking its parts each tick (disk guard, Redis watchdog, fleet, learner
+supervisor, evaluation and checkpoint schedules, forecast, logger). The work happens in the Ray processes;
+deploy/run/launch.py builds what the driver needs (the run directory, Ray, Redis) before it starts.
 """
 
 from __future__ import annotations
@@ -12,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
 from typing import Any
 
 import ray
@@ -22,83 +17,34 @@ from actors.evaluator import Evaluator
 from actors.worker import EnvFactory
 from common.config import Config
 from deploy.run.checkpoint_schedule import CheckpointSchedule
-from deploy.run.config import derived_config, resolve_task_of_run, short_run_warning
 from deploy.run.disk import MB, DiskFullError, DiskGuard
 from deploy.run.evaluation_schedule import EvalSchedule
 from deploy.run.fleet import ActorFleet, RunState
 from deploy.run.forecast import Forecast
-from deploy.run.logger import ActorWaitMeter, RunLogger, bound_scalars, progress_line
+from deploy.run.logger import RunLogger
+from deploy.run.progress import ActorWaitMeter, bound_scalars, progress_line
 from deploy.run.ray_runtime import (
+    EVALUATOR_CPUS,
     RENDER_PROCESS_ENV,
     Placement,
-    connect_ray,
     placement,
     replay_inserts,
-    resolve_actor_count,
 )
-from deploy.run.run_dir import RunDir, prepare_run_dir, write_traceback
+from deploy.run.run_dir import RunDir
+from deploy.run.signals import StopSignals
 from deploy.run.supervisor import (
     REDIS_GIVE_UP_S,
     LearnerSupervisor,
     RedisWatchdog,
     ReplayServerLostError,
     RestartsExhaustedError,
-    StopSignals,
 )
 from deploy.run.weight_board import BOARD_NAME, RayWeightPublisher, WeightBoard
 from learner.checkpoint import latest_checkpoint
 from learner.process import LearnerProcess
-from replay_service import RedisServer, connect
 from replay_service.server import redact
 
 log = logging.getLogger(__name__)
-
-
-def train(cfg: Config, env_factory: EnvFactory | None = None,
-          on_started: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run SLAC end to end; returns the final summary. `env_factory` and `on_started` serve the tests."""
-    cfg, action_dim = resolve_task_of_run(cfg, env_factory)
-    cfg = derived_config(resolve_actor_count(cfg))
-    if (short := short_run_warning(cfg)) is not None:
-        log.warning(short)
-    if cfg.replay.url:  # fail here, in one paragraph, rather than in every Ray process
-        connect(cfg.replay.url, cfg.replay.connect_timeout_s).close()
-    run = prepare_run_dir(cfg)
-    cfg = run.cfg
-    try:
-        DiskGuard(run.path, cfg.run.min_free_mb).check(starting=True)
-        return _train(cfg, run, action_dim, env_factory, on_started)
-    except Exception as exc:
-        try:
-            exc.log_path = write_traceback(run.path, exc)  # type: ignore[attr-defined]  # main() names it
-        except OSError:  # e.g. the disk is full: the paragraph still reaches the terminal
-            pass
-        raise
-    finally:
-        run.release()
-
-
-def _train(cfg: Config, run: RunDir, action_dim: int, env_factory: EnvFactory | None,
-           on_started: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-    with ExitStack() as stack:
-        replay_url = cfg.replay.url
-        cluster = connect_ray(cfg)
-        stack.callback(ray.shutdown)
-        signals = stack.enter_context(StopSignals())  # after ray.init, which installs its own SIGTERM handler
-        watchdog = None
-        if not replay_url:
-            # On a cluster every node must reach the embedded server: it listens on this node's private
-            # address only, with ACL users (the replay's clients get the `replay` user's URL; the admin
-            # password stays in this process). Locally it listens on loopback.
-            host = ray.util.get_node_ip_address() if cluster else "127.0.0.1"
-            server = stack.enter_context(RedisServer(run.files.redis, cfg.replay, host=host, secure=cluster))
-            watchdog = stack.enter_context(RedisWatchdog(server))  # stops before the server does
-            replay_url = server.url
-        driver = Driver(cfg, run, replay_url, action_dim, env_factory, signals, watchdog, placement(cfg, cluster))
-        stack.callback(driver.close)
-        if on_started is not None:
-            on_started({"run_dir": str(run.path), "replay_url": replay_url})
-        return driver.loop()
 
 
 class Driver:
@@ -141,7 +87,7 @@ class Driver:
                                                          str(run.path), state)
 
         self.supervisor = LearnerSupervisor(cfg, run.path, make_learner, resume)
-        self.evaluator = ray.remote(num_cpus=1, max_restarts=-1, runtime_env={"env_vars": RENDER_PROCESS_ENV})(
+        self.evaluator = ray.remote(num_cpus=EVALUATOR_CPUS, max_restarts=-1, runtime_env={"env_vars": RENDER_PROCESS_ENV})(
             Evaluator).options(name="slac-evaluator").remote(cfg, env_factory)
         self.action_repeat = cfg.task_spec.action_repeat
         self.fleet = ActorFleet(cfg, replay_url, env_factory, self.state, self.carried, place.actors,
@@ -320,22 +266,13 @@ class Driver:
             if self.state.env_steps >= self.cfg.run.env_steps:
                 self.evals.step(self.learner_info["counters"], wait=True, final=True)  # the curve's last point, at the run's length
         counters = self.learner_info["counters"]
-        summary = {"env_steps": self.state.env_steps, "agent_steps": self.state.agent_steps,
-                   "updates": counters["updates"],
+        summary = {**self.state.summary(), "updates": counters["updates"],
                    "pretrain_updates": counters["pretrain_updates"], "policy_version": counters["version"],
-                   "episodes": self.state.episodes, "actor_restarts": self.state.actor_restarts,
-                   "env_errors": self.state.env_errors, "actor_steps_written": self.state.steps_written,
                    "train_return": self.train_return,
                    "eval_return": self.evals.last_return, "wall_clock_s": round(time.monotonic() - self.started, 1),
-                   "stopped_by": self.signals.received if interrupted else None,
-                   "learner_restarts": self.supervisor.restarts, "learner_updates_lost": self.supervisor.updates_lost,
-                   "learner_stalls_s": [round(s, 1) for s in self.supervisor.stalls_s],
-                   "replay_server_restarts": self.watchdog.restarts if self.watchdog else 0,
-                   "replay_server_failed_starts": self.watchdog.failed_starts if self.watchdog else 0,
-                   "replay_server_stalls_s": [round(s, 1) for s in self.watchdog.stalls_s] if self.watchdog else [],
-                   "checkpoint": checkpoint, "run_dir": str(self.run.path),
-                   "wandb_run_id": self.logger.run_id, "interrupted": interrupted,
-                   "actor_nodes": len(set(self.fleet.nodes.values())), "actor_node_ids": sorted(set(self.fleet.nodes.values())),
+                   "stopped_by": self.signals.received if interrupted else None, **self.supervisor.summary(),
+                   **RedisWatchdog.summary_of(self.watchdog), "checkpoint": checkpoint, "run_dir": str(self.run.path),
+                   "wandb_run_id": self.logger.run_id, "interrupted": interrupted, **self.fleet.summary(),
                    "learner_node_id": self.learner_info.get("node_id"), "replay_url": redact(self.replay_url),
                    "replay": self.learner_info.get("replay", {}), "execution": self.learner_info.get("execution")}
         self.logger.finish({k: v for k, v in summary.items() if isinstance(v, int | float | str)})

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
 from common.config import ConfigError
 from common.envs import RenderingUnavailableError
 from common.tasks import TaskError
+from deploy.run.files import RunFiles
 from learner.checkpoint import CheckpointMismatchError
 
 
@@ -16,3 +22,30 @@ def known_errors() -> tuple[type[Exception], ...]:
 
     return (ConfigError, TaskError, CheckpointMismatchError, RenderingUnavailableError, RedisNotInstalledError,
             ReplayConnectionError, ReplaySchemaError, RestartsExhaustedError, ReplayServerLostError, DiskFullError)
+
+
+def log_dir(argv: Sequence[str]) -> Path:
+    """Whose logs/ a failure's traceback goes to: the named run directory when it exists, else a temp dir (a run
+    refused before it started leaves no directory behind; once started, the launcher writes into the run's own)."""
+    for flag in ("--run.resume", "--run.dir"):
+        for i, arg in enumerate(argv):
+            value = argv[i + 1] if arg == flag and i + 1 < len(argv) else (
+                arg.split("=", 1)[1] if arg.startswith(flag + "=") else None)
+            if value and (Path(value).is_dir() if flag == "--run.dir" else RunFiles(Path(value)).is_run()):
+                return Path(value)
+    return Path(tempfile.gettempdir()) / "slac-dist"
+
+
+def report(exc: BaseException, argv: Sequence[str]) -> None:
+    """One paragraph on the terminal; the traceback in a file it names."""
+    from deploy.run.run_dir import write_traceback  # imports torch: kept out of the --help path
+
+    cause = getattr(exc, "cause", None) or exc  # a Ray task error: the exception the process raised
+    try:
+        path = getattr(exc, "log_path", None) or write_traceback(log_dir(argv), exc)
+        trace = f" (traceback: {path})"
+    except OSError:
+        trace = ""
+    lines = str(cause).strip().splitlines() or [type(cause).__name__]
+    message = " ".join(line.strip() for line in lines[:8])
+    print(f"error: {message}{trace}", file=sys.stderr, flush=True)

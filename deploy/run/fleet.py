@@ -45,6 +45,12 @@ class RunState:
     evals: int = 0
     actor_base: dict[int, dict[str, float]] = field(default_factory=dict)
 
+    def summary(self) -> dict[str, int]:
+        """The run summary's counters of steps, episodes and actor lives."""
+        return {"env_steps": self.env_steps, "agent_steps": self.agent_steps, "episodes": self.episodes,
+                "actor_restarts": self.actor_restarts, "env_errors": self.env_errors,
+                "actor_steps_written": self.steps_written}
+
 
 class ActorFleet:
     """`actors.num` Ray actors stepping environments into the replay at `replay_url`.
@@ -201,3 +207,8 @@ class ActorFleet:
         self.state.agent_steps = max(self.state.agent_steps, total("steps"))
         self.state.env_errors = total("env_errors")
         self.state.steps_written = total("steps_written")
+
+    def summary(self) -> dict[str, Any]:
+        """The run summary's placement entries: the nodes the actors ran on."""
+        nodes = sorted(set(self.nodes.values()))
+        return {"actor_nodes": len(nodes), "actor_node_ids": nodes}

@@ -1,6 +1,6 @@
 """Where a run's processes live: join a Ray cluster or start a private local one; what it offers.
 
-The only place that decides between a cluster and this machine (deploy/run/driver.py asks it).
+The only place that decides between a cluster and this machine (deploy/run/launch.py asks it).
 """
 
 from __future__ import annotations
@@ -33,8 +33,15 @@ def joins_cluster() -> bool:
     return bool(address) and address != "local"
 
 
-RUN_OVERHEAD_CPUS = 3
-"""Cores a run needs besides its actors: the learner, the evaluator and Redis (with the driver)."""
+LEARNER_CPUS = 1
+"""Ray CPUs the learner asks for."""
+EVALUATOR_CPUS = 1
+"""Ray CPUs the evaluator asks for."""
+RAY_CPUS_BESIDES_ACTORS = LEARNER_CPUS + EVALUATOR_CPUS
+"""What a run asks of Ray besides its actors."""
+RUN_OVERHEAD_CPUS = RAY_CPUS_BESIDES_ACTORS + 1
+"""Cores a run needs besides its actors: the learner, the evaluator, and Redis with the driver (which Ray does not
+schedule)."""
 
 
 def resolve_actor_count(cfg: Config, cluster: bool | None = None, cpus: int | None = None) -> Config:
@@ -62,7 +69,7 @@ def connect_ray(cfg: Config) -> bool:
         return True
     # Logical CPUs may exceed the physical ones: the actors, learner and evaluator mostly wait on
     # each other, and the tests run them all on 2 cores.
-    wanted = cfg.actors.num * cfg.actors.num_cpus + 2
+    wanted = cfg.actors.num * cfg.actors.num_cpus + RAY_CPUS_BESIDES_ACTORS
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False,
              log_to_driver=True, configure_logging=False)
     return False
@@ -108,7 +115,7 @@ def placement(cfg: Config, cluster: bool, poll_s: float = 2.0) -> Placement:
     resource = cfg.learner.node_resource if cluster else ""
     if not resource:
         use_gpu = wants_gpu and gpu_available()
-        learner: dict[str, Any] = {"num_gpus": 1 if use_gpu else 0, "num_cpus": 1}
+        learner: dict[str, Any] = {"num_gpus": 1 if use_gpu else 0, "num_cpus": LEARNER_CPUS}
     else:
         deadline, said = time.monotonic() + cfg.learner.node_wait_s, False
         while not (nodes := _nodes_with(resource)):
@@ -126,7 +133,7 @@ def placement(cfg: Config, cluster: bool, poll_s: float = 2.0) -> Placement:
                 said = True
             time.sleep(poll_s)
         use_gpu = wants_gpu and nodes[0]["Resources"].get("GPU", 0) >= 1
-        learner = {"num_gpus": 1 if use_gpu else 0, "num_cpus": 1, "resources": {resource: 1}}
+        learner = {"num_gpus": 1 if use_gpu else 0, "num_cpus": LEARNER_CPUS, "resources": {resource: 1}}
     actors: dict[str, Any] = {"num_cpus": cfg.actors.num_cpus}
     if cluster and cfg.actors.node_resource:
         actors["resources"] = {cfg.actors.node_resource: 1}

@@ -91,6 +91,13 @@ class RedisWatchdog:
             self.stalls_s.append(time.monotonic() - died)
             log.warning("redis-server restarted in %.1f s (restart #%d)", self.stalls_s[-1], self.restarts)
 
+    @staticmethod
+    def summary_of(watchdog: RedisWatchdog | None) -> dict[str, Any]:
+        """The run summary's Redis entries (zeros for a replay this run does not own)."""
+        return {"replay_server_restarts": watchdog.restarts if watchdog else 0,
+                "replay_server_failed_starts": watchdog.failed_starts if watchdog else 0,
+                "replay_server_stalls_s": [round(s, 1) for s in watchdog.stalls_s] if watchdog else []}
+
     def check(self) -> None:
         """Raise in the driver once the server is lost for good."""
         if self.failure is not None:
@@ -160,6 +167,11 @@ class LearnerSupervisor:
         self.run_ref = self.handle.run.remote()
         self._waiting = (died, _total(restored))
         return restored
+
+    def summary(self) -> dict[str, Any]:
+        """The run summary's learner entries: restarts, the updates each lost, the time each took to update again."""
+        return {"learner_restarts": self.restarts, "learner_updates_lost": self.updates_lost,
+                "learner_stalls_s": [round(s, 1) for s in self.stalls_s]}
 
     def progress(self, counters: dict[str, int]) -> None:
         """Note the learner's counters; the first update after a restart ends its stall."""
