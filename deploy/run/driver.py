@@ -28,7 +28,6 @@ from deploy.run.ray_runtime import (
     RENDER_PROCESS_ENV,
     Placement,
     placement,
-    replay_inserts,
 )
 from deploy.run.run_dir import RunDir
 from deploy.run.signals import StopSignals
@@ -56,19 +55,7 @@ class Driver:
         self.cfg, self.run, self.replay_url = cfg, run, replay_url
         self.signals, self.watchdog = signals or StopSignals(), watchdog
         resume = run.resume_state
-        self.state = RunState(**resume["extra"]["run_state"]) if resume else RunState()
-        # Totals of the run's earlier lives: every actor process starts from zero, so a resumed run counts
-        # on from these (the per-actor bases only cover restarts within this life).
-        self.carried = {"env_steps": self.state.env_steps, "steps": self.state.agent_steps,
-                        "env_errors": self.state.env_errors}
-        self.state.actor_base = {}
-        if resume:
-            self.state.generation += 1
-        elif cfg.run.resume:  # stopped before its first checkpoint: count on from what the replay holds
-            self.carried["steps"] = self.state.agent_steps = replay_inserts(replay_url, cfg)
-            self.carried["env_steps"] = self.state.env_steps = self.state.agent_steps * \
-                cfg.task_spec.action_repeat
-            self.state.generation = 1
+        self.state, self.carried = RunState.restored(cfg, resume, replay_url)
         self.logger = RunLogger(cfg, run.path, run_id=resume["extra"]["wandb_run_id"] if resume else None)
         # The board and the evaluator come back by themselves when their process dies (the board empty: the
         # learner's next publication refills it; calls made meanwhile wait for it, all of them idempotent).
@@ -179,6 +166,37 @@ class Driver:
             self.logger.note("renderers", self.renderers)
 
     def _poll(self) -> None:
+        """One tick's look at every process: the actors', the learner's and the run's scalars to W&B, the progress line."""
+        actor_scalars, waits = self._poll_actors()
+        info, updates_per_s = self._poll_learner()
+        counters = info["counters"]
+        scalars: dict[str, float] = {f"learner/{k}" if "/" not in k else k: v for k, v in info["metrics"].items()}
+        scalars.update({f"replay/{k}": v for k, v in info["replay"].items()})
+        scalars.update({
+            **actor_scalars,
+            "perf/updates_per_s": updates_per_s,
+            "counters/env_steps": self.state.env_steps,
+            "counters/agent_steps": self.state.agent_steps,
+            "counters/updates": counters["updates"],
+            "counters/pretrain_updates": counters["pretrain_updates"],
+            "counters/policy_version": counters["version"],
+            "counters/episodes": self.state.episodes,
+            "actors/restarts": self.state.actor_restarts,
+            "learner/restarts": self.supervisor.restarts,
+            "replay/server_restarts": self.watchdog.restarts if self.watchdog else 0,
+            "actors/env_errors": self.state.env_errors,
+            **bound_scalars(waits, info["replay"], self.cfg.replay),
+        })
+        self.logger.scalars(self.state.env_steps, scalars)
+        if info["figure"] is not None:
+            self.logger.image(self.state.env_steps, "model/samples", info["figure"],
+                              "rows: ground truth, posterior, conditional prior, prior")
+        self.logger.progress(progress_line(self.cfg, self.learner_info, self.state.env_steps, self.state.agent_steps,
+                                           scalars, self.train_return, self.evals.last_return))
+
+    def _poll_actors(self) -> tuple[dict[str, float], list[float]]:
+        """The actors' scalars since the last tick (rates, staleness, limiter timeouts, finished episodes) and the
+        fraction of it each spent waiting on the replay."""
         rates, lags, returns, lengths, timeouts, waits = [], [], [], [], 0, []
         for report in self.fleet.poll():
             self._note_renderer(report.get("renderer"))
@@ -193,6 +211,19 @@ class Driver:
                 returns.append(episode["return"])
                 lengths.append(episode["length"])
         self.state.episodes += len(returns)
+        scalars = {"perf/env_steps_per_s": sum(rates), "actors/limiter_timeouts": timeouts,
+                   **{f"perf/env_steps_per_s_actor{i}": rate for i, rate in enumerate(rates)}}
+        if lags:
+            scalars["actors/version_lag"] = sum(lags) / len(lags)
+        if returns:
+            self.train_return = sum(returns) / len(returns)
+            scalars["train/return"] = self.train_return
+            scalars["train/episode_length"] = sum(lengths) / len(lengths)
+        return scalars, waits
+
+    def _poll_learner(self) -> tuple[dict[str, Any], float]:
+        """The learner's poll (its counters, metrics, replay figures, phase) and its updates per second since the last
+        tick; a learner that is dead or restarting answers with what the driver had."""
         try:
             info = ray.get(self.learner.poll.remote(), timeout=30)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
@@ -207,39 +238,7 @@ class Driver:
         elapsed = max(time.monotonic() - self.last_poll, 1e-6)
         self.last_poll = time.monotonic()
         updates = info["counters"]["updates"] + info["counters"]["pretrain_updates"]
-        updates_before = previous["updates"] + previous["pretrain_updates"]
-        scalars: dict[str, float] = {f"learner/{k}" if "/" not in k else k: v for k, v in info["metrics"].items()}
-        scalars.update({f"replay/{k}": v for k, v in info["replay"].items()})
-        scalars.update({
-            "perf/updates_per_s": (updates - updates_before) / elapsed,
-            "perf/env_steps_per_s": sum(rates),
-            "counters/env_steps": self.state.env_steps,
-            "counters/agent_steps": self.state.agent_steps,
-            "counters/updates": info["counters"]["updates"],
-            "counters/pretrain_updates": info["counters"]["pretrain_updates"],
-            "counters/policy_version": info["counters"]["version"],
-            "counters/episodes": self.state.episodes,
-            "actors/restarts": self.state.actor_restarts,
-            "learner/restarts": self.supervisor.restarts,
-            "replay/server_restarts": self.watchdog.restarts if self.watchdog else 0,
-            "actors/env_errors": self.state.env_errors,
-            "actors/limiter_timeouts": timeouts,
-        })
-        for i, rate in enumerate(rates):
-            scalars[f"perf/env_steps_per_s_actor{i}"] = rate
-        if lags:
-            scalars["actors/version_lag"] = sum(lags) / len(lags)
-        scalars.update(bound_scalars(waits, info["replay"], self.cfg.replay))
-        if returns:
-            self.train_return = sum(returns) / len(returns)
-            scalars["train/return"] = self.train_return
-            scalars["train/episode_length"] = sum(lengths) / len(lengths)
-        self.logger.scalars(self.state.env_steps, scalars)
-        if info["figure"] is not None:
-            self.logger.image(self.state.env_steps, "model/samples", info["figure"],
-                              "rows: ground truth, posterior, conditional prior, prior")
-        self.logger.progress(progress_line(self.cfg, self.learner_info, self.state.env_steps, self.state.agent_steps,
-                                           scalars, self.train_return, self.evals.last_return))
+        return info, (updates - previous["updates"] - previous["pretrain_updates"]) / elapsed
 
     def _maybe_checkpoint(self) -> None:
         self.checkpoints.tick(self.learner_info["counters"], lambda: self.learner.checkpoint.remote(self._extra()))

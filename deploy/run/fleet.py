@@ -45,6 +45,22 @@ class RunState:
     evals: int = 0
     actor_base: dict[int, dict[str, float]] = field(default_factory=dict)
 
+    @classmethod
+    def restored(cls, cfg: Config, resume: dict[str, Any] | None, replay_url: str) -> tuple[RunState, dict[str, float]]:
+        """The state a run starts from, and the totals of its earlier lives (`carried`): every actor process starts
+        from zero, so a resumed run counts on from these (the per-actor bases only cover restarts within a life)."""
+        state = cls(**resume["extra"]["run_state"]) if resume else cls()
+        carried: dict[str, float] = {"env_steps": state.env_steps, "steps": state.agent_steps,
+                                     "env_errors": state.env_errors}
+        state.actor_base = {}
+        if resume:
+            state.generation += 1
+        elif cfg.run.resume:  # stopped before its first checkpoint: count on from what the replay holds
+            carried["steps"] = state.agent_steps = replay_inserts(replay_url, cfg)
+            carried["env_steps"] = state.env_steps = state.agent_steps * cfg.task_spec.action_repeat
+            state.generation = 1
+        return state, carried
+
     def summary(self) -> dict[str, int]:
         """The run summary's counters of steps, episodes and actor lives."""
         return {"env_steps": self.env_steps, "agent_steps": self.agent_steps, "episodes": self.episodes,
