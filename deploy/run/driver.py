@@ -192,7 +192,7 @@ class Driver:
             self.logger.image(self.state.env_steps, "model/samples", info["figure"],
                               "rows: ground truth, posterior, conditional prior, prior")
         self.logger.progress(progress_line(self.cfg, self.learner_info, self.state.env_steps, self.state.agent_steps,
-                                           scalars, self.train_return, self.evals.last_return))
+                                           scalars, self.train_return, self.evals.last_return, self.forecast.rate))
 
     def _poll_actors(self) -> tuple[dict[str, float], list[float]]:
         """The actors' scalars since the last tick (rates, staleness, limiter timeouts, finished episodes) and the

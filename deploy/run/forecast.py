@@ -59,19 +59,24 @@ class Forecast:
         self.cfg, self.learner_on_cpu = cfg, learner_on_cpu
         self.start: tuple[float, int, str] | None = None  # (time, updates, phase) at the first update seen
         self.said: str | None = None
+        self.rate: float | None = None
+        """Updates per second in this phase since its first update (steadier than one tick's rate, for the ETA)."""
 
     def tick(self, phase: str, counters: dict[str, int], env_steps: int, now: float | None = None) -> str | None:
         """Feed one poll; returns (and logs) the paragraph once, when it has been measured."""
-        if self.said is not None or phase not in ("pretrain", "train"):
+        if phase not in ("pretrain", "train"):
             return None
         now = time.monotonic() if now is None else now
         updates = int(counters.get("updates", 0)) + int(counters.get("pretrain_updates", 0))
         if self.start is None or self.start[2] != phase:
+            self.rate = None
             if updates > 0:
                 self.start = (now, updates, phase)
             return None
         elapsed, done = now - self.start[0], updates - self.start[1]
-        if elapsed < MEASURE_S or done <= 0:
+        if elapsed >= 5.0 and done > 0:
+            self.rate = done / elapsed
+        if self.said is not None or elapsed < MEASURE_S or done <= 0:
             return None
         self.said = self.paragraph(phase, done / elapsed, counters, env_steps)
         log.warning(self.said)

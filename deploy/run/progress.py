@@ -82,14 +82,17 @@ def bound_text(phase: str, scalars: dict[str, float]) -> str:
 
 
 def progress_line(cfg: Config, learner_info: dict[str, Any], env_steps: int, agent_steps: int,
-                  scalars: dict[str, float], train_return: float | None, eval_return: float | None) -> str:
+                  scalars: dict[str, float], train_return: float | None, eval_return: float | None,
+                  update_rate: float | None = None) -> str:
     """The terminal's one-line view of a run: phase, steps, updates, returns, rates, bound side, ETA."""
     total = cfg.run.env_steps
     rate = scalars["perf/env_steps_per_s"]
     fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
     counters = learner_info["counters"]
     phase = learner_info.get("phase", "?")
-    eta_text = format_eta(eta_seconds(cfg, phase, counters, env_steps, rate, scalars["perf/updates_per_s"]))
+    # The phase's average update rate when known (deploy/run/forecast.py): one tick's swings by 2-4x on a CPU.
+    updates_per_s = update_rate if update_rate is not None else scalars["perf/updates_per_s"]
+    eta_text = format_eta(eta_seconds(cfg, phase, counters, env_steps, rate, updates_per_s))
     # Agent steps are policy decisions (env steps / action repeat): the unit of the initial collection.
     agent = (f"agent {agent_steps:,}/{cfg.initial_collection_size:,}" if phase == "collect"
              else f"agent {agent_steps:,}")
