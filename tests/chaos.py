@@ -10,7 +10,7 @@ exactly:
     .venv/bin/python -m tests.chaos --seed 7            # what the test runs, with its seed
     .venv/bin/python -m tests.chaos --seed 7 --dir /tmp/chaos7   # keep the run directory
 
-The test (tests/test_faults.py::test_chaos) draws a fresh seed each time unless SLAC_CHAOS_SEED is set.
+The test (tests/test_chaos.py::test_chaos) draws a fresh seed each time unless SLAC_CHAOS_SEED is set.
 """
 
 from __future__ import annotations

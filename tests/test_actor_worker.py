@@ -1,4 +1,5 @@
-"""The actor process's time accounting, against a real redis-server: what tells a user the run is learner-bound."""
+"""The actor process against a real redis-server: its time accounting (what tells a user the run is
+learner-bound), its stop at the run's length, and its acting, which must be the full-history policy's."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from acting_tools import CFG, TAU, A, _FrameEnv, _perturbed_weights
 
+from actors.history import History, stack_histories
 from actors.worker import ActorWorker
 from common.config import debug
+from common.policy import Policy
+from learner.learner import Learner
 from replay_service import RateLimitTimeout
 from replay_service.limiter import poll_until
 
@@ -94,3 +99,49 @@ def test_two_actors_stop_themselves_at_the_runs_length_within_a_flush_each(url: 
     assert len(results) == 2, "an actor did not stop at the run's length"
     steps = sum(r["steps"] for r in results)  # one transition per env step, each stored at close
     assert target <= steps <= target + 2 * 2 * cfg.replay.flush_every, steps
+
+
+class _NewVersionEverySync:
+    def __init__(self, blobs: dict[int, dict]) -> None:
+        self.blobs = blobs
+
+    def latest(self, have_version: int) -> dict | None:
+        return self.blobs.get(have_version + 1)
+
+
+def test_actor_worker_acts_as_the_full_history_policy(url: str) -> None:
+    from dataclasses import replace
+
+    from actors.worker import ActorWorker
+
+    steps, sync = 45, CFG.actors.weight_sync_every
+    cfg = replace(CFG, actors=replace(CFG.actors, envs_per_actor=2))
+    learner = Learner(cfg, A, seed=5)
+    blobs = {v: _perturbed_weights(learner, v, 0.05) for v in range(1, steps // sync + 2)}
+    envs: list[_FrameEnv] = []
+    factory = lambda seed: envs.append(_FrameEnv(seed, length=(7, 5)[len(envs)])) or envs[-1]  # noqa: E731
+    worker = ActorWorker(cfg, 0, url, _NewVersionEverySync(blobs), env_factory=factory)
+    counters = worker.run(max_steps=steps)
+    assert counters["steps"] == 2 * steps and counters["policy_version"] == steps // sync + 1
+    assert min(counters["policy_s"], counters["env_s"], counters["replay_s"]) > 0
+    assert counters["loop_s"] >= counters["policy_s"] + counters["env_s"] + counters["replay_s"]
+
+    # Replay the envs' logs through the reference path: full histories, the same weights and noise stream.
+    reference = Policy.from_weights(blobs[1], seed=worker._seed)
+    histories, logs = [History(TAU, A) for _ in envs], [iter(env.log) for env in envs]
+    for history, log in zip(histories, logs, strict=True):
+        history.reset(next(log)[1])
+    pending: list = [None, None]
+    for step in range(steps):
+        if step % sync == 0 and step:
+            reference.load_weights(blobs[step // sync + 1])
+        expected = reference.act(*stack_histories(histories))
+        for k, (history, log) in enumerate(zip(histories, logs, strict=True)):
+            kind, frame, action = pending[k] or next(log)
+            assert kind == "step"
+            np.testing.assert_allclose(action, expected[k], rtol=0, atol=1e-5, err_msg=f"step {step} env {k}")
+            history.push(action, frame)
+            pending[k] = next(log, None)
+            if pending[k] is not None and pending[k][0] == "reset":
+                history.reset(pending[k][1])
+                pending[k] = None

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "common": {"learner", "actors", "replay_service", "deploy", "ray", "redis"},

@@ -21,6 +21,8 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 YAMLS = sorted((REPO / "deploy").glob("cluster*.yaml"))
 CLOUD = ["cluster.yaml", "cluster-gcp.yaml"]

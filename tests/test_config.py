@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.config import PRESETS, Config, ConfigError, debug, paper, parse_cli
+from common.config import PRESETS, Config, ConfigError, debug, paper, parse_cli, resume_conflicts
+
+pytestmark = pytest.mark.unit
 
 
 def test_defaults_are_the_papers_values() -> None:
@@ -167,3 +169,12 @@ def test_a_garbage_config_json_is_one_line_naming_it_and_is_left_alone(tmp_path,
     with pytest.raises(ConfigError, match=r"its config.json is damaged \(.+\)\. Restore it") as info:
         parse_args(["--run.resume", str(tmp_path)])
     assert "\n" not in str(info.value) and (tmp_path / "config.json").read_bytes() == garbage
+
+
+def test_resume_may_change_run_length_but_not_the_task() -> None:
+    cfg = debug()
+    longer = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, env_steps=10**6),
+                                 actors=dataclasses.replace(cfg.actors, num=7))
+    assert resume_conflicts(cfg, longer) == []
+    other_task = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, task="hopper"))
+    assert resume_conflicts(cfg, other_task) == ["run.task: saved 'cheetah_run', now 'hopper'"]

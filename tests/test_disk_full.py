@@ -18,6 +18,8 @@ from process_tools import COUPLED, Run, wait_for
 
 from learner.checkpoint import latest_checkpoint, read_checkpoint
 
+pytestmark = pytest.mark.faults
+
 
 def _fill(path: Path) -> int:
     """Write zeros to `path` until the filesystem refuses (ENOSPC); returns the bytes written."""
@@ -43,7 +45,6 @@ def _updates_in_newest(directory: Path) -> int:
     return 0 if newest is None else int(read_checkpoint(newest)["counters"]["updates"])
 
 
-@pytest.mark.faults
 def test_a_full_disk_ends_the_run_cleanly_and_resume_continues_after_freeing_space(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     disk.mkdir()

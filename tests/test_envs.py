@@ -15,6 +15,8 @@ import pytest
 from common.envs import GymnasiumEnv, make_env
 from common.tasks import TASKS, UnknownTaskError, resolve_task
 
+pytestmark = pytest.mark.unit
+
 ALL_TASKS = sorted(TASKS)
 
 

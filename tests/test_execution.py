@@ -18,6 +18,8 @@ from common.config import Config, debug
 from learner import execution
 from learner.learner import LOSSES
 
+pytestmark = pytest.mark.unit
+
 torch.set_num_threads(1)
 CFG = debug()
 T = CFG.model.sequence_length + 1

@@ -1,4 +1,4 @@
-"""Fault injection (marker `faults`; the unit tests at the end are unmarked): kill -9 of the replay's redis-server and of the learner process,
+"""Fault injection (marker `faults`): kill -9 of the replay's redis-server and of the learner process,
 SIGTERM and a double SIGINT to the driver, and known failures, each during a debug-preset run of the
 real entry point (`python -m deploy.train`, what `make train` runs) on CPU with real processes.
 
@@ -31,6 +31,8 @@ from deploy.tools.wandb_reader import find_offline_runs, read_history
 from replay_service import RedisServer
 from replay_service.schema import STATE, row_key
 
+pytestmark = pytest.mark.faults
+
 
 @pytest.fixture
 def runs(tmp_path: Path) -> Iterator[Callable[..., Run]]:
@@ -53,7 +55,6 @@ def _digests(client: redis.Redis, lo: int, hi: int) -> list[str | None]:
     return out
 
 
-@pytest.mark.faults
 def test_killed_redis_server_is_restarted_and_no_acknowledged_step_is_lost(tmp_path: Path, runs) -> None:
     run_dir = tmp_path / "run"
     run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.env-steps", "3200",
@@ -95,7 +96,6 @@ def test_killed_redis_server_is_restarted_and_no_acknowledged_step_is_lost(tmp_p
           f"steps taken but never stored {_unstored(summary)}")
 
 
-@pytest.mark.faults
 def test_a_redis_server_that_cannot_come_back_ends_the_run_with_a_clear_error(tmp_path: Path, runs) -> None:
     """Its AOF manifest damaged as it dies (a broken disk): the watchdog gives up after REDIS_GIVE_UP_S, the
     learner's work is kept in a checkpoint written without the replay, and once the disk is repaired
@@ -131,7 +131,6 @@ def test_a_redis_server_that_cannot_come_back_ends_the_run_with_a_clear_error(tm
           f"{state['counters']['updates']} updates; the resume went on to {resumed['updates']}")
 
 
-@pytest.mark.faults
 def test_killed_learner_is_restarted_from_its_checkpoint(tmp_path: Path, runs) -> None:
     run_dir = tmp_path / "run"
     every = 50
@@ -234,17 +233,14 @@ def _stop_then_resume(tmp_path: Path, runs, sig: signal.Signals, times: int) -> 
           f"never stored {_unstored(stopped)} at the stop, {_unstored(resumed)} at the end")
 
 
-@pytest.mark.faults
 def test_sigterm_checkpoints_stops_everything_and_resume_continues_the_counters(tmp_path: Path, runs) -> None:
     _stop_then_resume(tmp_path, runs, signal.SIGTERM, times=1)
 
 
-@pytest.mark.faults
 def test_two_sigints_still_write_a_checkpoint_and_a_bare_resume_continues(tmp_path: Path, runs) -> None:
     _stop_then_resume(tmp_path, runs, signal.SIGINT, times=2)
 
 
-@pytest.mark.faults
 def test_a_run_killed_before_its_first_checkpoint_resumes_on_its_replay(tmp_path: Path, runs) -> None:
     """kill -9 of the driver and its Ray processes during the initial collection, then a bare resume: a fresh
     learner on the kept replay, the counters going on from the replay's inserts. The redis-server, in its
@@ -270,7 +266,6 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_on_its_replay(tmp_path
     assert resumed["replay"]["inserted"] >= stored + (length - 4 * stored) // 4 - 2 * 25
 
 
-@pytest.mark.faults
 def test_a_second_driver_on_a_running_run_is_refused(tmp_path: Path, runs) -> None:
     run_dir = tmp_path / "run"
     run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.eval-episodes", "0", *COUPLED])
@@ -280,7 +275,6 @@ def test_a_second_driver_on_a_running_run_is_refused(tmp_path: Path, runs) -> No
     assert run.proc.poll() is None  # and the first run goes on
 
 
-@pytest.mark.faults
 @pytest.mark.parametrize("case", ["unreachable_replay", "resume_not_a_run"])
 def test_known_failures_are_a_short_error(tmp_path: Path, runs, case: str) -> None:
     run_dir = tmp_path / "run"
@@ -300,60 +294,3 @@ def test_known_failures_are_a_short_error(tmp_path: Path, runs, case: str) -> No
         assert list((run_dir / "logs").glob("error-*.log")), "no traceback file in <run dir>/logs"
     else:
         assert "no config.json" in run.text
-
-
-# --- units: no processes -------------------------------------------------------------------------------
-def test_resumed_totals_count_on_from_the_checkpoint() -> None:
-    """The known bug: the saved steps of actors that never died were in no base, so a resumed run's
-    total stayed at the saved value until the new lives' own counts passed it."""
-    from deploy.run.fleet import ActorFleet, RunState
-
-    fleet = ActorFleet.__new__(ActorFleet)
-    fleet.state = RunState(env_steps=64_996, agent_steps=16_249, env_errors=1)
-    fleet.carried = {"env_steps": 64_996, "steps": 16_249, "env_errors": 1}
-    fleet.actors = [None, None]
-    fleet.last_seen = {0: {"env_steps": 8, "steps": 2, "env_errors": 0}, 1: {"env_steps": 4, "steps": 1}}
-    fleet._update_totals()
-    assert (fleet.state.env_steps, fleet.state.agent_steps, fleet.state.env_errors) == (65_008, 16_252, 1)
-    fleet._bank(0, fleet.last_seen.pop(0))  # actor 0 dies; its new life starts from zero
-    fleet.last_seen[0] = {"env_steps": 4, "steps": 1, "env_errors": 1}
-    fleet._update_totals()
-    assert (fleet.state.env_steps, fleet.state.agent_steps, fleet.state.env_errors) == (65_012, 16_253, 2)
-
-
-def test_a_second_signal_does_not_interrupt_the_graceful_stop(capsys: pytest.CaptureFixture[str]) -> None:
-    from deploy.run.signals import StopSignals
-
-    with StopSignals() as signals:
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler raises here, at once
-        assert signals.received == "SIGTERM"
-        os.kill(os.getpid(), signal.SIGINT)  # during the checkpoint: acknowledged, not raised
-        os.kill(os.getpid(), signal.SIGINT)
-    assert capsys.readouterr().err.count("stopping, writing a checkpoint") == 2
-    assert signal.getsignal(signal.SIGTERM) != signals._handle  # the previous handlers are back
-
-
-def test_checkpoints_are_also_written_by_time_and_after_pretraining() -> None:
-    """`learner.checkpoint_every_s` bounds the learner work a restart loses, however slow the updates; the
-    first checkpoint comes as soon as the first policy is published (the end of the model pre-training)."""
-    import dataclasses
-
-    from deploy.run.checkpoint_schedule import CheckpointSchedule
-
-    cfg = dataclasses.replace(debug().learner, checkpoint_every=1000, checkpoint_every_s=30.0)
-    schedule = CheckpointSchedule(cfg, {"updates": 0, "pretrain_updates": 0, "version": 0})
-    written: list[int] = []
-    counters = {"updates": 5, "pretrain_updates": 20, "version": 1}
-    schedule.tick(counters, lambda: written.append(1))
-    assert len(written) == 1  # the first policy is out: the pre-training is saved at once
-    schedule.last_updates = 0
-    schedule.tick(counters, lambda: written.append(1))
-    assert len(written) == 1  # 25 updates, far below checkpoint_every, and no time has passed
-    schedule.last_time -= 31
-    schedule.tick(counters, lambda: written.append(1))
-    assert len(written) == 2 and schedule.last_updates == 25
-    schedule.last_time -= 31
-    schedule.tick(counters, lambda: written.append(1))
-    assert len(written) == 2  # nothing new to save

@@ -13,16 +13,16 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
+from acting_tools import CFG, TAU, A, _FrameEnv, _perturbed_weights
 
 from actors.history import FeatureRing, History, stack_histories
-from common.config import debug
 from common.policy import Policy
 from learner.learner import Learner
 
+pytestmark = pytest.mark.unit
+
 torch.set_num_threads(1)  # tiny networks: a second thread only adds contention on a shared 2-core box
-CFG = debug()
-TAU, F = CFG.model.sequence_length, CFG.model.feature_dim
-A, K = 2, 3
+F, K = CFG.model.feature_dim, 3
 
 
 class _Frames:
@@ -43,14 +43,6 @@ class _CountingPolicy(Policy):
     def encode(self, obs: np.ndarray) -> np.ndarray:
         self.frames_encoded += int(np.prod(obs.shape[:-3]))
         return super().encode(obs)
-
-
-def _perturbed_weights(learner: Learner, version: int, scale: float) -> dict:
-    """The learner's actor weights after moving the encoder and the actor head, as a learner update would."""
-    with torch.no_grad():
-        for p in [*learner.model.encoder.parameters(), *learner.actor.parameters()]:
-            p.add_(scale * torch.randn_like(p))
-    return learner.actor_weights(version)
 
 
 def test_ring_matches_full_history_across_steps_resets_and_refreshes() -> None:
@@ -156,78 +148,10 @@ def test_bad_features_are_named() -> None:
         policy.act_encoded(np.zeros((1, TAU, F + 1), np.float32), np.zeros((1, TAU - 1, A), np.float32))
 
 
-class _FrameEnv:
-    """A cheap stand-in for a pixel env: random frames, fixed-length episodes, a log of what it saw."""
-
-    def __init__(self, seed: int, length: int) -> None:
-        self.action_dim, self.length, self.t = A, length, 0
-        self.rng = np.random.default_rng(seed)
-        self.log: list[tuple[str, np.ndarray, np.ndarray | None]] = []
-
-    def reset(self) -> np.ndarray:
-        self.t, frame = 0, self.rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
-        self.log.append(("reset", frame, None))
-        return frame
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, int]]:
-        self.t, frame = self.t + 1, self.rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
-        self.log.append(("step", frame, np.array(action)))
-        return frame, 1.0, False, self.t >= self.length, {"env_steps": 4}
-
-    def close(self) -> None:
-        pass
-
-
-class _NewVersionEverySync:
-    def __init__(self, blobs: dict[int, dict]) -> None:
-        self.blobs = blobs
-
-    def latest(self, have_version: int) -> dict | None:
-        return self.blobs.get(have_version + 1)
-
-
-@pytest.mark.integration
-def test_actor_worker_acts_as_the_full_history_policy(url: str) -> None:
-    from dataclasses import replace
-
-    from actors.worker import ActorWorker
-
-    steps, sync = 45, CFG.actors.weight_sync_every
-    cfg = replace(CFG, actors=replace(CFG.actors, envs_per_actor=2))
-    learner = Learner(cfg, A, seed=5)
-    blobs = {v: _perturbed_weights(learner, v, 0.05) for v in range(1, steps // sync + 2)}
-    envs: list[_FrameEnv] = []
-    factory = lambda seed: envs.append(_FrameEnv(seed, length=(7, 5)[len(envs)])) or envs[-1]  # noqa: E731
-    worker = ActorWorker(cfg, 0, url, _NewVersionEverySync(blobs), env_factory=factory)
-    counters = worker.run(max_steps=steps)
-    assert counters["steps"] == 2 * steps and counters["policy_version"] == steps // sync + 1
-    assert min(counters["policy_s"], counters["env_s"], counters["replay_s"]) > 0
-    assert counters["loop_s"] >= counters["policy_s"] + counters["env_s"] + counters["replay_s"]
-
-    # Replay the envs' logs through the reference path: full histories, the same weights and noise stream.
-    reference = Policy.from_weights(blobs[1], seed=worker._seed)
-    histories, logs = [History(TAU, A) for _ in envs], [iter(env.log) for env in envs]
-    for history, log in zip(histories, logs, strict=True):
-        history.reset(next(log)[1])
-    pending: list = [None, None]
-    for step in range(steps):
-        if step % sync == 0 and step:
-            reference.load_weights(blobs[step // sync + 1])
-        expected = reference.act(*stack_histories(histories))
-        for k, (history, log) in enumerate(zip(histories, logs, strict=True)):
-            kind, frame, action = pending[k] or next(log)
-            assert kind == "step"
-            np.testing.assert_allclose(action, expected[k], rtol=0, atol=1e-5, err_msg=f"step {step} env {k}")
-            history.push(action, frame)
-            pending[k] = next(log, None)
-            if pending[k] is not None and pending[k][0] == "reset":
-                history.reset(pending[k][1])
-                pending[k] = None
-
-
 def test_evaluator_plays_whole_episodes_through_the_ring() -> None:
     from actors.evaluator import Evaluator
 
     blob = Learner(CFG, A, seed=6).actor_weights(3)
     result = Evaluator(CFG, env_factory=lambda seed: _FrameEnv(seed, length=11)).evaluate(blob, 2, seed=0)
     assert result["version"] == 3 and result["lengths"] == [11, 11] and result["returns"] == [11.0, 11.0]
+

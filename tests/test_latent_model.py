@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from common.config import debug
 from common.latent_model import LatentModel, figure_rows, image_grid
+
+pytestmark = pytest.mark.unit
 
 torch.set_num_threads(1)  # tiny networks: a second thread only adds contention on a shared 2-core box
 A = 3

@@ -16,6 +16,8 @@ from common.config import Config, debug
 from common.envs import make_env
 from learner.learner import MODEL_KEYS, SAC_KEYS, polyak_update
 
+pytestmark = pytest.mark.unit
+
 torch.set_num_threads(1)  # tiny networks: a second thread only adds contention on a shared 2-core box
 CFG = debug()
 T = CFG.model.sequence_length + 1

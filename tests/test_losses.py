@@ -22,6 +22,8 @@ from learner.losses import (
     model_loss,
 )
 
+pytestmark = pytest.mark.unit
+
 torch.set_num_threads(1)  # tiny networks: a second thread only adds contention on a shared 2-core box
 A = 3
 CFG = debug()

@@ -20,6 +20,8 @@ from common.networks import (
 )
 from learner.learner import Learner
 
+pytestmark = pytest.mark.unit
+
 torch.set_num_threads(1)  # tiny networks: a second thread only adds contention on a shared 2-core box
 A = 6  # cheetah_run
 

@@ -8,6 +8,8 @@ import torch
 from common.batch import Batch
 from learner.pipeline import BatchPrefetcher, MetricSums
 
+pytestmark = pytest.mark.unit
+
 CPU = torch.device("cpu")
 
 

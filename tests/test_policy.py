@@ -13,6 +13,8 @@ from common.networks import actor_input
 from common.policy import Policy, policy_input_shapes
 from learner.learner import Learner
 
+pytestmark = pytest.mark.unit
+
 torch.set_num_threads(1)  # tiny networks: a second thread only adds contention on a shared 2-core box
 CFG = debug()
 TAU = CFG.model.sequence_length

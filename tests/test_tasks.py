@@ -17,6 +17,8 @@ from common.envs import area_resize, checked_frame, make_env
 from common.tasks import TaskError, UnknownTaskError, parse_task, register, resolve_task, task_names
 from deploy.cluster.jobs import task_modules
 
+pytestmark = pytest.mark.unit
+
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))  # task_factories, as a user's module on PYTHONPATH
 

@@ -1,0 +1,18 @@
+"""deploy/cluster/jobs.py: the command line of a Ray job."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_cluster_job_runs_the_entry_point_with_a_run_dir_outside_rays_working_dir() -> None:
+    from deploy.cluster.jobs import entrypoint
+
+    command = entrypoint("paper", "hopper", "64", ["--run.seed", "3"], "~/slac-runs/hopper-1")
+    assert command == "python -m deploy.train paper --run.task hopper --actors.num 64 --run.seed 3 --run.dir ~/slac-runs/hopper-1"
+    # A run dir or a resume given by the user wins; odd characters are quoted for the job's shell.
+    assert "slac-runs" not in entrypoint("", "", "", ["--run.resume", "/data/run 1"], "~/slac-runs/x")
+    assert "'/data/run 1'" in entrypoint("", "", "", ["--run.resume", "/data/run 1"], "~/slac-runs/x")
+    assert entrypoint("debug", "", "", ["--run.dir=/tmp/r"], "~/x").endswith("--run.dir=/tmp/r")
