@@ -178,3 +178,12 @@ def test_resume_may_change_run_length_but_not_the_task() -> None:
     assert resume_conflicts(cfg, longer) == []
     other_task = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, task="hopper"))
     assert resume_conflicts(cfg, other_task) == ["run.task: saved 'cheetah_run', now 'hopper'"]
+
+
+def test_the_command_line_names_a_resume_in_every_spelling() -> None:
+    from common.config import flag_value, resume_dir
+
+    for argv in (["--run.resume", "runs/a"], ["debug", "--run-resume", "runs/a"], ["--run.resume=runs/a", "--x", "1"]):
+        assert resume_dir(argv) == "runs/a", argv
+    assert resume_dir(["--run.dir", "runs/a"]) is None and resume_dir(["--run.resume"]) is None
+    assert flag_value(["--run-dir=/tmp/r"], "run.dir") == "/tmp/r"

@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.config import ConfigError
+from common.config import ConfigError, flag_value, resume_dir
 from common.envs import RenderingUnavailableError
 from common.tasks import TaskError
 from deploy.run.files import RunFiles
@@ -27,12 +27,11 @@ def known_errors() -> tuple[type[Exception], ...]:
 def log_dir(argv: Sequence[str]) -> Path:
     """Whose logs/ a failure's traceback goes to: the named run directory when it exists, else a temp dir (a run
     refused before it started leaves no directory behind; once started, the launcher writes into the run's own)."""
-    for flag in ("--run.resume", "--run.dir"):
-        for i, arg in enumerate(argv):
-            value = argv[i + 1] if arg == flag and i + 1 < len(argv) else (
-                arg.split("=", 1)[1] if arg.startswith(flag + "=") else None)
-            if value and (Path(value).is_dir() if flag == "--run.dir" else RunFiles(Path(value)).is_run()):
-                return Path(value)
+    resumed, named = resume_dir(argv), flag_value(argv, "run.dir")
+    if resumed and RunFiles(Path(resumed)).is_run():
+        return Path(resumed)
+    if named and Path(named).is_dir():
+        return Path(named)
     return Path(tempfile.gettempdir()) / "slac-dist"
 
 
