@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from common.tasks import TaskSpec, UnknownTaskError, parse_task, resolve_task
+from common.tasks import TaskSpec, UnknownTaskError, parse_task, remember_custom, resolve_task
 
 
 class ConfigError(ValueError):
@@ -396,7 +396,13 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        """Rebuild a config, type-checking every value; unknown or mistyped keys raise ConfigError."""
+        """Rebuild a config, type-checking every value; unknown or mistyped keys raise ConfigError.
+
+        A resolved custom task (config.json of a run whose task was `register`ed in its driver) is registered here
+        under its recorded name, so any process can read the config back without the `register` call."""
+        task, run = (data.get("task"), data.get("run")) if isinstance(data, dict) else (None, None)
+        if isinstance(task, dict) and task.get("suite") == "custom" and isinstance(run, dict):
+            remember_custom(run.get("task"), task.get("env_id"))
         return _build(cls, data, "")
 
     @classmethod

@@ -251,6 +251,7 @@ class DmControlEnv(_RepeatedActionEnv):
         self._env = suite.load(domain, task, task_kwargs={"random": seed, "time_limit": float("inf")})
         action_spec = self._env.action_spec()
         self._set_bounds(action_spec.minimum, action_spec.maximum)
+        _check_camera(spec, self._env.physics.model)
         _fast_visuals(self._env.physics.model)
 
     def _raw_reset(self) -> None:
@@ -309,6 +310,7 @@ class GymnasiumEnv(_RepeatedActionEnv):
         self._mujoco = hasattr(self._env.unwrapped, "mujoco_renderer")
         if self._mujoco:
             process_renderer()
+            _check_camera(spec, self._env.unwrapped.model)
         self._seed: int | None = seed
         space.seed(seed)
         self._set_bounds(space.low, space.high)
@@ -420,6 +422,14 @@ def _from_factory(spec: TaskSpec) -> Any:
         raise TaskError(f"task {spec.name}: the factory returned a {type(env).__name__}, which has no "
                         f"{', '.join(missing)}; it must return a gymnasium.Env")
     return env
+
+
+def _check_camera(spec: TaskSpec, model: Any) -> None:
+    """A camera id the MuJoCo model has (-1: the free camera), checked before the first render: MuJoCo aborts the
+    whole process on one outside the model's range."""
+    if spec.camera is not None and not -1 <= spec.camera < model.ncam:
+        raise TaskError(f"task {spec.name}: --task.camera {spec.camera} is not a camera of its model, which has "
+                        f"{model.ncam} (ids 0 to {model.ncam - 1}, or -1 for the free camera)")
 
 
 def _fast_visuals(model: Any) -> None:

@@ -31,6 +31,7 @@ import dataclasses
 import difflib
 import importlib
 import importlib.util
+import logging
 import re
 import sys
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Literal
 
+log = logging.getLogger(__name__)
 Suite = Literal["dmc", "gym", "custom"]
 ENTRY_POINT_GROUP = "slac_dist.tasks"
 """Installed packages register named tasks here: `[project.entry-points."slac_dist.tasks"] reach =
@@ -144,6 +146,16 @@ def register(name: str, factory: str | Callable[[], Any], action_repeat: int | N
     return spec
 
 
+def remember_custom(name: Any, factory: Any) -> None:
+    """Know `name` as the custom task `factory` in this process, if it is a plain name not known yet (a resolved
+    config.json records both): nothing is imported, and a name that means something else is left alone."""
+    if not (isinstance(name, str) and isinstance(factory, str) and _FACTORY.match(factory)):
+        return
+    if name in _ALIASES or _FACTORY.match(name) or name.startswith(("dmc:", "gym:")):
+        return
+    register(name, factory)
+
+
 def _load_entry_points() -> None:
     """Register the named tasks of installed packages (once per process)."""
     global _entry_points_loaded
@@ -151,19 +163,19 @@ def _load_entry_points() -> None:
         return
     _entry_points_loaded = True
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name in TASKS:
+        if entry.name in _ALIASES:  # a built-in name or alias keeps its meaning
+            log.warning("the %s entry point %r is ignored: the name is taken", ENTRY_POINT_GROUP, entry.name)
             continue
-        if ":" in entry.value and not entry.extras:
-            try:
-                target = entry.load()
-            except Exception as exc:  # noqa: BLE001 - a broken plug-in must not stop the other tasks
-                raise UnknownTaskError(f"task {entry.name!r} of the {ENTRY_POINT_GROUP} entry points ({entry.value}) "
-                                       f"does not import: {type(exc).__name__}: {exc}") from exc
+        try:
+            target = entry.load() if ":" in entry.value else None
             if isinstance(target, TaskSpec):
                 TASKS[entry.name] = dataclasses.replace(target, name=entry.name)
                 _ALIASES[entry.name] = entry.name
-                continue
-        register(entry.name, entry.value)
+            else:
+                register(entry.name, entry.value)
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not stop the other tasks
+            log.warning("the %s entry point %r (%s) is ignored: %s: %s", ENTRY_POINT_GROUP, entry.name, entry.value,
+                        type(exc).__name__, exc)
 
 
 def slug(task: str) -> str:

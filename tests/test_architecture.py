@@ -67,6 +67,14 @@ def test_a_planted_import_against_the_arrows_is_caught(tmp_path: Path, room: str
     assert list(violations(tmp_path, room, FORBIDDEN[room])) == [f"{room}/bad.py"]
 
 
+def test_every_import_is_absolute() -> None:
+    """A relative import (`from ..tools import x`) would slip past the rules above: none is allowed."""
+    relative = [str(f.relative_to(REPO)) for package in ("common", "replay_service", "learner", "actors", "deploy")
+                for f in sorted((REPO / package).rglob("*.py"))
+                if any(isinstance(n, ast.ImportFrom) and n.level > 0 for n in ast.walk(ast.parse(f.read_text())))]
+    assert not relative, relative
+
+
 def test_deploys_top_level_holds_only_entry_points() -> None:
     """Each top-level module is a command (`python -m deploy.<name>`): a `__main__` guard, and short."""
     for path in sorted(ENTRY_POINTS_ONLY.glob("*.py")):

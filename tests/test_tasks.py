@@ -65,10 +65,12 @@ def test_register_and_entry_points_add_named_tasks(registry: None, tmp_path: Pat
     dist = tmp_path / "slac_plugin-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: slac-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[slac_dist.tasks]\nplugged_box = task_factories:box\n")
+    (dist / "entry_points.txt").write_text("[slac_dist.tasks]\nplugged_box = task_factories:box\n"
+                                          "broken = no_such_module_anywhere:make\ncheetah = task_factories:box\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert "plugged_box" in task_names()
+    assert "plugged_box" in task_names()  # a broken plug-in beside it is a warning, not the end of every lookup
     assert parse_task("plugged_box").env_id == "task_factories:box"
+    assert parse_task("cheetah").name == "cheetah_run"  # a built-in alias keeps its meaning
 
 
 def test_task_settings_reach_the_config_and_a_resolved_config_needs_no_registry(registry: None) -> None:
@@ -83,6 +85,8 @@ def test_task_settings_reach_the_config_and_a_resolved_config_needs_no_registry(
     mine = mine.with_task(mine.task_spec)
     del tasks.TASKS["elsewhere"], tasks._ALIASES["elsewhere"]  # another process: it never saw the register call
     assert mine.task_spec.env_id == "task_factories:box" and mine.task_spec.action_repeat == 2
+    assert Config.from_json(mine.to_json()) == mine  # its config.json there: `make eval`, `make export`, a resume
+    assert parse_task("elsewhere").env_id == "task_factories:box"
 
 
 def test_resume_refuses_another_action_repeat_but_not_a_config_from_before_task_settings() -> None:
@@ -150,10 +154,12 @@ def test_a_frame_of_the_wrong_kind_is_a_task_error(frame: np.ndarray | None) -> 
     ("gym:InvertedPendulm-v5", "InvertedPendulum"),  # gymnasium's own suggestion
     ("dmc:reachr/easy", "its domains are: .*reacher"),
     ("dmc:reacher/impossible", "its tasks are: easy, hard"),
+    ("cartpole", "--task.camera 9 is not a camera of its model, which has 2"),
+    ("hopper", "--task.camera 9 is not a camera of its model, which has 1"),  # MuJoCo would abort the process
 ])
 def test_a_task_that_cannot_work_is_a_task_error_naming_it(task: str, said: str) -> None:
     with pytest.raises(TaskError, match=said) as caught:
-        make_env(task, seed=0)
+        make_env(resolve_task(task, camera=9) if "camera" in said else task, seed=0)
     assert task.split(":")[-1].split("/")[0][:6] in str(caught.value) or task in str(caught.value)
 
 

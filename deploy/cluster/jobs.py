@@ -179,7 +179,7 @@ def submit(preset: str, task: str, actors: str, extra: Sequence[str]) -> dict[st
     logging.getLogger("ray").setLevel(logging.ERROR)  # not a line per file Ray's packaging skips
     runtime_env: dict[str, Any] = {"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env}
     with job_server() as url, tempfile.TemporaryDirectory() as scratch:
-        if modules := task_modules(task, Path(scratch)):
+        if modules := task_modules(task or flag_value(extra, "run.task") or "", Path(scratch)):
             runtime_env["py_modules"] = modules
         job_id = _client(url).submit_job(entrypoint=command, runtime_env=runtime_env)
     record = {"job_id": job_id, "address": os.environ.get("RAY_ADDRESS", ""), "cluster": os.environ.get("CLUSTER", ""),
@@ -236,7 +236,7 @@ def stop(job_id: str = "") -> None:
 
 
 PROGRESS = re.compile(r"\[(?:collect|pretrain|train)\] env [^\n]*")
-"""The driver's progress line (deploy/run/logger.progress_line), wherever a log line it shares starts."""
+"""The driver's progress line (deploy/run/progress.progress_line), wherever a log line it shares starts."""
 
 
 def node_roles(nodes: list[dict[str, Any]]) -> dict[str, int]:

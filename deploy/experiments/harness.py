@@ -38,6 +38,7 @@ from typing import Any
 import imageio.v2 as imageio
 
 from common.config import Config, parse_cli
+from common.tasks import slug
 from deploy.experiments.child_runs import SeedFailed, SeedRun, actors_per_seed, default_parallel, run_seeds
 from deploy.experiments.committed_seeds import committed_seeds
 from deploy.experiments.provenance import machine, revision
@@ -101,7 +102,7 @@ def reproduce_task(rest: list[str], base: Config, preset: str, seeds: int, paral
                    results: Path, runs_root: Path, code: str) -> dict[str, Any]:
     """Train `seeds` seeds of one task (`parallel` at a time) and write its results; returns its summary."""
     task = base.run.task
-    out = results / task / preset
+    out = results / slug(task) / preset
     out.mkdir(parents=True, exist_ok=True)
     user_args = [a for i, a in enumerate(rest) if i > 0 and a != "--run.task" and rest[i - 1] != "--run.task"]
     command = "make reproduce " + shlex.join([f"TASK={task}", f"SEEDS={seeds}", f"PRESET={preset}"]
@@ -114,7 +115,7 @@ def reproduce_task(rest: list[str], base: Config, preset: str, seeds: int, paral
                 "--run.eval-episodes", str(base.run.eval_episodes), "--run.group", f"{task}-{preset}",
                 "--run.job-type", "reproduce", "--run.name", f"{task}-{preset}-seed{seed}",
                 "--run.tags", *tags, f"seed{seed}"]
-        seed_runs.append(SeedRun(seed, (runs_root / task / preset / f"seed{seed}").resolve(), argv, commit=code))
+        seed_runs.append(SeedRun(seed, (runs_root / slug(task) / preset / f"seed{seed}").resolve(), argv, commit=code))
     reused = committed_seeds(out, base, [r.seed for r in seed_runs], {r.seed: r.run_dir for r in seed_runs})
     to_train = [r for r in seed_runs if r.seed not in reused]
     k = parallel or default_parallel(base, max(1, len(to_train)))

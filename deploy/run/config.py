@@ -61,9 +61,10 @@ def resolve_task_of_run(cfg: Config, env_factory: Callable[[int], Any] | None = 
     try:
         select_gl_backend()
     except RenderingUnavailableError:
-        if spec.suite != "custom":
+        if spec.suite == "dmc":
             raise
-        # A user's env may draw without OpenGL (the numpy example does): only MuJoCo needs a backend.
+        # A gymnasium or user's env may draw without OpenGL (the numpy example does); a MuJoCo one asks for the
+        # backend when it is built, and then fails with this same paragraph.
     try:
         probe = (env_factory or (lambda seed: make_env(spec, seed, cfg.model.image_size)))(0)
         try:
@@ -73,11 +74,9 @@ def resolve_task_of_run(cfg: Config, env_factory: Callable[[int], Any] | None = 
                 spec = dataclasses.replace(spec, episode_length=probe.own_time_limit)  # the env's own, not DEFAULTS'
         finally:
             probe.close()
-    except TaskError:
+    except (TaskError, RenderingUnavailableError):
         raise
-    except Exception as exc:  # the user's env failing in reset or render: a task problem, named as one
-        if spec.suite != "custom":
-            raise
+    except Exception as exc:  # an env failing in reset or render (a missing render dependency): named as a task problem
         raise TaskError(f"task {spec.name}: building, resetting or rendering its env raised {type(exc).__name__}: "
                         f"{exc}") from exc
     log.info("%s; frames %s, %d actions", spec.describe(), "x".join(map(str, frame.shape)), action_dim)

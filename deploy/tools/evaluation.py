@@ -20,6 +20,7 @@ import numpy as np
 
 from actors.evaluator import Evaluator
 from common.envs import RenderingUnavailableError
+from common.tasks import TaskError
 from deploy.run.files import RunFiles
 from deploy.run.logger import write_gif
 from deploy.tools.trained import TrainedPolicyError, load_trained
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--episodes must be at least 1, got {args.episodes}")
     try:
         report = evaluate(args.run_dir, args.episodes, args.ckpt or None, args.seed, video=not args.no_video)
-    except (TrainedPolicyError, RenderingUnavailableError) as exc:
+    except (TrainedPolicyError, RenderingUnavailableError, TaskError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     name = Path(report["checkpoint"]).name

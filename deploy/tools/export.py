@@ -33,6 +33,7 @@ from torch import nn
 
 from common.envs import RenderingUnavailableError, make_env
 from common.policy import Policy
+from common.tasks import TaskError
 from deploy.run.files import RunFiles
 from deploy.tools.trained import TrainedPolicy, TrainedPolicyError, load_trained
 
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = export(args.run_dir, args.format, args.ckpt or None, args.out or None)
-    except (TrainedPolicyError, RenderingUnavailableError) as exc:
+    except (TrainedPolicyError, RenderingUnavailableError, TaskError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); run it with examples/play_exported.py {path}",
