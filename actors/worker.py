@@ -29,6 +29,7 @@ from actors.history import FeatureRing
 from common.config import Config
 from common.envs import PixelEnv, make_env, rendered_with
 from common.policy import Policy
+from common.run_files import RunFiles
 from replay_service import RateLimitTimeout, ReplayWriter
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class ActorWorker:
         action_dim = self._envs[0].action_dim
         self._writers = [ReplayWriter(self.replay_url, self.cfg.replay, self.cfg.run.task, action_dim,
                                       writer_id=f"actor{self.index}-env{k}-life{life}-gen{self.generation}",
-                                      audit_dir=Path(self.cfg.run.dir) / "audit" if self.cfg.replay.audit else None)
+                                      audit_dir=RunFiles(Path(self.cfg.run.dir)).audit if self.cfg.replay.audit else None)
                          for k in range(k_envs)]
         self._ring = FeatureRing(k_envs, self.cfg.model.sequence_length, action_dim, self.cfg.model.feature_dim)
         self._returns = [0.0] * k_envs

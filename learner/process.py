@@ -27,6 +27,7 @@ import ray
 import torch
 
 from common.config import Config
+from common.run_files import RunFiles
 from learner.checkpoint import save_checkpoint
 from learner.learner import Learner
 from learner.pipeline import BatchPrefetcher, MetricSums
@@ -89,7 +90,7 @@ class LearnerProcess:
         self._phase = "collect"
         self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
         # The embedded server's snapshot, in the run dir on the head (the `replay` user may not CONFIG GET it).
-        self._rdb_path = None if cfg.replay.url else self.run_dir / "redis" / RDB_FILE
+        self._rdb_path = None if cfg.replay.url else RunFiles(self.run_dir).redis / RDB_FILE
         limit = cfg.replay
         # A block may not take more than a quarter of the limiter's slack, so writers never stall on it.
         every = cfg.learner.replay_every
@@ -148,7 +149,7 @@ class LearnerProcess:
             snapshot = self.replay.begin_snapshot() if replay else None
         state["replay_snapshot"] = (None if snapshot is None else
                                     self.replay.finish_snapshot(snapshot, rdb_path=self._rdb_path))
-        return str(save_checkpoint(self.run_dir / "checkpoints", updates, state))
+        return str(save_checkpoint(RunFiles(self.run_dir).checkpoints, updates, state))
 
     # --- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict[str, int]:

@@ -59,7 +59,7 @@ def test_import_rules(package: str) -> None:
 @pytest.mark.parametrize(("room", "planted"), [("deploy/run", "from deploy.experiments.harness import main"),
                                                ("deploy/run", "import deploy.tools.trained"),
                                                ("deploy/run", "from deploy import tools"),
-                                               ("deploy/cluster", "from deploy.run.files import RunFiles")])
+                                               ("deploy/cluster", "from deploy.run.run_dir import RunDir")])
 def test_a_planted_import_against_the_arrows_is_caught(tmp_path: Path, room: str, planted: str) -> None:
     (tmp_path / room).mkdir(parents=True)
     (tmp_path / room / "ok.py").write_text("from common.config import Config\n")

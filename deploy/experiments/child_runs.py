@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from common.config import Config
-from deploy.run.files import RunFiles
+from common.run_files import RunFiles
 from deploy.run.ray_runtime import RAY_CPUS_BESIDES_ACTORS
 from deploy.run.signals import STOP_WITH_PARENT, StopSignals
 

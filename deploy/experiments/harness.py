@@ -38,6 +38,7 @@ from typing import Any
 import imageio.v2 as imageio
 
 from common.config import Config, parse_cli
+from common.run_files import RunFiles
 from common.tasks import slug
 from deploy.experiments.child_runs import SeedFailed, SeedRun, actors_per_seed, default_parallel, run_seeds
 from deploy.experiments.committed_seeds import committed_seeds
@@ -45,7 +46,6 @@ from deploy.experiments.provenance import machine, revision
 from deploy.experiments.results_table import config_action_repeat, write_table
 from deploy.experiments.returns_plot import plot_returns, random_baseline, read_evaluations, write_returns
 from deploy.run.errors import known_errors
-from deploy.run.files import RunFiles
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A run's config, resolved once before anything starts: the command line (a preset and overrides, or a resumed
 run's config.json and overrides) parsed here, then every auto value made a number by `resolve_run` (the task's
 settings, by building one env; the actor count; the replay's minimum size). The run directory's config.json is
-written from that (deploy/run/run_dir.py), and read back only through deploy/run/files.RunFiles.
+written from that (deploy/run/run_dir.py), and read back only through common/run_files.RunFiles.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import tyro
 
 from common.config import PRESETS, Config, ConfigError, parse_cli, resume_dir
 from common.envs import RenderingUnavailableError, make_env, select_gl_backend
+from common.run_files import RunFiles
 from common.tasks import TaskError
-from deploy.run.files import RunFiles
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from deploy.run.files import RunFiles
+from common.run_files import RunFiles
 from learner.checkpoint import latest_checkpoint
 
 MB = 1 << 20

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from common.config import ConfigError, flag_value, resume_dir
 from common.envs import RenderingUnavailableError
+from common.run_files import RunFiles
 from common.tasks import TaskError
-from deploy.run.files import RunFiles
 from learner.checkpoint import CheckpointMismatchError
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import wandb
 
 from common.config import Config
-from deploy.run.files import RunFiles
+from common.run_files import RunFiles
 
 log = logging.getLogger(__name__)
 

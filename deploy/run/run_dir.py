@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from common.config import Config, ConfigError, resume_conflicts
+from common.run_files import RunFiles
 from common.tasks import slug
-from deploy.run.files import RunFiles
 from learner.checkpoint import CheckpointMismatchError, latest_checkpoint, load_checkpoint
 from replay_service.server import AOF_DIR
 
@@ -27,7 +27,7 @@ from replay_service.server import AOF_DIR
 @dataclass(frozen=True)
 class RunDir:
     """An opened run directory: its config, the state a resume continues from, and the lock held meanwhile.
-    File names: `files` (deploy/run/files.py)."""
+    File names: `files` (common/run_files.py)."""
 
     path: Path
     cfg: Config

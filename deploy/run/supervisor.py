@@ -21,7 +21,7 @@ from typing import Any
 import ray
 
 from common.config import Config
-from deploy.run.files import RunFiles
+from common.run_files import RunFiles
 from learner.checkpoint import latest_checkpoint, load_checkpoint
 from replay_service import RedisServer
 

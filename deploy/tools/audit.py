@@ -23,7 +23,7 @@ from pathlib import Path
 import redis
 
 from common.config import ConfigError
-from deploy.run.files import RunFiles
+from common.run_files import RunFiles
 from replay_service import RedisServer
 from replay_service.schema import FLAG_TERMINATED, FLAG_TRUNCATED, KIND_STEP, STATE, row_key
 from replay_service.server import connect

@@ -20,8 +20,8 @@ import numpy as np
 
 from actors.evaluator import Evaluator
 from common.envs import RenderingUnavailableError
+from common.run_files import RunFiles
 from common.tasks import TaskError
-from deploy.run.files import RunFiles
 from deploy.run.logger import write_gif
 from deploy.tools.trained import TrainedPolicyError, load_trained
 

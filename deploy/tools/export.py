@@ -33,8 +33,8 @@ from torch import nn
 
 from common.envs import RenderingUnavailableError, make_env
 from common.policy import Policy
+from common.run_files import RunFiles
 from common.tasks import TaskError
-from deploy.run.files import RunFiles
 from deploy.tools.trained import TrainedPolicy, TrainedPolicyError, load_trained
 
 METADATA_FORMAT = 2

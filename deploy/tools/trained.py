@@ -14,7 +14,7 @@ from typing import Any
 
 from common.config import Config, ConfigError
 from common.policy import Policy
-from deploy.run.files import RunFiles
+from common.run_files import RunFiles
 from learner.checkpoint import latest_checkpoint, read_checkpoint
 from learner.learner import STATE_FORMAT
 

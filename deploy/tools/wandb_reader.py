@@ -15,7 +15,7 @@ from typing import Any
 
 from wandb.proto import wandb_internal_pb2
 
-from deploy.run.files import RunFiles
+from common.run_files import RunFiles
 
 _HEADER = b":W&B"
 _BLOCK = 32 * 1024

@@ -13,7 +13,8 @@ A run directory (`--run.dir`, default runs/<task>-<time>) holds:
     done.json           a finished reproduce seed's summary
     .lock               the driver's flock
 
-Kept free of heavy imports: the reproduce harness and the tools read it without Ray or torch.
+In common/ because the learner (checkpoints, the RDB), the actors (audit records) and deploy/ all write there; kept
+free of heavy imports, so the reproduce harness and the tools read it without Ray or torch.
 """
 
 from __future__ import annotations
