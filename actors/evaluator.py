@@ -17,8 +17,8 @@ import torch
 from actors.history import FeatureRing
 from actors.worker import EnvFactory, default_env_factory, derive_seed
 from common.config import Config
-from common.envs import rendered_with
 from common.policy import Policy
+from common.rendering import rendered_with
 
 
 class Evaluator:

@@ -27,8 +27,9 @@ import torch
 
 from actors.history import FeatureRing
 from common.config import Config
-from common.envs import PixelEnv, make_env, rendered_with
+from common.envs import PixelEnv, make_env
 from common.policy import Policy
+from common.rendering import rendered_with
 from common.run_files import RunFiles
 from replay_service import RateLimitTimeout, ReplayWriter
 

@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from actors.worker import ActorWorker, EnvFactory  # noqa: E402
 from bench.machine import commit, cpu_name, dirty, write_report  # noqa: E402
 from common.config import PRESETS, Config  # noqa: E402
-from common.envs import PixelEnv, make_env, select_gl_backend  # noqa: E402
+from common.envs import PixelEnv, make_env  # noqa: E402
+from common.rendering import select_gl_backend  # noqa: E402
 from common.tasks import TASKS  # noqa: E402
 from learner.learner import Learner  # noqa: E402
 from replay_service import RedisServer, connect  # noqa: E402

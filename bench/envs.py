@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-from common.envs import make_env, select_gl_backend
+from common.envs import make_env
+from common.rendering import select_gl_backend
 from common.tasks import TASKS
 
 

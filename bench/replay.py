@@ -34,7 +34,8 @@ EPISODE = 250  # cheetah_run's agent steps per episode (1000 env steps / action 
 
 def render_pool(task: str, n: int) -> np.ndarray:
     """n real frames of `task` under random actions (with resets), uint8 [n, 3, 64, 64]."""
-    from common.envs import make_env, select_gl_backend
+    from common.envs import make_env
+    from common.rendering import select_gl_backend
 
     select_gl_backend()
     env = make_env(task, 0)

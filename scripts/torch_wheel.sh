@@ -6,7 +6,7 @@
 #   scripts/torch_wheel.sh            # pip's arguments for torch: torch==<pin> and where it comes from
 #   scripts/torch_wheel.sh --has-gpu  # 1 on a GPU machine, else 0
 #
-# A GPU machine is one where `nvidia-smi -L` works or /dev/nvidia0 exists (common/envs.nvidia_gpu_present
+# A GPU machine is one where `nvidia-smi -L` works or /dev/nvidia0 exists (common/rendering.nvidia_gpu_present
 # agrees); HAS_GPU=0 or 1 in the environment overrides that (`make setup HAS_GPU=0`: the CPU build anyway).
 # It gets the CUDA build for the newest CUDA its driver supports (nvidia-smi's "CUDA Version"), from PyTorch's
 # index, with --force-reinstall so that a local +cpu wheel in pip's find-links cannot win; a driver too old

@@ -13,7 +13,7 @@ import pytest
 import torch
 from replay_fixtures import flush_db, serve
 
-from common.envs import select_gl_backend
+from common.rendering import select_gl_backend
 from replay_service import RedisServer
 
 # Choose the GL backend once for this process and its children (Ray workers, writer processes).

@@ -181,7 +181,7 @@ def test_each_env_renders_its_own_frames_beside_others(task: str) -> None:
 
 
 def test_gl_backend_choice_prefers_egl_on_nvidia_machines() -> None:
-    from common.envs import preferred_gl_backend
+    from common.rendering import preferred_gl_backend
 
     def no_gpu() -> bool:
         return False
@@ -196,12 +196,12 @@ def test_gl_backend_choice_prefers_egl_on_nvidia_machines() -> None:
 
 
 def test_select_gl_backend_exports_egl_on_an_nvidia_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    import common.envs
+    import common.rendering
 
     monkeypatch.delenv("MUJOCO_GL", raising=False)
     monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)
-    monkeypatch.setattr(common.envs, "nvidia_gpu_present", lambda: True)
-    assert common.envs.select_gl_backend() == "egl"
+    monkeypatch.setattr(common.rendering, "nvidia_gpu_present", lambda: True)
+    assert common.rendering.select_gl_backend() == "egl"
     assert os.environ["MUJOCO_GL"] == "egl" and os.environ["PYOPENGL_PLATFORM"] == "egl"
 
 
@@ -209,7 +209,7 @@ def test_egl_that_cannot_start_falls_back_to_osmesa_with_one_warning() -> None:
     """A process where EGL cannot start (here: glvnd finds no EGL vendor; on a GPU machine: a Ray actor whose
     CUDA_VISIBLE_DEVICES hides the GPU) renders with OSMesa, says so once, and reports what draws."""
     code = ("import logging, json; logging.basicConfig(level=logging.INFO)\n"
-            "from common.envs import make_env, process_renderer\n"
+            "from common.envs import make_env\nfrom common.rendering import process_renderer\n"
             "envs = [make_env('cartpole_balance', seed=i) for i in range(2)]\n"
             "frames = [e.reset() for e in envs]\n"
             "print(json.dumps({**process_renderer(), 'mean': float(frames[0].mean())}))\n")

@@ -18,7 +18,8 @@ from typing import Any
 import tyro
 
 from common.config import PRESETS, Config, ConfigError, parse_cli, resume_dir
-from common.envs import RenderingUnavailableError, make_env, select_gl_backend
+from common.envs import make_env
+from common.rendering import RenderingUnavailableError, select_gl_backend
 from common.run_files import RunFiles
 from common.tasks import TaskError
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.config import ConfigError, flag_value, resume_dir
-from common.envs import RenderingUnavailableError
+from common.rendering import RenderingUnavailableError
 from common.run_files import RunFiles
 from common.tasks import TaskError
 from learner.checkpoint import CheckpointMismatchError

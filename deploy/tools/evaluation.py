@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from actors.evaluator import Evaluator
-from common.envs import RenderingUnavailableError
+from common.rendering import RenderingUnavailableError
 from common.run_files import RunFiles
 from common.tasks import TaskError
 from deploy.run.logger import write_gif

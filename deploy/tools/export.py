@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.envs import RenderingUnavailableError, make_env
+from common.envs import make_env
 from common.policy import Policy
+from common.rendering import RenderingUnavailableError
 from common.run_files import RunFiles
 from common.tasks import TaskError
 from deploy.tools.trained import TrainedPolicy, TrainedPolicyError, load_trained
