@@ -24,13 +24,14 @@ def known_errors() -> tuple[type[Exception], ...]:
             ReplayConnectionError, ReplaySchemaError, RestartsExhaustedError, ReplayServerLostError, DiskFullError)
 
 
-def log_dir(argv: Sequence[str]) -> Path:
-    """Whose logs/ a failure's traceback goes to: the named run directory when it exists, else a temp dir (a run
-    refused before it started leaves no directory behind; once started, the launcher writes into the run's own)."""
+def log_dir(argv: Sequence[str], exc: BaseException) -> Path:
+    """Whose logs/ a failure's traceback goes to: a resumed run's directory, or the one `--run.dir` names, else a temp
+    dir. A task that cannot work is refused before its run exists and leaves no directory behind: its traceback goes
+    to a named directory only when that already exists."""
     resumed, named = resume_dir(argv), flag_value(argv, "run.dir")
     if resumed and RunFiles(Path(resumed)).is_run():
         return Path(resumed)
-    if named and Path(named).is_dir():
+    if named and (Path(named).is_dir() or not isinstance(exc, TaskError)):
         return Path(named)
     return Path(tempfile.gettempdir()) / "slac-dist"
 
@@ -41,7 +42,7 @@ def report(exc: BaseException, argv: Sequence[str]) -> None:
 
     cause = getattr(exc, "cause", None) or exc  # a Ray task error: the exception the process raised
     try:
-        path = getattr(exc, "log_path", None) or write_traceback(log_dir(argv), exc)
+        path = getattr(exc, "log_path", None) or write_traceback(log_dir(argv, exc), exc)
         trace = f" (traceback: {path})"
     except OSError:
         trace = ""
