@@ -64,7 +64,7 @@ def test_make_reproduce_two_seeds_in_parallel_end_to_end(tmp_path: Path) -> None
         assert info["tags"][2].startswith("commit-" + summary["commit"][:12])
         assert (tmp_path / "runs" / "cheetah_run" / "debug" / f"seed{seed}" / "logs" / "train.log").stat().st_size > 0
     table = (tmp_path / "results" / "debug" / "table.md").read_text()
-    assert "| cheetah_run | 2 | — | — |" in table and "413 / 707" in table
+    assert "| cheetah_run | 2 | 4 / 4 | — | — |" in table and "413 / 707 (AR 4)" in table  # action repeat: ours / SLAC's
     # Running it again skips the finished seeds and rebuilds the same curve.
     before = (out / "returns.csv").read_text()
     again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
