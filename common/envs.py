@@ -336,8 +336,3 @@ def make_env(task: str | TaskSpec, seed: int, image_size: int = 64) -> DmControl
     spec = parse_task(task) if isinstance(task, str) else task
     cls = DmControlEnv if spec.suite == "dmc" else GymnasiumEnv
     return cls(spec, seed, image_size)
-
-
-def needs_gl(spec: TaskSpec) -> bool:
-    """Whether the task surely renders with MuJoCo's GL (a custom factory's env may, or may not)."""
-    return spec.suite in ("dmc", "gym")

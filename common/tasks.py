@@ -210,11 +210,11 @@ def parse_task(name: str) -> TaskSpec:
         domain_task = name[4:]
         if not re.fullmatch(r"[\w]+/[\w]+", domain_task):
             raise UnknownTaskError(f"task {name!r}: a dm_control task is dmc:<domain>/<task>, e.g. dmc:reacher/hard")
-        return TaskSpec(name, "dmc", domain_task, **_defaults("dmc"))  # type: ignore[arg-type]
+        return TaskSpec(name, "dmc", domain_task, **DEFAULTS["dmc"])  # type: ignore[arg-type]
     if name.startswith("gym:"):
         if not name[4:]:
             raise UnknownTaskError(f"task {name!r}: a gymnasium task is gym:<id>, e.g. gym:Pusher-v5")
-        return TaskSpec(name, "gym", name[4:], **_defaults("gym"))  # type: ignore[arg-type]
+        return TaskSpec(name, "gym", name[4:], **DEFAULTS["gym"])  # type: ignore[arg-type]
     canonical = _ALIASES.get(name) or _ALIASES.get(name.replace("-", "_"))
     if canonical is None and not _FACTORY.match(name):
         _load_entry_points()
@@ -222,12 +222,8 @@ def parse_task(name: str) -> TaskSpec:
     if canonical is not None:
         return TASKS[canonical]
     if _FACTORY.match(name):
-        return TaskSpec(name, "custom", name, **_defaults("custom"))  # type: ignore[arg-type]
+        return TaskSpec(name, "custom", name, **DEFAULTS["custom"])  # type: ignore[arg-type]
     raise _unknown(name)
-
-
-def _defaults(suite: str) -> dict[str, int | None]:
-    return dict(DEFAULTS[suite])
 
 
 def resolve_task(name: str, action_repeat: int | None = None, episode_length: int | None = None,
