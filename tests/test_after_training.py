@@ -169,7 +169,7 @@ def test_bad_input_to_eval_and_export_gets_one_line(two_runs: list[dict[str, Any
     damaged = empty / "checkpoints" / "ckpt_0000000001.pt"
     damaged.write_bytes(before[: len(before) // 2])
     assert "cannot be read" in _one_line_error(["deploy.evaluation", str(empty)])
-    foreign = torch.load(newest, map_location="cpu", weights_only=False)
+    foreign = torch.load(newest, map_location="cpu", weights_only=True)
     foreign["learner"]["format"] = 99
     torch.save(foreign, damaged)
     assert "another version of slac-dist" in _one_line_error(["deploy.export", str(empty)])

@@ -117,7 +117,7 @@ def test_a_redis_server_that_cannot_come_back_ends_the_run_with_a_clear_error(tm
     assert "without a replay snapshot" in run.text and "Traceback" not in run.text, run.text[-3000:]
     assert ended < REDIS_GIVE_UP_S + 90, ended
     newest = max((run_dir / "checkpoints").glob("ckpt_*.pt"))
-    state = torch.load(newest, map_location="cpu", weights_only=False)
+    state = torch.load(newest, map_location="cpu", weights_only=True)
     assert state["replay_snapshot"] is None and state["counters"]["updates"] >= 20, state["counters"]
     assert str(newest) in run.text
 

@@ -149,7 +149,7 @@ def test_checkpoint_round_trip_resumes_bit_for_bit(cheetah: tuple[Batch, int]) -
     torch.save(original.state_dict(), buffer)
     buffer.seek(0)
     resumed = Learner(CFG, action_dim, seed=99)
-    resumed.load_state_dict(torch.load(buffer, weights_only=False))
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
     a = _floats(original.update(batch))
     b = _floats(resumed.update(batch))
     assert a == b

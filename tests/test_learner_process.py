@@ -153,7 +153,7 @@ def test_checkpoint_writes_while_the_loop_keeps_updating(url: str, tmp_path: Pat
     assert during[1] - during[0] >= 5, f"updates during the 2 s write: {during}"  # the old lock allowed none
     # The loop's longest pause due to the checkpoint: the one time it held the lock (snapshot in memory, BGSAVE fork).
     assert len(holds) == 1 and holds[0] < 0.2, f"the checkpoint held the update lock for {holds} s"
-    state = torch.load(written[0], map_location="cpu", weights_only=False)
+    state = torch.load(written[0], map_location="cpu", weights_only=True)
     assert state["counters"]["updates"] <= during[0] and state["extra"] == {"k": 1}
     assert state["replay_snapshot"].endswith(".rdb")
 

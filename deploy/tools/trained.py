@@ -3,7 +3,8 @@
 The checkpoint holds the whole learner; what acting needs is the latent model's encoder and the actor
 head, the same blob the learner publishes to its actors (`Learner.actor_weights`), so the policy that is
 evaluated or exported is exactly the one the actors ran. Every way this can go wrong (not a run, no
-checkpoint, a damaged one, one from another version of slac-dist) is a `TrainedPolicyError` of one line.
+checkpoint, a damaged one, one from another version of slac-dist, one that holds more than tensors and plain
+containers and is refused unread: learner/checkpoint.py) is a `TrainedPolicyError` of one line.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from common.config import Config, ConfigError
 from common.policy import Policy
 from common.run_files import RunFiles
-from learner.checkpoint import latest_checkpoint, read_checkpoint
+from learner.checkpoint import UnsafeCheckpointError, latest_checkpoint, read_checkpoint
 from learner.learner import STATE_FORMAT
 
 
@@ -63,6 +64,8 @@ def load_trained(run_dir: str | Path, checkpoint: str | None = None) -> TrainedP
     path = _checkpoint_path(run_dir, checkpoint)
     try:
         state = read_checkpoint(path)
+    except UnsafeCheckpointError as exc:  # not damage: its own paragraph says why it was refused and what to do
+        raise TrainedPolicyError(str(exc)) from None
     except Exception as exc:  # truncated, bit-flipped, not a torch file: all mean the same to the user
         raise TrainedPolicyError(f"checkpoint {path} cannot be read ({type(exc).__name__}): it is damaged or not a "
                                  "slac-dist checkpoint; pick another with CKPT=<file> (ls "
