@@ -4,7 +4,8 @@ The defaults are the paper's (Lee et al., appendices B and C) and the official i
 the paper is silent; `PRESETS["debug"]` shrinks widths and counts so the whole system runs on a laptop
 in minutes (the tests use it). The command line overrides any field with dotted keys
 (`--sac.batch-size 128`) through tyro; `parse_cli` is the one way in. A config round-trips through
-JSON unchanged (`to_json` / `from_json`), which is how run directories and checkpoints record it.
+JSON unchanged (`to_json` / `from_json`), which is how run directories and checkpoints record it, but for a
+password in `replay.url`: every record holds it as `***` (`redact`), so a run directory holds no secret.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -47,6 +49,22 @@ def _check_positive(group: Any, prefix: str, *names: str) -> None:
     for name in names:
         value = getattr(group, name)
         _check(value > 0, f"{prefix}.{name} must be positive, got {value}")
+
+
+REDACTED = "***"
+"""What a password becomes in every record of a URL (config.json, checkpoints, W&B, summaries, messages)."""
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced (`user:pass@`, `:pass@`, `?password=`): the one form in which a replay URL
+    is written, logged or shown, so that a run directory, a log or a W&B run can be shared."""
+    url = re.sub(r"//([^/:@]*):[^/]*@", rf"//\1:{REDACTED}@", url)  # up to the last @ before the path
+    return re.sub(r"([?&]password=)[^&#]*", rf"\1{REDACTED}", url)
+
+
+def is_redacted(url: str) -> bool:
+    """Whether `url` is a record's copy whose password `redact` replaced, i.e. no longer one to connect with."""
+    return "//" in url and (f":{REDACTED}@" in url or f"password={REDACTED}" in url)
 
 
 @dataclass(frozen=True)
@@ -167,7 +185,7 @@ class ReplayConfig:
         _check(self.flush_every > 0, f"replay.flush_every must be positive, got {self.flush_every}")
         _check(0 <= self.port < 65536, f"replay.port must be a TCP port, got {self.port}")
         _check(self.url == "" or self.url.startswith(("redis://", "unix://")),
-               f"replay.url must look like redis://host:port/db, got {self.url!r}")
+               f"replay.url must look like redis://host:port/db, got {redact(self.url)!r}")
 
 
 @dataclass(frozen=True)
@@ -388,8 +406,13 @@ class Config:
         return max(self.learner.initial_collection_agent_steps, self.sac.batch_size)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (tuples become lists), as written to config.json and W&B."""
-        return dataclasses.asdict(self)
+        """Plain nested dict (tuples become lists): what every record of the config holds (config.json, each
+        checkpoint, W&B, summaries), so `replay.url` has its password replaced (`redact`). The processes of a run are
+        handed this Config object itself, real URL and all; a resume asks for the password again
+        (deploy/run/config.parse_args)."""
+        data = dataclasses.asdict(self)
+        data["replay"]["url"] = redact(self.replay.url)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

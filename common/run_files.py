@@ -2,7 +2,8 @@
 
 A run directory (`--run.dir`, default runs/<task>-<time>) holds:
 
-    config.json         the resolved config (written once when the run starts, again on each resume)
+    config.json         the resolved config (written once when the run starts, again on each resume), a
+                        replay.url password as *** (Config.to_dict): a run directory holds no secret
     checkpoints/        ckpt_<updates>.pt with its .sha256 (learner/checkpoint.py)
     eval.csv            every evaluation of the run
     wandb/              the W&B run (offline unless configured)
@@ -103,4 +104,6 @@ class RunFiles:
                               "was changed.") from None
 
     def write_config(self, cfg: Config) -> None:
+        """Record `cfg` as config.json, through Config.to_json: a replay.url password is written as ***, so a resume
+        asks for it again (deploy/run/config.parse_args)."""
         self.config.write_text(cfg.to_json())

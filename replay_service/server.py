@@ -23,7 +23,8 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
-from common.config import ReplayConfig
+# redact: re-exported for the replay's clients (writer, driver); it lives beside the config whose records it cleans.
+from common.config import ReplayConfig, redact
 from replay_service.limiter import poll_until
 from replay_service.schema import FRAME_BYTES, frame_capacity
 
@@ -81,12 +82,6 @@ class ReplayConnectionError(ConnectionError):
 def maxmemory_bytes(cfg: ReplayConfig) -> int:
     """The embedded server's maxmemory for this capacity."""
     return _BASE_MEMORY + frame_capacity(cfg) * _BYTES_PER_ROW_BOUND
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced (`user:pass@`, `:pass@`, `?password=`), for messages and logs."""
-    url = re.sub(r"//([^/:@]*):[^/]*@", r"//\1:***@", url)  # up to the last @ before the path
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
 
 
 def _auth_refused(url: str, exc: Exception) -> ReplayConnectionError:

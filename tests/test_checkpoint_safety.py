@@ -188,20 +188,23 @@ def test_a_secured_run_directory_and_its_export_hold_no_replay_password(run: Run
 
 def test_an_export_holds_no_password_even_when_the_config_does(run: Run, tmp_path: Path) -> None:
     """`make export`'s file carries the policy and the metadata a user needs to run it, never the run's config:
-    a password in a replay.url the user gave (kept in config.json today, see below) stays out of it."""
+    a password in a replay.url the user gave (in config.json as an older slac-dist wrote it; today's keeps it out,
+    see below) stays out of it."""
     password = "s3cret-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:12]
     shared = tmp_path / "run"
     shutil.copytree(run.path, shared)
-    RunFiles(shared).write_config(dataclasses.replace(
-        run.cfg, replay=dataclasses.replace(run.cfg.replay, url=f"redis://replay:{password}@10.0.0.5:6379/0")))
+    older = run.cfg.to_dict()
+    older["replay"]["url"] = f"redis://replay:{password}@10.0.0.5:6379/0"
+    RunFiles(shared).config.write_text(json.dumps(older))
     assert password in RunFiles(shared).config.read_text()
     exported = export(shared, out=tmp_path / "policy.pt")
     assert exported.stat().st_size > 0 and password.encode() not in exported.read_bytes()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 29: a replay.url given with a password is written as given into "
-                                       "config.json (and checkpoints, W&B's config); see the README's Secrets")
 def test_a_password_in_a_given_replay_url_stays_out_of_config_json(tmp_path: Path) -> None:
+    """config.json, and the checkpoints' and W&B's copies of the config (Config.to_dict), hold the URL as
+    `***`; the config the run's processes are handed keeps the real one. tests/test_config_secrets.py covers the
+    resume, which asks for the password again, and `.slac-job`."""
     password = "s3cret-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:12]
     base = debug()
     cfg = dataclasses.replace(base, run=dataclasses.replace(base.run, dir=str(tmp_path / "run")),
@@ -209,3 +212,25 @@ def test_a_password_in_a_given_replay_url_stays_out_of_config_json(tmp_path: Pat
     opened = prepare_run_dir(cfg)
     opened.release()
     assert password not in opened.files.config.read_text()
+    assert "redis://replay:***@10.0.0.5:6379/0" in opened.files.config.read_text()
+    assert password not in json.dumps(opened.cfg.to_dict())  # what a checkpoint and W&B record
+    assert opened.cfg.replay.url == cfg.replay.url  # what the learner and the actors connect with
+
+
+@pytest.mark.xfail(strict=True, reason="W&B records the command line (sys.argv) in the run's .wandb file itself, "
+                                       "so a --replay.url password given there reaches wandb/: deploy/run/logger.py "
+                                       "must keep it out (the README's Secrets)")
+def test_a_password_on_the_command_line_stays_out_of_the_wandb_files(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B's copy of the config holds `***` (Config.to_dict); its own record of the command line must too."""
+    from deploy.run.logger import RunLogger
+
+    password = "s3cret-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:12]
+    url = f"redis://replay:{password}@10.0.0.5:6379/0"
+    monkeypatch.setattr(sys, "argv", ["deploy/train.py", "--replay.url", url])
+    base = debug()
+    RunLogger(dataclasses.replace(base, replay=dataclasses.replace(base.replay, url=url)), tmp_path).finish({})
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in written), written
+    leaked = [p for p in written if password.encode() in p.read_bytes()]
+    assert not leaked, f"the replay password is in {leaked}"

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.config import flag_value, resume_dir
+from common.config import flag_value, redact, resume_dir
 from common.tasks import SHIPPED_MODULES, TaskError, parse_task, slug
 from replay_service.server import free_port
 
@@ -176,6 +176,8 @@ def submit(preset: str, task: str, actors: str, extra: Sequence[str]) -> dict[st
     # `~` is the head's home: the job's shell expands it. Runs outlive Ray's per-session working_dir there.
     run_dir = f"~/slac-runs/{slug(task or preset or 'run')}-{time.strftime('%Y%m%d-%H%M%S')}"
     command = entrypoint(preset, task, actors, extra, run_dir)
+    # The job gets the real command; `.slac-job` and the terminal keep it with any --replay.url password as ***.
+    shown = entrypoint(preset, task, actors, [redact(a) for a in extra], run_dir)
     logging.getLogger("ray").setLevel(logging.ERROR)  # not a line per file Ray's packaging skips
     runtime_env: dict[str, Any] = {"working_dir": str(REPO), "excludes": EXCLUDES, "env_vars": env}
     with job_server() as url, tempfile.TemporaryDirectory() as scratch:
@@ -183,13 +185,13 @@ def submit(preset: str, task: str, actors: str, extra: Sequence[str]) -> dict[st
             runtime_env["py_modules"] = modules
         job_id = _client(url).submit_job(entrypoint=command, runtime_env=runtime_env)
     record = {"job_id": job_id, "address": os.environ.get("RAY_ADDRESS", ""), "cluster": os.environ.get("CLUSTER", ""),
-              "wandb_run_id": run_id, "entrypoint": command}
+              "wandb_run_id": run_id, "entrypoint": shown}
     JOB_FILE.write_text(json.dumps(record, indent=1) + "\n")
     if env["WANDB_MODE"] == "offline":
         where = "offline (set WANDB_API_KEY to watch it online); files in the run dir on the head"
     else:
         where = wandb_url(run_id) if run_id else "the resumed run's own W&B run (its URL is in `make logs`)"
-    print(f"submitted job {job_id}\n  driver: {command}\n  W&B:    {where}\n"
+    print(f"submitted job {job_id}\n  driver: {shown}\n  W&B:    {where}\n"
           f"  follow: make logs    stop (checkpoints first): make stop", flush=True)
     return record
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import tyro
 
-from common.config import PRESETS, Config, ConfigError, parse_cli, resume_dir
+from common.config import PRESETS, Config, ConfigError, is_redacted, parse_cli, resume_dir
 from common.envs import make_env
 from common.rendering import RenderingUnavailableError, select_gl_backend
 from common.run_files import RunFiles
@@ -85,7 +85,11 @@ def resolve_task_of_run(cfg: Config, env_factory: Callable[[int], Any] | None = 
 
 
 def parse_args(argv: Sequence[str]) -> Config:
-    """The config to run: a preset and overrides, or for a resume the saved config and overrides."""
+    """The config to run: a preset and overrides, or for a resume the saved config and overrides.
+
+    config.json keeps a `replay.url` password as `***` (Config.to_dict), so a resume of a run on a password-protected
+    Redis needs the URL from this command line; without it the resume stops here, before anything starts, rather
+    than failing to authenticate in every process."""
     resume = resume_dir(argv)
     if not resume:
         return parse_cli(argv)
@@ -94,7 +98,14 @@ def parse_args(argv: Sequence[str]) -> Config:
     except ConfigError as exc:
         raise ConfigError(f"--run.resume {resume}: {exc}") from None
     rest = list(argv[1:] if argv and argv[0] in PRESETS else argv)  # the saved config replaces the preset
-    return tyro.cli(Config, default=saved, args=rest)
+    cfg = tyro.cli(Config, default=saved, args=rest)
+    if is_redacted(cfg.replay.url):
+        raise ConfigError(
+            f"--run.resume {resume}: the run's replay is the Redis at {cfg.replay.url}, and its config.json keeps "
+            f"that URL without its password (a run directory holds no secret). Pass the whole URL again, password "
+            f"included, as when the run started: --run.resume {resume} --replay.url "
+            f"'redis://<user>:<password>@<host>:<port>/<db>'.")
+    return cfg
 
 
 MAX_ERROR_LINES = 12
