@@ -29,6 +29,7 @@ from actors.history import FeatureRing
 from common.config import Config
 from common.envs import PixelEnv, make_env
 from common.policy import Policy
+from common.priority import set_niceness
 from common.rendering import rendered_with
 from common.run_files import RunFiles
 from replay_service import RateLimitTimeout, ReplayWriter
@@ -63,6 +64,7 @@ class ActorWorker:
     def __init__(self, cfg: Config, index: int, replay_url: str, weights: WeightSource,
                  env_factory: EnvFactory | None = None, generation: int = 0) -> None:
         torch.set_num_threads(1)  # several actors share the cores; OpenMP stalls otherwise
+        set_niceness(cfg.actors.nice)  # the learner's threads come first (common/priority.py)
         self.cfg, self.index, self.replay_url, self.weights = cfg, index, replay_url, weights
         self.env_factory = env_factory or default_env_factory(cfg)
         self.generation = generation  # bumped on each resume, so a resumed run draws new seeds

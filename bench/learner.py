@@ -29,19 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import commit, cpu_name, dirty, write_report  # noqa: E402
-from common.batch import Batch  # noqa: E402
+from common.batch import random_batch  # noqa: E402
 from common.config import PRESETS, Config  # noqa: E402
 from learner.learner import Learner  # noqa: E402
-
-
-def random_batch(batch_size: int, frames: int, action_dim: int, generator: torch.Generator) -> Batch:
-    """Random pixels and actions; every other window padded at its start, as replay produces them."""
-    obs = torch.randint(0, 256, (batch_size, frames, 3, 64, 64), dtype=torch.uint8, generator=generator)
-    action = torch.rand(batch_size, frames - 1, action_dim, generator=generator) * 2 - 1
-    first = torch.zeros(batch_size, frames, dtype=torch.bool)
-    first[::2, min(3, frames - 1)] = True
-    return Batch(obs, action, torch.randn(batch_size, frames - 1, generator=generator),
-                 torch.zeros(batch_size, frames - 1), first)
 
 
 def _sync(device: torch.device) -> None:

@@ -24,8 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.learner import random_batch, timed  # noqa: E402
+from bench.learner import timed  # noqa: E402
 from bench.machine import commit, cpu_name, dirty, write_report  # noqa: E402
+from common.batch import random_batch  # noqa: E402
 from common.config import Config, cpu  # noqa: E402
 from learner.learner import Learner  # noqa: E402
 

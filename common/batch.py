@@ -65,3 +65,14 @@ def padding_mask(first: torch.Tensor) -> torch.Tensor:
     started = first.long().cumsum(dim=1) > 0
     has_start = first.any(dim=1, keepdim=True)
     return has_start & ~started
+
+
+def random_batch(batch_size: int, frames: int, action_dim: int, generator: torch.Generator) -> Batch:
+    """Random pixels and actions of the replay's shapes and dtypes; every other window padded at its start, as the
+    replay samples them. For benchmarks and the learner's warm-up (compiling before the first real batch)."""
+    obs = torch.randint(0, 256, (batch_size, frames, 3, 64, 64), dtype=torch.uint8, generator=generator)
+    action = torch.rand(batch_size, frames - 1, action_dim, generator=generator) * 2 - 1
+    first = torch.zeros(batch_size, frames, dtype=torch.bool)
+    first[::2, min(3, frames - 1)] = True
+    return Batch(obs, action, torch.randn(batch_size, frames - 1, generator=generator),
+                 torch.zeros(batch_size, frames - 1), first)

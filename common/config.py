@@ -193,9 +193,10 @@ class ActorsConfig:
     """The Ray actor processes that step environments."""
 
     num: int | Literal["auto"] = "auto"
-    """Number of actor processes. auto: on a private local Ray, the machine's cores less the learner, the
-    evaluator and Redis (at least 1), so a GPU workstation's cores all step environments; on a Ray cluster,
-    `cluster_num` (deploy/run/ray_runtime.resolve_actor_count)."""
+    """Number of actor processes. auto (deploy/run/ray_runtime.resolve_processes): on a private local Ray with a
+    CUDA learner, the machine's cores less the learner, the evaluator and Redis (at least 1), so a GPU
+    workstation's cores all step environments; with a CPU learner one per 8 cores (at least 1): one actor makes
+    ~180 agent steps/s, a CPU learner 20-60 updates/s, one per agent step; on a Ray cluster, `cluster_num`."""
     cluster_num: int = 2
     """What `num: auto` means on a Ray cluster, where the autoscaler adds actor nodes for them."""
     envs_per_actor: int = 4
@@ -208,6 +209,11 @@ class ActorsConfig:
     """How often Ray restarts a crashed actor process."""
     num_cpus: float = 1.0
     """CPUs Ray reserves per actor."""
+    nice: int = 19
+    """Unix niceness (0-19) of the actor and evaluator processes, every thread of them: a run is learner-bound, so
+    the learner (niceness 0) must never lose a core to an actor's or an evaluation's burst. 19 measured on 2 cores:
+    a 2-thread learner beside a nice-19 actor runs at its speed alone, beside a nice-0 one at 0.74 of it (its
+    OpenMP threads wait for the preempted one). 0 leaves them at the learner's priority."""
     node_resource: str = "actor"
     """On a Ray cluster, the custom resource each actor also asks one unit of, so actors run on the nodes that
     advertise it (deploy/cluster*.yaml's actor node type, which the autoscaler adds as actors are asked for) and
@@ -219,6 +225,7 @@ class ActorsConfig:
                f"actors.num must be a positive number or auto, got {self.num!r}")
         _check_positive(self, "actors", "cluster_num", "envs_per_actor", "weight_sync_every")
         _check(self.max_restarts >= 0, f"actors.max_restarts must be >= 0, got {self.max_restarts}")
+        _check(0 <= self.nice <= 19, f"actors.nice must be a niceness from 0 to 19, got {self.nice}")
 
 
 @dataclass(frozen=True)
@@ -239,6 +246,12 @@ class LearnerConfig:
     checkpoint_every_s: float = 600.0
     """Seconds between checkpoints whatever the update count: at most this much learner work is lost when the
     learner process dies."""
+    cpus: int | Literal["auto"] = "auto"
+    """Cores for the learner: Ray's CPUs for it and torch's intra-op threads in it (Ray alone would give a one-CPU
+    process one thread). auto (deploy/run/ray_runtime.resolve_processes): with a CUDA learner 1 (its host side is
+    one Python thread launching kernels); with a CPU learner on this machine every core, since actors and the
+    evaluator run at `actors.nice` and mostly wait on a learner-bound run (2 threads: 1.44x one on 2 cores,
+    bench/results); on a Ray cluster 1 (give a CPU learner node's cores with a number)."""
     max_restarts: int = 3
     """Times a learner process that dies is restarted from the newest checkpoint before the run gives up."""
     node_resource: str = "learner"
@@ -282,6 +295,8 @@ class LearnerConfig:
         _check(self.replay_every == "auto" or (isinstance(self.replay_every, int) and self.replay_every > 0),
                f"learner.replay_every must be a positive number or auto, got {self.replay_every!r}")
         _check(self.max_restarts >= 0, f"learner.max_restarts must be >= 0, got {self.max_restarts}")
+        _check(self.cpus == "auto" or (isinstance(self.cpus, int) and self.cpus > 0),
+               f"learner.cpus must be a positive number or auto, got {self.cpus!r}")
 
 
 @dataclass(frozen=True)
@@ -330,6 +345,9 @@ class RunConfig:
     """Environment steps between evaluations."""
     eval_episodes: int = 10
     """Episodes per evaluation, with the stochastic policy (appendix C)."""
+    video_every: int = 5
+    """Evaluations between W&B videos of an evaluation's first episode (1: every one); the step-0 and the final
+    evaluation always record one."""
     dir: str = ""
     """Run directory; empty means runs/<task>-<timestamp>."""
     resume: str = ""
@@ -359,7 +377,7 @@ class RunConfig:
             object.__setattr__(self, "task", parse_task(self.task).name)
         except UnknownTaskError as exc:
             raise ConfigError(str(exc)) from None
-        _check_positive(self, "run", "env_steps", "eval_every")
+        _check_positive(self, "run", "env_steps", "eval_every", "video_every")
         _check(self.eval_episodes >= 0, f"run.eval_episodes must be >= 0, got {self.eval_episodes}")
         _check(self.min_free_mb >= 0, f"run.min_free_mb must be >= 0, got {self.min_free_mb}")
 

@@ -11,9 +11,11 @@ eager path is the reference the compiled path is tested against (tests/test_exec
   `max-autotune-no-cudagraphs`). `auto` is reduce-overhead on CUDA. Shapes are static: one batch size per
   step function. Capturing can fail on a new driver or torch; the learner then warns once and carries on
   with `default` (`Learner.update`'s guard), and reports the mode that ran (`Learner.execution`).
-- Compilation happens at the first call of each step function, once per process. Inductor's FX-graph
-  and AOT-autograd caches (on by default, in TORCHINDUCTOR_CACHE_DIR or /tmp/torchinductor_<user>)
-  make later processes on the same machine compile faster; Dynamo's tracing is paid every time.
+- Compilation happens at the first call of each step function, once per process; the learner process
+  makes those calls on a random batch while the initial collection runs (`Learner.warm_up`). Inductor's
+  FX-graph and AOT-autograd caches (in TORCHINDUCTOR_CACHE_DIR, by default `persistent_cache()`'s
+  ~/.cache/slac-dist/inductor) make later processes on the same machine compile faster; Dynamo's tracing
+  is paid every time.
 - `precision`: `bf16` autocasts the convolutions and matrix products of the latent model (encoder,
   decoder, latent and reward heads); every network returns fp32 (common/networks.py), so KL terms,
   log-probabilities, the tanh Jacobian, the losses and Adam's state stay fp32. The critics, their
@@ -26,9 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -79,6 +83,17 @@ def compile_mode(setting: str, device: torch.device) -> str | None:
     if device.type != "cuda":  # CUDA graphs need CUDA
         return {"max-autotune": "max-autotune-no-cudagraphs", "reduce-overhead": "default"}.get(mode, mode)
     return mode
+
+
+def persistent_cache() -> Path:
+    """Point inductor's caches (compiled kernels, FX graphs, AOT-autograd graphs) at a per-user directory that
+    outlives /tmp cleaners and reboots, unless TORCHINDUCTOR_CACHE_DIR already names one: a second run on the same
+    machine then loads what the first compiled instead of compiling again. Call it before anything of inductor runs:
+    it fixes its directory at the first use (building a fused Adam is one). Returns the directory."""
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(base / "slac-dist" / "inductor")
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
 def compile_step(fn: F, setting: str, device: torch.device, mode: str | None = None) -> F:

@@ -18,13 +18,14 @@ import copy
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from common.batch import Batch
+from common.batch import Batch, random_batch
 from common.config import Config
 from common.latent_model import LatentModel, Rollout, figure_rows
 from common.networks import Gaussian, TanhGaussianActor, TwinCritic, count_parameters
@@ -112,6 +113,7 @@ class Learner:
     """SLAC's model, twin critics and their targets, actor and temperature, each with its Adam optimiser."""
 
     def __init__(self, cfg: Config, action_dim: int, device: str | torch.device = "cpu", seed: int = 0) -> None:
+        execution.persistent_cache()
         self.cfg = cfg
         self.action_dim = action_dim
         self.device = torch.device(device)
@@ -235,6 +237,43 @@ class Learner:
         self._unchecked_updates += 1
         return _expect(metrics, MODEL_KEYS)
 
+    def warm_up(self) -> float:
+        """Compile every step function now, forward and backward, on a random batch of the real shapes and dtypes,
+        leaving parameters, optimiser states, the noise generator and the counters as they were; returns its
+        seconds (0 when eager). The learner process calls it while the initial collection runs, so the first real
+        update does not stall for the compilation (a minute or two on a CPU). A failure is logged and left to the
+        first real update, whose guard (`_guarded`) handles a CUDA-graph mode that cannot capture."""
+        if self._mode is None:
+            return 0.0
+        start = time.perf_counter()
+        noise_generator = torch.Generator(self.device).manual_seed(self.seed)  # the updates' own stays untouched
+        frames = self.cfg.model.sequence_length + 1
+
+        def batch(size: int) -> tuple[Batch, UpdateNoise]:
+            data = random_batch(size, frames, self.action_dim, torch.Generator().manual_seed(self.seed))
+            return self._prepare(data), self._draw_noise(size, noise_generator)
+
+        def call(name: str, *args: Any) -> Any:
+            if self._cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            return self.first_call(name, self._steps[name], *args)
+
+        optimizers = (self.model_optimizer, self.critic_optimizer, self.actor_optimizer, self.alpha_optimizer)
+        try:
+            call("model", *batch(self.cfg.model.batch_size))[0].backward()
+            sac_batch, noise = batch(self.cfg.sac.batch_size)
+            (losses, transition, _) = call("model_critic", sac_batch, noise)
+            (losses[0] + losses[1]).backward()
+            call("actor", transition, noise.action)[0].backward()
+            if self.cfg.sac.auto_entropy:
+                call("alpha", transition, noise.alpha_action)[0].backward()
+        except Exception as exc:  # noqa: BLE001 - the first real update meets it again, under its guard
+            log.warning("learner: compiling ahead of the first update failed (%s: %s); it compiles at that update",
+                        type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        finally:
+            self._zero_grads(*optimizers)
+        return time.perf_counter() - start
+
     @staticmethod
     def _zero_grads(*optimizers: torch.optim.Optimizer) -> None:
         """Clear gradients before the forward passes, not between forward and backward: with CUDA graphs the
@@ -282,8 +321,8 @@ class Learner:
                 f"{self.model_updates}), so the networks are no longer usable. Check the replay's data and the "
                 "learning rates, then resume from the last checkpoint (--run.resume <run dir>).")
 
-    def _draw_noise(self, batch_size: int) -> UpdateNoise:
-        m, g, dev = self.cfg.model, self.generator, self.device
+    def _draw_noise(self, batch_size: int, generator: torch.Generator | None = None) -> UpdateNoise:
+        m, g, dev = self.cfg.model, generator or self.generator, self.device
         frames = m.sequence_length + 1
 
         def normal(*shape: int) -> torch.Tensor:

@@ -9,7 +9,10 @@ updates, the only host sync of the loop besides the mirror's once-per-block refr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -106,3 +109,35 @@ class MetricSums:
         out = {k: (v, self._count) for k, v in zip(self._keys, values, strict=True)}
         self._keys, self._sum, self._count = (), None, 0
         return out
+
+
+class SectionClock:
+    """Where the learner's wall clock goes, by section of its loop (sampling, updating, the replay's syncs and
+    waits, publication, figures); `fractions()` gives each section's share of the time since its last call, the
+    rest under `other` (the loop's own Python). `update` includes the metrics fetches between updates and any wait
+    for a checkpoint's snapshot, which holds the update lock. Timing a section costs two clock
+    reads, nothing next to an update, and synchronises nothing: on CUDA, where kernels run asynchronously, a
+    section's time is what the host spent in it (`update` then includes waits for the device)."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {}
+        self._mark = time.monotonic()
+        self._guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._guard:
+                self._seconds[name] = self._seconds.get(name, 0.0) + time.monotonic() - start
+
+    def fractions(self) -> dict[str, float]:
+        """{section: share of the wall clock since the last call} plus `other`, summing to 1; then start over."""
+        now = time.monotonic()
+        with self._guard:
+            seconds, self._seconds, elapsed, self._mark = self._seconds, {}, max(now - self._mark, 1e-6), now
+        shares = {name: min(1.0, value / elapsed) for name, value in seconds.items()}
+        shares["other"] = max(0.0, 1.0 - sum(shares.values()))
+        return shares

@@ -1,7 +1,8 @@
 """The learner process: sync the replay mirror, sample, update, publish weights, checkpoint.
 
 Phases follow the official SLAC implementation: (1) wait for the initial random collection
-(`learner.initial_collection_agent_steps` agent steps, one stored transition each), (2) pre-train the model alone for
+(`learner.initial_collection_agent_steps` agent steps, one stored transition each), compiling the update
+meanwhile (`Learner.warm_up`), (2) pre-train the model alone for
 `learner.model_pretrain_steps` updates, (3) publish the first policy and train model, critics and actor
 jointly, one update per inserted transition (the replay's rate limiter enforces the ratio). The driver
 (deploy/) wraps this class in `ray.remote(num_gpus=..., max_concurrency=3)` so `poll` and `stop` answer while
@@ -16,8 +17,8 @@ sampled while the current update runs (`BatchPrefetcher`).
 from __future__ import annotations
 
 import logging
+import os
 import threading
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,10 +28,11 @@ import ray
 import torch
 
 from common.config import Config
+from common.priority import set_niceness
 from common.run_files import RunFiles
 from learner.checkpoint import save_checkpoint
 from learner.learner import Learner
-from learner.pipeline import BatchPrefetcher, MetricSums
+from learner.pipeline import BatchPrefetcher, MetricSums, SectionClock
 from replay_service import SequenceReplay
 from replay_service.server import RDB_FILE
 
@@ -55,12 +57,24 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def host_info() -> dict[str, Any]:
+    """What this process runs on: torch's intra-op threads, Ray's CPUs for it, the machine's cores, its niceness
+    (the run's W&B config and summary carry it, under `execution`)."""
+    assigned = ray.get_runtime_context().get_assigned_resources() if ray.is_initialized() else {}
+    return {"threads": torch.get_num_threads(), "ray_cpus": assigned.get("CPU"),
+            "cores": len(os.sched_getaffinity(0)), "nice": os.getpriority(os.PRIO_PROCESS, 0)}
+
+
 class LearnerProcess:
     """Owns the `Learner` and the replay mirror; runs SLAC's three phases until stopped."""
 
     def __init__(self, cfg: Config, action_dim: int, replay_url: str, publisher: WeightPublisher,
                  run_dir: str, resume_state: dict[str, Any] | None = None) -> None:
         self.cfg, self.publisher, self.run_dir = cfg, publisher, Path(run_dir)
+        if isinstance(cfg.learner.cpus, int):
+            torch.set_num_threads(cfg.learner.cpus)  # Ray set OMP_NUM_THREADS to its CPUs; a 1-CPU actor gets 1
+        set_niceness(0)  # above the actors' and the evaluator's (common/priority.py)
+        self.host = host_info()
         self.device = resolve_device(cfg.learner.device)
         if self.device.type == "cpu":
             log.warning("learner running on CPU (torch sees no CUDA device)")
@@ -84,8 +98,7 @@ class LearnerProcess:
         self._counts: dict[str, int] = defaultdict(int)
         self._device_sums = MetricSums()
         self._unrecorded_samples = 0
-        self._replay_wait_s = 0.0  # joint training: time in the replay (sync, waiting for inserts), not updating
-        self._wait_mark = (time.monotonic(), 0.0)
+        self._clock = SectionClock()  # joint training: where the learner's time goes (W&B time/learner_*)
         self._figure: np.ndarray | None = None
         self._phase = "collect"
         self._node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
@@ -113,13 +126,12 @@ class LearnerProcess:
             compile_s = self.learner.compile_seconds
         if compile_s:
             metrics["learner/first_update_s"] = sum(compile_s.values())  # compilation, when learner.compile is on
+        shares = self._clock.fractions()
         if self._phase == "train":
-            now, waited = time.monotonic(), self._replay_wait_s
-            mark_time, mark_waited = self._wait_mark
-            self._wait_mark = (now, waited)
-            metrics["bound/learner_wait_fraction"] = min(1.0, (waited - mark_waited) / max(now - mark_time, 1e-6))
+            metrics.update({f"time/learner_{name}": share for name, share in shares.items()})
+            metrics["bound/learner_wait_fraction"] = shares.get("replay", 0.0)
         return {"metrics": metrics, "counters": counters, "phase": self._phase, "figure": figure, "node_id": self._node_id,
-                "execution": self.learner.execution,
+                "execution": {**self.learner.execution, **self.host},
                 "replay": self.replay.stats(current_version=counters["version"])}
 
     def stop(self) -> None:
@@ -172,7 +184,10 @@ class LearnerProcess:
         return dict(self.counters)
 
     def _wait_for_initial_collection(self) -> bool:
+        """Compile the update while the actors collect (`Learner.warm_up`), then wait for the initial collection."""
         self._phase = "collect"
+        if self.counters["pretrain_updates"] == 0 and self.counters["updates"] == 0:
+            self.learner.warm_up()
         while not self._stop.is_set():
             self.replay.sync()
             if self.replay.size >= self.cfg.initial_collection_size:
@@ -202,28 +217,31 @@ class LearnerProcess:
         """Blocks of `self.block` updates, each admitted whole by the rate limiter and recorded once."""
         self._phase = "train"
         prefetch = self._prefetch[self.cfg.sac.batch_size]
+        clock = self._clock
         while not self._stop.is_set():
             # Syncs the mirror while it waits; the block's last sample must be within the limiter's bounds.
-            prefetch.fence()
-            start = time.monotonic()
-            admitted = self.replay.wait_for_sample(timeout_s=0.2, samples=self.block)
-            self._replay_wait_s += time.monotonic() - start
+            with clock.section("replay"):
+                prefetch.fence()
+                admitted = self.replay.wait_for_sample(timeout_s=0.2, samples=self.block)
             if not admitted:
                 continue  # the actors are behind the samples-per-insert target: wait for inserts
             for _ in range(self.block):
-                batch = prefetch.next()
-                with self._lock:
+                with clock.section("sample"):
+                    batch = prefetch.next()
+                with clock.section("update"), self._lock:
                     self._device_sums.add(self.learner.update(batch))
                     self.counters["updates"] += 1
                     self._unrecorded_samples += 1
                     self._after_update(self.counters["updates"])
                 updates = self.counters["updates"]
                 if updates % self.cfg.learner.publish_every == 0:
-                    self._publish()
-                self._maybe_figure(batch, updates)
+                    with clock.section("publish"):
+                        self._publish()
+                with clock.section("figure"):
+                    self._maybe_figure(batch, updates)
                 if self._stop.is_set():
                     break
-            with self._lock:
+            with clock.section("replay"), self._lock:
                 self._record_samples()
 
     def _after_update(self, updates: int) -> None:

@@ -141,3 +141,15 @@ class Run:
             self.proc.wait()
             if server is not None and alive(server):
                 os.kill(server, signal.SIGTERM)
+
+
+def thread_niceness(pid: int) -> set[int]:
+    """The niceness of every thread of process `pid` (Linux keeps one per thread), from /proc/<pid>/task/*/stat."""
+    values = set()
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        values.add(int(fields[16]))  # field 19 of stat(5); the two before the split are pid and (comm)
+    return values

@@ -252,7 +252,9 @@ def test_nodes_share_the_working_tree_the_venv_and_the_token(path: Path) -> None
             assert command.startswith(VENV_PATH + ";"), f"{key}: the venv's ray must be the one run: {command}"
             for argv in _simple_commands(command):
                 if argv[:2] == ["ray", "start"]:
-                    assert "RAY_AUTH_MODE=token ray start" in command, command
+                    # Token authentication on every node; workers at niceness 0 (Ray's default is 15), so the
+                    # learner runs above the actors and the evaluator (common/priority.py).
+                    assert "RAY_AUTH_MODE=token RAY_worker_niceness=0 ray start" in command, command
     assert [c for c in cfg["setup_commands"] if re.fullmatch(r"cd ~/slac-dist && make setup", c)]
 
 

@@ -1,4 +1,4 @@
-"""End to end on CPU: real Ray, real redis-server, real rendering, W&B offline, tiny networks.
+"""End to end on CPU: real Ray, real redis-server, real rendering, W&B offline, TensorBoard, tiny networks.
 
 The cheetah run goes through the real entry point (`python -m deploy.train`, what `make train` runs)
 and is then resumed; the hopper run is driven in-process so the test can kill an actor mid-run and
@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 import pytest
 import ray
+from process_tools import thread_niceness
+from tensorboard_files import event_files, images, read_events, scalars, values
 
 from common.config import debug, parse_cli
 from common.envs import make_env
-from deploy.tools.wandb_reader import find_offline_runs, read_config, read_history
+from deploy.tools.wandb_reader import find_offline_runs, read_config
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
@@ -35,17 +37,6 @@ def _train_cli(args: list[str], timeout: int = 600) -> dict[str, Any]:
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"training failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
     return json.loads(proc.stdout[proc.stdout.index('{\n  "summary"'):])["summary"]
-
-
-def _history(run_dir: Path) -> list[dict[str, Any]]:
-    rows = []
-    for run in find_offline_runs(run_dir):
-        rows += read_history(run)
-    return rows
-
-
-def _values(rows: list[dict[str, Any]], key: str) -> list[Any]:
-    return [row[key] for row in rows if key in row]
 
 
 def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
@@ -79,33 +70,45 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
     checkpoints = sorted((run_dir / "checkpoints").glob("ckpt_*.pt"))
     assert checkpoints, "no checkpoint written"
 
-    # W&B offline files: read the metrics back.
-    runs = find_offline_runs(run_dir)
-    assert len(runs) == 1
-    rows = read_history(runs[0])
+    # The metrics, read back from the TensorBoard files (what `make tensorboard` shows) with TensorBoard's reader.
+    assert len(find_offline_runs(run_dir)) == 1 and len(event_files(run_dir)) == 1
+    events = read_events(run_dir)
     for key in ("model/loss", "model/reconstruction", "model/kl", "critic/loss", "actor/loss", "alpha/value",
                 "train/return", "eval/return", "perf/updates_per_s", "perf/env_steps_per_s",
                 "replay/size", "actors/restarts", "counters/updates"):
-        values = _values(rows, key)
-        assert values, f"{key} never logged"
-        assert all(np.isfinite(v) for v in values), f"{key} has non-finite values"
-    # Training rows advance along env steps; eval rows carry the env step their evaluation started at.
-    env_steps = [row["env_steps"] for row in rows if "counters/updates" in row]
+        logged = values(events, key)
+        assert logged, f"{key} never logged"
+        assert all(np.isfinite(v) for v in logged), f"{key} has non-finite values"
+    # Training rows advance along env steps (TensorBoard's step); eval rows carry the env step their evaluation started at.
+    env_steps = [event.step for event in scalars(events, "counters/updates")]
     assert env_steps == sorted(env_steps) and env_steps[-1] >= 4400
     # Both step counts: agent steps are policy decisions, env steps = agent steps x cheetah's repeat of 4.
-    last = [row for row in rows if "counters/agent_steps" in row][-1]
-    assert last["counters/env_steps"] == 4 * last["counters/agent_steps"] == last["env_steps"]
+    last_env, last_agent = scalars(events, "counters/env_steps")[-1], scalars(events, "counters/agent_steps")[-1]
+    assert last_env.value == 4 * last_agent.value == last_env.step and last_env.step == last_agent.step
     assert summary["env_steps"] == 4 * summary["agent_steps"]
     # The evaluation grid: the uniform random policy at step 0 (version 0), then a point every eval_every.
     evals = list(csv.DictReader((run_dir / "eval.csv").open()))
     assert evals[0]["scheduled_env_steps"] == "0" and evals[0]["policy_version"] == "0"
     scheduled = [int(r["scheduled_env_steps"]) for r in evals]
     assert scheduled == sorted(scheduled) and all(s % cfg.run.eval_every == 0 or s == 4400 for s in scheduled)
-    assert any("eval/video" in "".join(row) for row in rows) and any("model/samples" in "".join(r) for r in rows)
+    # Each evaluation's return at the env step it started at, as in eval.csv; its video (a GIF) and the figure-7 grid.
+    assert [(e.step, e.value) for e in scalars(events, "eval/return")] == [
+        (int(r["env_steps"]), pytest.approx(float(r["return_mean"]), abs=1e-4)) for r in evals]
+    videos = images(events, "eval/video")
+    assert videos and all(v.encoded_image_string.startswith(b"GIF89a") and v.width == v.height == cfg.model.image_size
+                          for v in videos)
+    assert {v.step for v in videos} <= {int(r["env_steps"]) for r in evals}
+    assert images(events, "model/samples")
+    # What W&B itself received: its config.
+    runs = find_offline_runs(run_dir)
     assert read_config(runs[0])["model"]["z1_dim"] == cfg.model.z1_dim
     # The execution mode that really ran (after any CUDA-graph fallback) is in W&B's config and the summary.
+    # With the learner's threads, Ray CPUs, the machine's cores and its niceness (`learner.cpus` auto: every core).
     assert read_config(runs[0])["execution"] == summary["execution"] == {
-        "compile": "none", "precision": "fp32", "cuda_graphs": False, "fallback": None}
+        "compile": "none", "precision": "fp32", "cuda_graphs": False, "fallback": None,
+        "threads": len(os.sched_getaffinity(0)), "ray_cpus": len(os.sched_getaffinity(0)),
+        "cores": len(os.sched_getaffinity(0)), "nice": 0}
+    assert summary["learner_threads"] == len(os.sched_getaffinity(0))
     # The OpenGL renderer each actor and the evaluator drew with (probed once per process), as W&B config.
     renderers = read_config(runs[0])["renderers"]
     assert renderers and all(r["backend"] in ("egl", "osmesa") and r["renderer"] for r in renderers), renderers
@@ -117,7 +120,11 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
     assert resumed["replay"]["inserted"] > replay["inserted"]
     runs = find_offline_runs(run_dir)
     assert len(runs) == 2 and len({r.name.split("-")[-1] for r in runs}) == 1, runs
-    assert min(_values(read_history(runs[1]), "env_steps")) >= summary["env_steps"] - 200
+    # TensorBoard: the resumed driver's events in a second file of the same folder (one TensorBoard run).
+    assert len(event_files(run_dir)) == 2
+    resumed_events = read_events(run_dir, file=1)
+    steps = [e.step for tag in resumed_events.Tags()["scalars"] for e in resumed_events.Scalars(tag)]
+    assert steps and min(steps) >= summary["env_steps"] - 200
 
 
 def test_resume_with_incompatible_config_is_a_clear_error(tmp_path: Path) -> None:
@@ -171,7 +178,32 @@ def _kill_first_actor_mid_run(info: dict[str, Any], killed: threading.Event) -> 
     threading.Thread(target=kill, daemon=True).start()
 
 
+def _read_priorities(seen: dict[str, Any]) -> None:
+    """From a thread beside a run: each Ray process's pid, the niceness of all its threads, and the learner's torch
+    threads, read inside the processes (`__ray_call__`) and from /proc, once the actors are acting."""
+    def read() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                handles = {name: ray.get_actor(f"slac-{name}") for name in ("learner", "evaluator", "actor-0", "actor-1")}
+                pids = {name: ray.get(h.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+                        for name, h in handles.items()}
+                if ray.get(handles["actor-0"].poll.remote(), timeout=10)["counters"]["steps"] < 20:
+                    raise LookupError("the actors have not acted yet")
+                seen["learner_threads"] = ray.get(handles["learner"].__ray_call__.remote(
+                    lambda self: __import__("torch").get_num_threads()), timeout=10)
+            except Exception:  # noqa: BLE001 - a process may not exist yet
+                time.sleep(0.5)
+                continue
+            seen["niceness"] = {name: thread_niceness(pid) for name, pid in pids.items()}
+            return
+
+    threading.Thread(target=read, daemon=True).start()
+
+
 def test_hopper_survives_a_killed_actor_and_a_raising_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also: the learner takes the cores it was given (`--learner.cpus 2`) at niceness 0, the actors and the
+    evaluator run at `actors.nice` (19) in every thread, read from the processes of the real run."""
     import ray.cloudpickle
 
     from common.batch import padding_mask
@@ -181,10 +213,17 @@ def test_hopper_survives_a_killed_actor_and_a_raising_env(tmp_path: Path, monkey
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship FlakyEnv to the Ray workers
     monkeypatch.setenv("RAY_ADDRESS", "local")
     cfg = parse_cli(["debug", "--run.task", "hopper", "--run.dir", str(tmp_path / "hopper"),
-                     "--actors.num", "2", "--run.env-steps", "1600", "--run.eval-episodes", "1"])
-    killed = threading.Event()
-    summary = train(cfg, env_factory=FlakyEnv, on_started=lambda info: _kill_first_actor_mid_run(info, killed))
+                     "--actors.num", "2", "--run.env-steps", "1600", "--run.eval-episodes", "1",
+                     "--learner.cpus", "2"])
+    killed, seen = threading.Event(), {}
+    summary = train(cfg, env_factory=FlakyEnv, on_started=lambda info: (
+        _read_priorities(seen), _kill_first_actor_mid_run(info, killed)))
     assert killed.is_set(), "the test never got to kill the actor"
+    assert seen.get("niceness"), "the test never read the processes' priorities"
+    assert seen["niceness"]["learner"] == {0} and seen["learner_threads"] == 2, seen
+    assert all(seen["niceness"][name] == {cfg.actors.nice} for name in ("evaluator", "actor-0", "actor-1")), seen
+    assert summary["learner_threads"] == summary["execution"]["threads"] == 2
+    assert summary["execution"]["ray_cpus"] == 2 and summary["execution"]["nice"] == 0
     assert summary["env_steps"] >= 1600 and not summary["interrupted"]
     assert summary["actor_restarts"] >= 1
     assert summary["env_errors"] >= 1

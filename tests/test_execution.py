@@ -55,9 +55,27 @@ def _train(learner: Learner) -> tuple[list[dict[str, float]], dict[str, torch.Te
 
 @pytest.fixture(scope="module")
 def eager_and_compiled() -> tuple[tuple, tuple, Learner]:
+    """The eager reference and a compiled learner trained alike; the compiled one is warmed up first (compiled on
+    a random batch, as the learner process does during the initial collection), and its training must compile
+    nothing more: `compiled_during_training` counts the graphs Dynamo compiled after the warm-up."""
+    from torch._dynamo.utils import counters
+
     eager = _train(Learner(_learner_cfg(compile="none"), 2, seed=5))
     compiled_learner = Learner(_learner_cfg(compile="default"), 2, seed=5)
-    return eager, _train(compiled_learner), compiled_learner
+    assert compiled_learner.warm_up() > 0
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    compiled = _train(compiled_learner)
+    compiled_learner.compiled_during_training = counters["stats"]["unique_graphs"] - graphs
+    return eager, compiled, compiled_learner
+
+
+def test_warm_up_compiles_everything_and_changes_nothing(eager_and_compiled: tuple[tuple, tuple, Learner]) -> None:
+    """After `warm_up` the real updates compile no graph (Dynamo's counters do not move), and the warmed-up learner's
+    updates still match the eager reference's (the next test): the warm-up moved no parameter, optimiser state or
+    noise generator."""
+    *_, learner = eager_and_compiled
+    assert learner.compiled_during_training == 0
 
 
 def test_compiled_update_matches_eager(eager_and_compiled: tuple[tuple, tuple, Learner]) -> None:

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from common.config import Config
 from common.run_files import RunFiles
-from deploy.run.ray_runtime import RAY_CPUS_BESIDES_ACTORS
+from deploy.run.ray_runtime import OVERHEAD_CPUS, learner_on_gpu, resolve_processes
 from deploy.run.signals import STOP_WITH_PARENT, StopSignals
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,11 @@ class SeedFailed(RuntimeError):
 
 
 def default_parallel(cfg: Config, seeds: int) -> int:
-    """How many seeds fit on this machine at once: the cores each run's processes need (its actors, the
-    learner, the evaluator) and, with a GPU, the learners' memory; at least 1 (1 on a 2-core CPU)."""
-    actors = 1 if cfg.actors.num == "auto" else cfg.actors.num  # auto shares what is left (`actors_per_seed`)
-    per_run = actors * cfg.actors.num_cpus + RAY_CPUS_BESIDES_ACTORS
+    """How many seeds fit on this machine at once: the cores each run's processes need (its actors, a learner
+    thread, the evaluator) and, with a GPU, the learners' memory; at least 1 (1 on a 2-core CPU)."""
+    actors = 1 if cfg.actors.num == "auto" else cfg.actors.num  # auto shares what is left (`per_seed_overrides`)
+    learner = 1 if cfg.learner.cpus == "auto" else cfg.learner.cpus
+    per_run = actors * cfg.actors.num_cpus + learner + OVERHEAD_CPUS - 1  # Redis and the driver mostly wait
     k = max(1, math.floor((os.cpu_count() or 1) / per_run))
     import torch
 
@@ -51,12 +52,16 @@ def default_parallel(cfg: Config, seeds: int) -> int:
     return max(1, min(k, seeds))
 
 
-def actors_per_seed(cfg: Config, parallel: int) -> list[str]:
-    """With `actors.num: auto` and seeds side by side, each seed's share of the cores (at least 1 actor), as
-    overrides; none otherwise (one seed at a time resolves auto itself, deploy/run/ray_runtime.py)."""
-    if cfg.actors.num != "auto" or parallel <= 1:
+def per_seed_overrides(cfg: Config, parallel: int) -> list[str]:
+    """With seeds side by side, each seed's share of the cores for what is `auto` (its actors, its learner's
+    threads: `resolve_processes` on cores / parallel), as overrides; none for one seed at a time, which resolves
+    auto itself (deploy/run/ray_runtime.py)."""
+    if parallel <= 1:
         return []
-    return ["--actors.num", str(max(1, (os.cpu_count() or 1) // parallel - RAY_CPUS_BESIDES_ACTORS))]
+    share = resolve_processes(cfg, cluster=False, cpus=max(1, (os.cpu_count() or 1) // parallel),
+                              gpu=learner_on_gpu(cfg))
+    return ([] if cfg.actors.num != "auto" else ["--actors.num", str(share.actors.num)]) + (
+        [] if cfg.learner.cpus != "auto" else ["--learner.cpus", str(share.learner.cpus)])
 
 
 @dataclass

@@ -40,7 +40,7 @@ import imageio.v2 as imageio
 from common.config import Config, parse_cli
 from common.run_files import RunFiles
 from common.tasks import slug
-from deploy.experiments.child_runs import SeedFailed, SeedRun, actors_per_seed, default_parallel, run_seeds
+from deploy.experiments.child_runs import SeedFailed, SeedRun, default_parallel, per_seed_overrides, run_seeds
 from deploy.experiments.committed_seeds import committed_seeds
 from deploy.experiments.provenance import machine, revision
 from deploy.experiments.results_table import config_action_repeat, write_table
@@ -120,7 +120,7 @@ def reproduce_task(rest: list[str], base: Config, preset: str, seeds: int, paral
     to_train = [r for r in seed_runs if r.seed not in reused]
     k = parallel or default_parallel(base, max(1, len(to_train)))
     for run in to_train:
-        run.argv += actors_per_seed(base, k)
+        run.argv += per_seed_overrides(base, k)
     log.info("%s, preset %s: %d seed%s, %d at a time%s", task, preset, seeds, "s" * (seeds != 1), k,
              f" ({len(reused)} from the committed results)" if reused else "")
     trained = dict(zip([r.seed for r in to_train], run_seeds(to_train, k), strict=True))

@@ -140,9 +140,12 @@ def slow_on_this_machine(cfg: Config) -> bool:
 
 def resolve_run(cfg: Config, env_factory: Callable[[int], Any] | None = None) -> tuple[Config, int]:
     """The config a run records and runs with, every auto resolved, and the task's action dimension."""
-    from deploy.run.ray_runtime import (
-        resolve_actor_count,  # imports Ray: kept out of the command line's --help
+    from deploy.run.ray_runtime import (  # imports Ray: kept out of the command line's --help
+        describe_processes,
+        resolve_processes,
     )
 
     cfg, action_dim = resolve_task_of_run(cfg, env_factory)
-    return derived_config(resolve_actor_count(cfg)), action_dim
+    cfg = resolve_processes(cfg)
+    log.info("%s", describe_processes(cfg))
+    return derived_config(cfg), action_dim

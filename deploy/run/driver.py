@@ -273,7 +273,8 @@ class Driver:
                    **RedisWatchdog.summary_of(self.watchdog), "checkpoint": checkpoint, "run_dir": str(self.run.path),
                    "wandb_run_id": self.logger.run_id, "interrupted": interrupted, **self.fleet.summary(),
                    "learner_node_id": self.learner_info.get("node_id"), "replay_url": redact(self.replay_url),
-                   "replay": self.learner_info.get("replay", {}), "execution": self.learner_info.get("execution")}
+                   "replay": self.learner_info.get("replay", {}), "execution": (execution := self.learner_info.get(
+                       "execution") or {}), "learner_threads": execution.get("threads")}
         self.logger.finish({k: v for k, v in summary.items() if isinstance(v, int | float | str)})
         self.closed = True
         return summary

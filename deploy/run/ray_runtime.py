@@ -33,25 +33,63 @@ def joins_cluster() -> bool:
     return bool(address) and address != "local"
 
 
-LEARNER_CPUS = 1
-"""Ray CPUs the learner asks for."""
 EVALUATOR_CPUS = 1
 """Ray CPUs the evaluator asks for."""
-RAY_CPUS_BESIDES_ACTORS = LEARNER_CPUS + EVALUATOR_CPUS
-"""What a run asks of Ray besides its actors."""
-RUN_OVERHEAD_CPUS = RAY_CPUS_BESIDES_ACTORS + 1
-"""Cores a run needs besides its actors: the learner, the evaluator, and Redis with the driver (which Ray does not
+OVERHEAD_CPUS = EVALUATOR_CPUS + 1
+"""Cores a run needs besides its actors and learner: the evaluator, and Redis with the driver (which Ray does not
 schedule)."""
+CPUS_PER_ACTOR_WITH_CPU_LEARNER = 8
+"""With a CPU learner, `actors.num: auto` starts one actor per this many cores: a learner-bound run inserts one
+agent step per update, a CPU learner makes 20-60 updates/s and one actor ~180 agent steps/s (bench/results)."""
 
 
-def resolve_actor_count(cfg: Config, cluster: bool | None = None, cpus: int | None = None) -> Config:
-    """`actors.num: auto` made a number: the cores left after RUN_OVERHEAD_CPUS (at least 1) on this machine,
-    `actors.cluster_num` on a cluster. A number stays as it is."""
-    if cfg.actors.num != "auto":
-        return cfg
+def learner_on_gpu(cfg: Config) -> bool:
+    """Whether a learner on this machine would run on CUDA (`learner.device` and what torch sees)."""
+    import torch
+
+    return cfg.learner.device != "cpu" and torch.cuda.is_available()
+
+
+def resolve_processes(cfg: Config, cluster: bool | None = None, cpus: int | None = None,
+                      gpu: bool | None = None) -> Config:
+    """`actors.num` and `learner.cpus` made numbers where they are auto (numbers stay as they are).
+
+    On a Ray cluster: `actors.cluster_num` actors (the autoscaler adds nodes for them) and a 1-CPU learner. On
+    this machine (`cpus` cores; `gpu`: the learner runs on CUDA):
+    - CUDA learner: 1 CPU for it (one Python thread launching kernels), and every other core but the evaluator's
+      and Redis's steps environments: a GPU learner wants many actors.
+    - CPU learner: every core for its threads, and one actor per CPUS_PER_ACTOR_WITH_CPU_LEARNER cores (at least
+      one). The run is learner-bound; actors and the evaluator run at `actors.nice`, so they take a core only
+      when the learner leaves it (measured on 2 cores: a 2-thread learner keeps its speed alone beside a nice-19
+      actor, and loses a quarter of it beside a nice-0 one).
+    """
     cluster = joins_cluster() if cluster is None else cluster
-    num = cfg.actors.cluster_num if cluster else max(1, (cpus or os.cpu_count() or 1) - RUN_OVERHEAD_CPUS)
-    return dataclasses.replace(cfg, actors=dataclasses.replace(cfg.actors, num=num))
+    cores = cpus or len(os.sched_getaffinity(0))
+    gpu = learner_on_gpu(cfg) if gpu is None else gpu
+    if cluster:
+        actors, learner_cpus = cfg.actors.cluster_num, 1
+    elif gpu:
+        learner_cpus = 1
+        actors = max(1, cores - learner_cpus - OVERHEAD_CPUS)
+    else:
+        learner_cpus, actors = cores, max(1, cores // CPUS_PER_ACTOR_WITH_CPU_LEARNER)
+    num = actors if cfg.actors.num == "auto" else cfg.actors.num
+    threads = learner_cpus if cfg.learner.cpus == "auto" else cfg.learner.cpus
+    return dataclasses.replace(cfg, actors=dataclasses.replace(cfg.actors, num=num),
+                               learner=dataclasses.replace(cfg.learner, cpus=threads))
+
+
+def describe_processes(cfg: Config, cores: int | None = None) -> str:
+    """The run's first lines' account of its processes: the learner's threads and the actors, on how many cores."""
+    cores = cores or len(os.sched_getaffinity(0))
+    return (f"learner: {cfg.learner.cpus} thread(s) and Ray CPU(s), niceness 0; {cfg.actors.num} actor(s) of "
+            f"{cfg.actors.envs_per_actor} env(s) and the evaluator at niceness {cfg.actors.nice}; {cores} cores here")
+
+
+def ray_cpus(cfg: Config) -> float:
+    """What a run asks of Ray: its actors, its learner and its evaluator (numbers, after `resolve_processes`)."""
+    learner = cfg.learner.cpus if isinstance(cfg.learner.cpus, int) else 1
+    return cfg.actors.num * cfg.actors.num_cpus + learner + EVALUATOR_CPUS
 
 
 def connect_ray(cfg: Config) -> bool:
@@ -67,11 +105,12 @@ def connect_ray(cfg: Config) -> bool:
     if joins_cluster():
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return True
-    # Logical CPUs may exceed the physical ones: the actors, learner and evaluator mostly wait on
-    # each other, and the tests run them all on 2 cores.
-    wanted = cfg.actors.num * cfg.actors.num_cpus + RAY_CPUS_BESIDES_ACTORS
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)), include_dashboard=False,
-             log_to_driver=True, configure_logging=False)
+    # Logical CPUs may exceed the physical ones: the actors and the evaluator run at a lower priority and mostly
+    # wait on the learner, which may take every core (`resolve_processes`); the tests run them all on 2 cores.
+    # Ray starts its workers at niceness 15 unless told otherwise: the learner must run at 0, above the actors and
+    # the evaluator, which raise theirs to `actors.nice` (common/priority.py).
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(ray_cpus(cfg))), include_dashboard=False,
+             log_to_driver=True, configure_logging=False, _system_config={"worker_niceness": 0})
     return False
 
 
@@ -112,10 +151,11 @@ def placement(cfg: Config, cluster: bool, poll_s: float = 2.0) -> Placement:
     for them, so none need to exist yet.
     """
     wants_gpu = cfg.learner.device != "cpu"
+    learner_cpus = cfg.learner.cpus if isinstance(cfg.learner.cpus, int) else 1
     resource = cfg.learner.node_resource if cluster else ""
     if not resource:
         use_gpu = wants_gpu and gpu_available()
-        learner: dict[str, Any] = {"num_gpus": 1 if use_gpu else 0, "num_cpus": LEARNER_CPUS}
+        learner: dict[str, Any] = {"num_gpus": 1 if use_gpu else 0, "num_cpus": learner_cpus}
     else:
         deadline, said = time.monotonic() + cfg.learner.node_wait_s, False
         while not (nodes := _nodes_with(resource)):
@@ -133,7 +173,7 @@ def placement(cfg: Config, cluster: bool, poll_s: float = 2.0) -> Placement:
                 said = True
             time.sleep(poll_s)
         use_gpu = wants_gpu and nodes[0]["Resources"].get("GPU", 0) >= 1
-        learner = {"num_gpus": 1 if use_gpu else 0, "num_cpus": LEARNER_CPUS, "resources": {resource: 1}}
+        learner = {"num_gpus": 1 if use_gpu else 0, "num_cpus": learner_cpus, "resources": {resource: 1}}
     actors: dict[str, Any] = {"num_cpus": cfg.actors.num_cpus}
     if cluster and cfg.actors.node_resource:
         actors["resources"] = {cfg.actors.node_resource: 1}
