@@ -102,3 +102,18 @@ def test_a_cluster_job_gets_the_real_url_and_slac_job_records_it_without_its_pas
     assert client.entrypoints[0].count(URL) == 2
     for text in (jobs.JOB_FILE.read_text(), record["entrypoint"], capsys.readouterr().out):
         assert PASSWORD not in text and text.count("redis://replay:***@10.0.0.5:6379/0") == 2, text
+
+
+def test_an_audit_of_a_run_on_an_external_redis_asks_for_the_password(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """config.json keeps the URL without its password, so `deploy.audit` needs `--replay-url`: without it, one line
+    naming the flag (nothing connects with `***`)."""
+    from deploy.tools.audit import main
+
+    run = _saved_run(tmp_path)
+    (RunFiles(run).audit).mkdir(parents=True, exist_ok=True)
+    (RunFiles(run).audit / "writer-0.log").write_text("")
+    assert main([str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--replay-url 'redis://<user>:<password>@<host>:<port>/<db>'" in err, err
+    assert PASSWORD not in err

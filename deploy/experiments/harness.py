@@ -37,7 +37,7 @@ from typing import Any
 
 import imageio.v2 as imageio
 
-from common.config import Config, parse_cli
+from common.config import Config, parse_cli, redact
 from common.run_files import RunFiles
 from common.tasks import slug
 from deploy.experiments.child_runs import SeedFailed, SeedRun, default_parallel, per_seed_overrides, run_seeds
@@ -105,8 +105,9 @@ def reproduce_task(rest: list[str], base: Config, preset: str, seeds: int, paral
     out = results / slug(task) / preset
     out.mkdir(parents=True, exist_ok=True)
     user_args = [a for i, a in enumerate(rest) if i > 0 and a != "--run.task" and rest[i - 1] != "--run.task"]
+    # summary.json is shared with the results: a password in an ARGS URL (--replay.url) is written as ***.
     command = "make reproduce " + shlex.join([f"TASK={task}", f"SEEDS={seeds}", f"PRESET={preset}"]
-                                              + ([f"ARGS={shlex.join(user_args)}"] if user_args else []))
+                                              + ([f"ARGS={shlex.join(map(redact, user_args))}"] if user_args else []))
     tags = [task, preset, f"commit-{code[:12]}" + ("-dirty" if code.endswith("-dirty") else "")]
     seed_runs = []
     for k in range(seeds):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from common.config import ConfigError
+from common.config import ConfigError, is_redacted
 from common.run_files import RunFiles
 from replay_service import RedisServer
 from replay_service.schema import FLAG_TERMINATED, FLAG_TRUNCATED, KIND_STEP, STATE, row_key
@@ -116,8 +116,9 @@ def audit_replay(client: redis.Redis, audit_dir: Path) -> AuditReport:
     return report
 
 
-def audit(run_dir: str | Path) -> AuditReport:
-    """Audit a run that is not running: its embedded replay is started on the run's data directory."""
+def audit(run_dir: str | Path, replay_url: str | None = None) -> AuditReport:
+    """Audit a run that is not running: its embedded replay is started on the run's data directory; a run on an
+    external Redis is audited there (`replay_url`, needed when config.json keeps its URL without the password)."""
     path = Path(run_dir)
     files = RunFiles(path)
     try:
@@ -128,8 +129,13 @@ def audit(run_dir: str | Path) -> AuditReport:
     if not any(audit_dir.glob("*.log")):
         raise AuditError(f"{path}: no writer records in {audit_dir}; the run was trained without "
                          "--replay.audit (only runs with it on can be audited)")
-    if cfg.replay.url:
-        client = connect(cfg.replay.url, cfg.replay.connect_timeout_s)
+    url = replay_url or cfg.replay.url
+    if url and is_redacted(url):
+        raise AuditError(f"{path} ran on an external Redis whose password config.json does not keep ({url}); "
+                         "give the URL with its password: python -m deploy.audit DIR --replay-url "
+                         "'redis://<user>:<password>@<host>:<port>/<db>'")
+    if url:
+        client = connect(url, cfg.replay.connect_timeout_s)
         try:
             return audit_replay(client, audit_dir)
         finally:
@@ -145,9 +151,11 @@ def audit(run_dir: str | Path) -> AuditReport:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a finished run directory trained with --replay.audit")
+    parser.add_argument("--replay-url", help="a run on an external Redis: its URL with the password, which "
+                        "config.json does not keep (default: config.json's replay.url)")
     args = parser.parse_args(argv)
     try:
-        report = audit(args.run_dir)
+        report = audit(args.run_dir, args.replay_url)
     except (AuditError, OSError, redis.RedisError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
