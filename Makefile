@@ -135,6 +135,13 @@ export: setup
 	@test -n "$(RUN)" || { echo "make export: RUN=<run directory> is required (ls runs/)" >&2; exit 2; }
 	$(PY) -m deploy.export "$(RUN)" --format $(FORMAT) $(if $(CKPT),--ckpt "$(CKPT)",)
 
+# TensorBoard on RUN: one run directory, or a folder of runs (runs/ by default; a `make reproduce` folder such as
+# runs/reproduce/<task>/<preset> shows one TensorBoard run per seed, named seed<k>/tensorboard). ARGS: tensorboard's
+# own options, e.g. ARGS="--port 6007 --bind_all".
+.PHONY: tensorboard
+tensorboard: setup
+	$(VENV)/bin/tensorboard --logdir "$(or $(RUN),runs)" $(ARGS)
+
 BENCH_TAG = $(shell hostname)-$(shell date +%Y-%m-%d)
 bench: setup
 	$(PY) bench/learner.py --preset debug --updates 20 --profile --out bench/results/$(BENCH_TAG)-learner-debug.json

@@ -33,9 +33,9 @@ if __package__ in (None, ""):  # `python tests/chaos.py`: make the repo and test
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from process_tools import Run, alive, cmdline, descendants  # noqa: E402
+from tensorboard_files import read_events, scalars  # noqa: E402
 
 from deploy.tools.audit import audit  # noqa: E402
-from deploy.tools.wandb_reader import find_offline_runs, read_history  # noqa: E402
 from learner.checkpoint import latest_checkpoint, read_checkpoint  # noqa: E402
 
 COMPONENTS = {"actor": "ray::ActorWorker", "learner": "ray::LearnerProcess", "redis": "redis-server",
@@ -241,10 +241,11 @@ def check(seed: int, run: Run, run_dir: Path, chaos: Chaos, events: list[Event],
     assert summary["updates"] - 10 <= report.sampled <= summary["updates"] + lost + blocks, \
         f"{where}: sampled {report.sampled}, updates {summary['updates']}, lost {lost}"
 
-    # W&B: one history, steps only going forward.
-    rows = [r for r in read_history(find_offline_runs(run_dir)[-1]) if "counters/env_steps" in r]
-    steps = [r["counters/env_steps"] for r in rows]
-    assert steps == sorted(steps) and rows, f"{where}: W&B env steps went backwards"
+    # The dashboards (read in the TensorBoard file, the same calls as W&B's): steps only going forward.
+    logged = scalars(read_events(run_dir, file=-1), "counters/env_steps")
+    steps = [event.step for event in logged]
+    assert logged and steps == sorted(steps) and steps == [event.value for event in logged], \
+        f"{where}: the logged env steps went backwards"
     # The evaluation grid: every point once, the last at the run's length.
     scheduled = [int(r["scheduled_env_steps"]) for r in csv.DictReader((run_dir / "eval.csv").open())]
     assert scheduled == [*range(0, LENGTH, EVAL_EVERY), LENGTH], f"{where}: evaluation grid {scheduled}"

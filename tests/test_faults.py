@@ -6,7 +6,7 @@ The runs couple the actors to the learner tightly (a quarter update per insert, 
 rate-limiter slack), so a dead learner or a dead Redis stalls the whole run until it is back: a run
 that finishes has recovered. The test watches the run from outside, as a user would: the replay's
 shared counters in Redis (the port from the redis-server's command line), the checkpoints directory,
-the W&B files and eval.csv.
+the TensorBoard files (tests/tensorboard_files.py) and eval.csv.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import redis
 import torch
 from process_tools import COUPLED, Run, alive, cmdline, descendants, wait_for
 from replay_fixtures import listening_addresses
+from tensorboard_files import read_events, scalars, values
 
 from common.config import debug
-from deploy.tools.wandb_reader import find_offline_runs, read_history
 from replay_service import RedisServer
 from replay_service.schema import STATE, row_key
 
@@ -156,18 +156,14 @@ def test_killed_learner_is_restarted_from_its_checkpoint(tmp_path: Path, runs) -
           f"steps taken but never stored {_unstored(summary)}")
 
 
-def _last(run_dir: Path, key: str) -> Any:
-    """The last value of `key` the run logged to W&B."""
-    return [row[key] for row in read_history(find_offline_runs(run_dir)[-1]) if key in row][-1]
+def _last(run_dir: Path, key: str) -> float:
+    """The last value of `key` the run's newest driver logged (its TensorBoard event file)."""
+    return values(read_events(run_dir, file=-1), key)[-1]
 
 
 def _unstored(summary: dict[str, Any]) -> int:
     """Agent steps the actors took that are not in the replay (each stores one transition per agent step)."""
     return summary["agent_steps"] - int(summary["replay"]["inserted"])
-
-
-def _history_since(run_dir: Path, index: int) -> list[dict[str, Any]]:
-    return read_history(find_offline_runs(run_dir)[index])
 
 
 def _stop_then_resume(tmp_path: Path, runs, sig: signal.Signals, times: int) -> None:
@@ -205,16 +201,18 @@ def _stop_then_resume(tmp_path: Path, runs, sig: signal.Signals, times: int) -> 
     assert resumed["env_steps"] >= length and resumed["env_steps"] < length + 400, resumed
     assert resumed["episodes"] >= stopped["episodes"] and resumed["agent_steps"] * 4 == resumed["env_steps"]
     assert resumed["pretrain_updates"] == stopped["pretrain_updates"] and resumed["updates"] > stopped["updates"]
-    rows = [r for r in _history_since(run_dir, 1) if "counters/env_steps" in r]
-    assert rows[0]["counters/env_steps"] >= stopped["env_steps"]
+    resumed_events = read_events(run_dir, file=1)  # the resumed driver's event file
+    rows = scalars(resumed_events, "counters/env_steps")
+    assert rows[0].value >= stopped["env_steps"]
     # Env steps advance from the first new steps on (the bug: stuck at the saved total for minutes), within
     # seconds of the resumed driver's first poll and of its start (Ray, Redis, W&B and the processes included).
-    moved = [r["_timestamp"] for r in rows if r["counters/env_steps"] > stopped["env_steps"]]
-    assert moved and moved[0] - rows[0]["_timestamp"] < 10 and moved[0] - resumed_run.started < 60, \
-        (moved[:1], rows[0]["_timestamp"], resumed_run.started)
+    moved = [r.wall_time for r in rows if r.value > stopped["env_steps"]]
+    assert moved and moved[0] - rows[0].wall_time < 10 and moved[0] - resumed_run.started < 60, \
+        (moved[:1], rows[0].wall_time, resumed_run.started)
     # No updates/s spike: the first rate counts only the resumed learner's updates, not the saved ones.
-    rates = sorted(r["perf/updates_per_s"] for r in rows[1:])
-    assert rows[0]["perf/updates_per_s"] <= max(1.0, 3 * rates[len(rates) // 2]), [r["perf/updates_per_s"] for r in rows[:5]]
+    first, *later = values(resumed_events, "perf/updates_per_s")  # one per poll, as counters/env_steps
+    rates = sorted(later)
+    assert first <= max(1.0, 3 * rates[len(rates) // 2]), [first, *later[:4]]
     # The evaluation grid goes on where it stopped: the next evaluation comes as soon as the resumed policy
     # is published (a grid point passed meanwhile is labelled as a busy evaluator's would be, not redone),
     # each point once, the last at the run's length.
@@ -228,7 +226,7 @@ def _stop_then_resume(tmp_path: Path, runs, sig: signal.Signals, times: int) -> 
     for r in evals:
         assert int(r["scheduled_env_steps"]) <= int(r["env_steps"]) < int(r["scheduled_env_steps"]) + every
     print(f"\n{sig.name} x{times}: stopped at {stopped['env_steps']} env steps, resumed to {resumed['env_steps']}, "
-          f"env steps moving {moved[0] - rows[0]['_timestamp']:.1f} s after the resumed driver's first poll, "
+          f"env steps moving {moved[0] - rows[0].wall_time:.1f} s after the resumed driver's first poll, "
           f"{moved[0] - resumed_run.started:.1f} s after its start; updates lost 0 (final checkpoint), steps taken but "
           f"never stored {_unstored(stopped)} at the stop, {_unstored(resumed)} at the end")
 
@@ -261,8 +259,8 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_on_its_replay(tmp_path
     assert resumed_run.wait() == 0, resumed_run.text[-3000:]
     resumed = resumed_run.summary()
     assert resumed["env_steps"] >= length and resumed["pretrain_updates"] == debug().learner.model_pretrain_steps
-    rows = [r for r in read_history(find_offline_runs(run_dir)[-1]) if "counters/env_steps" in r]
-    assert rows[0]["counters/env_steps"] >= 4 * stored, (rows[0]["counters/env_steps"], stored)
+    first = values(read_events(run_dir, file=-1), "counters/env_steps")[0]  # the resumed driver's first poll
+    assert first >= 4 * stored, (first, stored)
     assert resumed["replay"]["inserted"] >= stored + (length - 4 * stored) // 4 - 2 * 25
 
 

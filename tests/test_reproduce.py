@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tensorboard_files import images, read_events, tensorboard_runs
 
 from deploy.experiments.returns_plot import RETURNS_COLUMNS
 from deploy.tools.wandb_reader import find_offline_runs, read_history, read_run_info
@@ -52,9 +53,15 @@ def test_make_reproduce_two_seeds_in_parallel_end_to_end(tmp_path: Path) -> None
     ends = [s["harness_finished_at"] for s in summary["seeds"]]
     assert max(starts) < min(ends)
     assert "2 seeds, 2 at a time" in proc.stderr
-    # The figure went to every seed's W&B run, and the seeds are one W&B group with readable names and tags.
+    # `make tensorboard RUN=<the seeds' folder>`: one TensorBoard run per seed, named by its folder.
+    seeds = tmp_path / "runs" / "cheetah_run" / "debug"
+    assert sorted(tensorboard_runs(seeds)) == ["seed0/tensorboard", "seed1/tensorboard"]
+    # The figure went to every seed's dashboards at the seed's last environment step: TensorBoard, and the W&B run
+    # reopened by its id; the seeds are one W&B group with readable names and tags.
     for seed in (0, 1):
-        runs = find_offline_runs(tmp_path / "runs" / "cheetah_run" / "debug" / f"seed{seed}")
+        (figure,) = images(read_events(seeds / f"seed{seed}"), "reproduce/returns")
+        assert figure.step == next(s["env_steps"] for s in summary["seeds"] if s["seed"] == seed)
+        runs = find_offline_runs(seeds / f"seed{seed}")
         history = [row for run in runs for row in read_history(run)]
         assert any(row.get("reproduce/returns/_type") == "image-file" for row in history)
         info = read_run_info(runs[0])

@@ -1,26 +1,34 @@
-"""The one logger of a run: W&B scalars and media, `eval.csv`, and the terminal progress line.
+"""The one logger of a run: W&B and TensorBoard scalars and media, `eval.csv`, and the terminal progress line.
 
-W&B runs offline (files under `<run dir>/wandb/`) unless the user configured W&B (WANDB_API_KEY or
-WANDB_MODE set) or asked for a mode with `--run.wandb-mode`. Every scalar is plotted against
-`env_steps`, the paper's x-axis.
+Each call goes to both dashboards at the same x-axis, `env_steps` (the paper's): W&B's step metric and
+TensorBoard's global step. W&B stays the default dashboard; it runs offline (files under `<run dir>/wandb/`)
+unless the user configured W&B (WANDB_API_KEY or WANDB_MODE set) or asked for a mode with `--run.wandb-mode`,
+and an offline W&B run can only be seen after `wandb sync`. TensorBoard's event files (`<run dir>/tensorboard/`,
+one more per resume) are readable at once with `make tensorboard`. Either sink failing (W&B's service killed,
+a full disk) stops only that sink.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import logging
+import numbers
 import os
+import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import imageio
 import numpy as np
 import wandb
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from common.config import Config
 from common.run_files import RunFiles
@@ -31,6 +39,12 @@ EVAL_COLUMNS = ("env_steps", "scheduled_env_steps", "updates", "policy_version",
                 "returns")
 """eval.csv: env_steps when the evaluation started; scheduled_env_steps, its point on the evaluation grid
 (0, run.eval_every, ..., run.env_steps), which is what curves over seeds align on."""
+EVAL_SCALARS = ("eval/return", "eval/return_std", "eval/policy_version")
+"""What `RunLogger.evaluation` logs of each evaluation itself; its `extra` scalars must use other names."""
+TENSORBOARD_DIR = "tensorboard"
+"""TensorBoard's folder in a run directory: `tensorboard --logdir` on a folder of runs names each run by its path."""
+FLUSH_SECS = 5.0
+"""The longest an event stays in TensorBoard's file buffer (TensorBoard itself reloads every 5 s)."""
 
 
 def wandb_mode(requested: str) -> str:
@@ -42,17 +56,81 @@ def wandb_mode(requested: str) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
-def write_gif(path: Path, frames: np.ndarray, fps: int = 15, scale: int = 1) -> Path:
-    """Write uint8 frames [T, 3, H, W] as a looping GIF, each pixel `scale` x `scale` (no ffmpeg needed)."""
+def gif_bytes(frames: np.ndarray, fps: int = 15, scale: int = 1) -> bytes:
+    """uint8 frames [T, 3, H, W] as a looping GIF, each pixel `scale` x `scale` (no ffmpeg or moviepy needed)."""
     images = frames.transpose(0, 2, 3, 1)
     if scale > 1:
         images = images.repeat(scale, axis=1).repeat(scale, axis=2)
-    imageio.mimsave(path, list(images), duration=1.0 / fps, loop=0)
+    # Pillow's GIF writer takes each frame's duration in milliseconds.
+    return imageio.v3.imwrite("<bytes>", images, extension=".gif", duration=1000.0 / fps, loop=0)
+
+
+def write_gif(path: Path, frames: np.ndarray, fps: int = 15, scale: int = 1) -> Path:
+    """Write uint8 frames [T, 3, H, W] as a looping GIF (see `gif_bytes`)."""
+    path.write_bytes(gif_bytes(frames, fps, scale))
     return path
 
 
+def scalar_values(values: Mapping[str, Any]) -> list[summary_pb2.Summary.Value]:
+    """TensorBoard scalars (float32) of the real numbers in `values`; anything else is W&B's alone."""
+    return [summary_pb2.Summary.Value(tag=key, simple_value=float(value)) for key, value in values.items()
+            if isinstance(value, numbers.Real)]
+
+
+def image_value(tag: str, encoded: bytes, height: int, width: int, description: str = "") -> summary_pb2.Summary.Value:
+    """An encoded PNG or GIF as a TensorBoard image. TensorBoard's image plugin plays an animated GIF as it is,
+    which is what torch's `add_video` writes too (through moviepy, which this spares)."""
+    metadata = summary_pb2.SummaryMetadata(summary_description=description)
+    image = summary_pb2.Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=encoded)
+    return summary_pb2.Summary.Value(tag=tag, image=image, metadata=metadata)
+
+
+class EventFile:
+    """A TensorBoard event file of its own in `folder`: a resumed run adds one beside the earlier ones, and
+    TensorBoard reads a folder's files in name order, which starts with the time.
+
+    Written in the caller's thread rather than through torch's SummaryWriter, whose writer thread meets a failed
+    write (a full disk) with a traceback on stderr and the error only on a later call; here the call that fails
+    raises the OSError, which `RunLogger` turns into one warning. Buffered: flushed when an event comes
+    `flush_secs` after the last flush, by `flush()` (each evaluation) and on `close()`."""
+
+    _serial = itertools.count()  # two files opened by one process in one second (the harness reopening seeds)
+
+    def __init__(self, folder: Path, flush_secs: float = FLUSH_SECS) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(self._serial)}"
+        self.path, self.flush_secs = folder / name, flush_secs
+        self._file = self.path.open("xb")
+        self._flushed = time.monotonic()
+        self._records = RecordWriter(self._file)
+        self._records.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+        self.flush()
+
+    def add(self, step: int, values: list[summary_pb2.Summary.Value]) -> None:
+        """One event at global step `step` holding `values` (one call's scalars share one event)."""
+        if not values:
+            return
+        event = event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values))
+        self._records.write(event.SerializeToString())
+        if time.monotonic() - self._flushed >= self.flush_secs:
+            self.flush()
+
+    def flush(self) -> None:
+        self._file.flush()
+        self._flushed = time.monotonic()
+
+    def close(self) -> None:
+        """Flush and close; again after a failed flush (a full disk) is a no-op."""
+        if self._file.closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._file.close()
+
+
 class RunLogger:
-    """W&B + eval.csv + progress line for one run directory."""
+    """W&B + TensorBoard + eval.csv + progress line for one run directory."""
 
     def __init__(self, cfg: Config, run_dir: Path, run_id: str | None = None) -> None:
         self.cfg, self.run_dir = cfg, run_dir
@@ -64,6 +142,7 @@ class RunLogger:
                               settings=wandb.Settings(console="off", silent=True))
         self.run.define_metric("env_steps")
         self.run.define_metric("*", step_metric="env_steps")
+        self._tensorboard: EventFile | None = EventFile(run_dir / TENSORBOARD_DIR)
         self.eval_path = RunFiles(run_dir).eval_csv
         if not self.eval_path.exists():
             with self.eval_path.open("w", newline="") as f:
@@ -96,29 +175,60 @@ class RunLogger:
                         "driver): the run goes on without it; eval.csv, checkpoints and the W&B files written so "
                         "far are kept", type(exc).__name__, exc)
 
+    def _to_tensorboard(self, write: Callable[[EventFile], object]) -> None:
+        """Write to the event file unless an earlier write failed: a failed write (a full disk, which the disk
+        guard then stops the run for) is logged once, and the run goes on with W&B and eval.csv."""
+        if self._tensorboard is None:
+            return
+        try:
+            write(self._tensorboard)
+        except OSError as exc:
+            events, self._tensorboard = self._tensorboard, None
+            with contextlib.suppress(OSError):
+                events.close()
+            log.warning("TensorBoard stopped taking data (%s: %s): the run goes on without it; the events written "
+                        "before are kept in %s", type(exc).__name__, exc, events.path.parent)
+
     def note(self, key: str, value: Any) -> None:
         """A fact about the run that is not a time series (e.g. the learner's execution mode): W&B config `key`."""
         self._to_wandb(lambda: self.run.config.update({key: value}, allow_val_change=True))
 
-    def scalars(self, env_steps: int, values: dict[str, float]) -> None:
+    def scalars(self, env_steps: int, values: Mapping[str, float]) -> None:
+        """Scalars at environment step `env_steps`: one W&B row, one TensorBoard event."""
         self._to_wandb(lambda: self.run.log({"env_steps": env_steps, **values}))
+        self._to_tensorboard(lambda events: events.add(env_steps, scalar_values(values)))
 
     def image(self, env_steps: int, key: str, image: np.ndarray, caption: str) -> None:
+        """A uint8 image [H, W, 3] (the figure-7 grid, the reproduce plot). The caption is the TensorBoard
+        summary's description (shown under the card by `tensorboard --load_fast=false`; the fast loader drops it)."""
         self._to_wandb(lambda: self.run.log({"env_steps": env_steps, key: wandb.Image(image, caption=caption)}))
+        png = imageio.v3.imwrite("<bytes>", image, extension=".png")
+        self._to_tensorboard(lambda events: events.add(env_steps, [image_value(key, png, *image.shape[:2], caption)]))
 
     def video(self, env_steps: int, key: str, frames: np.ndarray, fps: int = 15) -> None:
-        """Log uint8 frames [T, 3, H, W] as a GIF (no moviepy needed)."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = write_gif(Path(tmp) / "episode.gif", frames, fps)
+        """Log uint8 frames [T, 3, H, W] as one GIF to both (no moviepy needed)."""
+        gif = gif_bytes(frames, fps)
+        with tempfile.TemporaryDirectory() as tmp:  # wandb.Video takes a file, and copies it when made
+            path = Path(tmp) / "episode.gif"
+            path.write_bytes(gif)
             self._to_wandb(lambda: self.run.log({"env_steps": env_steps, key: wandb.Video(str(path), format="gif")}))
+        self._to_tensorboard(lambda events: events.add(env_steps, [image_value(key, gif, *frames.shape[2:])]))
 
-    def evaluation(self, env_steps: int, scheduled: int, updates: int, version: int, returns: list[float]) -> None:
-        """One row of eval.csv and the eval/ scalars; version 0 is the uniform random policy."""
+    def evaluation(self, env_steps: int, scheduled: int, updates: int, version: int, returns: list[float],
+                   extra: Mapping[str, float] | None = None) -> None:
+        """One row of eval.csv and the eval/ scalars; version 0 is the uniform random policy. `extra`: further
+        scalars of the same evaluation (e.g. the latent probe's `probe/r2_mean`), logged at the same step to
+        both dashboards but not to eval.csv, whose columns stay fixed."""
+        extra = dict(extra or {})
+        if clash := sorted(extra.keys() & set(EVAL_SCALARS)):
+            raise ValueError(f"evaluation extra scalars {clash} would overwrite the evaluation's own; "
+                             f"name them outside {EVAL_SCALARS}")
         mean, std = float(np.mean(returns)), float(np.std(returns))
         with self.eval_path.open("a", newline="") as f:
             csv.writer(f).writerow([env_steps, scheduled, updates, version, f"{mean:.4f}", f"{std:.4f}",
                                     " ".join(f"{r:.4f}" for r in returns)])
-        self.scalars(env_steps, {"eval/return": mean, "eval/return_std": std, "eval/policy_version": version})
+        self.scalars(env_steps, {"eval/return": mean, "eval/return_std": std, "eval/policy_version": version, **extra})
+        self._to_tensorboard(EventFile.flush)  # a new curve point is worth seeing at once
 
     def progress(self, line: str, force: bool = False) -> None:
         """Rewrite one terminal line (every second), or print a line every 10 s when not a TTY."""
@@ -133,6 +243,9 @@ class RunLogger:
             self._last_line = now
 
     def finish(self, summary: dict[str, Any]) -> None:
+        """End the progress line, close the event file, and give W&B the run's summary."""
+        self._to_tensorboard(EventFile.close)
+        self._tensorboard = None
         if self._tty:
             sys.stderr.write("\n")
         elif self._last_text:  # a log (a Ray job's, a file) ends with the run's final state
