@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import ray
+from process_tools import thread_niceness
 from tensorboard_files import event_files, images, read_events, scalars, values
 
 from common.config import debug, parse_cli
@@ -102,8 +103,12 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
     runs = find_offline_runs(run_dir)
     assert read_config(runs[0])["model"]["z1_dim"] == cfg.model.z1_dim
     # The execution mode that really ran (after any CUDA-graph fallback) is in W&B's config and the summary.
+    # With the learner's threads, Ray CPUs, the machine's cores and its niceness (`learner.cpus` auto: every core).
     assert read_config(runs[0])["execution"] == summary["execution"] == {
-        "compile": "none", "precision": "fp32", "cuda_graphs": False, "fallback": None}
+        "compile": "none", "precision": "fp32", "cuda_graphs": False, "fallback": None,
+        "threads": len(os.sched_getaffinity(0)), "ray_cpus": len(os.sched_getaffinity(0)),
+        "cores": len(os.sched_getaffinity(0)), "nice": 0}
+    assert summary["learner_threads"] == len(os.sched_getaffinity(0))
     # The OpenGL renderer each actor and the evaluator drew with (probed once per process), as W&B config.
     renderers = read_config(runs[0])["renderers"]
     assert renderers and all(r["backend"] in ("egl", "osmesa") and r["renderer"] for r in renderers), renderers
@@ -173,7 +178,32 @@ def _kill_first_actor_mid_run(info: dict[str, Any], killed: threading.Event) -> 
     threading.Thread(target=kill, daemon=True).start()
 
 
+def _read_priorities(seen: dict[str, Any]) -> None:
+    """From a thread beside a run: each Ray process's pid, the niceness of all its threads, and the learner's torch
+    threads, read inside the processes (`__ray_call__`) and from /proc, once the actors are acting."""
+    def read() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                handles = {name: ray.get_actor(f"slac-{name}") for name in ("learner", "evaluator", "actor-0", "actor-1")}
+                pids = {name: ray.get(h.__ray_call__.remote(lambda self: os.getpid()), timeout=10)
+                        for name, h in handles.items()}
+                if ray.get(handles["actor-0"].poll.remote(), timeout=10)["counters"]["steps"] < 20:
+                    raise LookupError("the actors have not acted yet")
+                seen["learner_threads"] = ray.get(handles["learner"].__ray_call__.remote(
+                    lambda self: __import__("torch").get_num_threads()), timeout=10)
+            except Exception:  # noqa: BLE001 - a process may not exist yet
+                time.sleep(0.5)
+                continue
+            seen["niceness"] = {name: thread_niceness(pid) for name, pid in pids.items()}
+            return
+
+    threading.Thread(target=read, daemon=True).start()
+
+
 def test_hopper_survives_a_killed_actor_and_a_raising_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also: the learner takes the cores it was given (`--learner.cpus 2`) at niceness 0, the actors and the
+    evaluator run at `actors.nice` (19) in every thread, read from the processes of the real run."""
     import ray.cloudpickle
 
     from common.batch import padding_mask
@@ -183,10 +213,17 @@ def test_hopper_survives_a_killed_actor_and_a_raising_env(tmp_path: Path, monkey
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # ship FlakyEnv to the Ray workers
     monkeypatch.setenv("RAY_ADDRESS", "local")
     cfg = parse_cli(["debug", "--run.task", "hopper", "--run.dir", str(tmp_path / "hopper"),
-                     "--actors.num", "2", "--run.env-steps", "1600", "--run.eval-episodes", "1"])
-    killed = threading.Event()
-    summary = train(cfg, env_factory=FlakyEnv, on_started=lambda info: _kill_first_actor_mid_run(info, killed))
+                     "--actors.num", "2", "--run.env-steps", "1600", "--run.eval-episodes", "1",
+                     "--learner.cpus", "2"])
+    killed, seen = threading.Event(), {}
+    summary = train(cfg, env_factory=FlakyEnv, on_started=lambda info: (
+        _read_priorities(seen), _kill_first_actor_mid_run(info, killed)))
     assert killed.is_set(), "the test never got to kill the actor"
+    assert seen.get("niceness"), "the test never read the processes' priorities"
+    assert seen["niceness"]["learner"] == {0} and seen["learner_threads"] == 2, seen
+    assert all(seen["niceness"][name] == {cfg.actors.nice} for name in ("evaluator", "actor-0", "actor-1")), seen
+    assert summary["learner_threads"] == summary["execution"]["threads"] == 2
+    assert summary["execution"]["ray_cpus"] == 2 and summary["execution"]["nice"] == 0
     assert summary["env_steps"] >= 1600 and not summary["interrupted"]
     assert summary["actor_restarts"] >= 1
     assert summary["env_errors"] >= 1
