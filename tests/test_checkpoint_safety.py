@@ -217,9 +217,6 @@ def test_a_password_in_a_given_replay_url_stays_out_of_config_json(tmp_path: Pat
     assert opened.cfg.replay.url == cfg.replay.url  # what the learner and the actors connect with
 
 
-@pytest.mark.xfail(strict=True, reason="W&B records the command line (sys.argv) in the run's .wandb file itself, "
-                                       "so a --replay.url password given there reaches wandb/: deploy/run/logger.py "
-                                       "must keep it out (the README's Secrets)")
 def test_a_password_on_the_command_line_stays_out_of_the_wandb_files(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """W&B's copy of the config holds `***` (Config.to_dict); its own record of the command line must too."""

@@ -30,7 +30,7 @@ import wandb
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from common.config import Config
+from common.config import Config, redact
 from common.run_files import RunFiles
 
 log = logging.getLogger(__name__)
@@ -135,11 +135,16 @@ class RunLogger:
     def __init__(self, cfg: Config, run_dir: Path, run_id: str | None = None) -> None:
         self.cfg, self.run_dir = cfg, run_dir
         mode = wandb_mode(cfg.run.wandb_mode)
-        self.run = wandb.init(project=cfg.run.wandb_project, dir=str(run_dir), mode=mode, id=run_id,
-                              resume="allow" if run_id else None, config=cfg.to_dict(),
-                              name=cfg.run.name or run_dir.name, group=cfg.run.group or None,
-                              job_type=cfg.run.job_type or None, tags=list(cfg.run.tags) or None,
-                              settings=wandb.Settings(console="off", silent=True))
+        # W&B records the command line (its `args`) as it starts: a --replay.url password there is written as ***.
+        argv, sys.argv = sys.argv, [redact(arg) for arg in sys.argv]
+        try:
+            self.run = wandb.init(project=cfg.run.wandb_project, dir=str(run_dir), mode=mode, id=run_id,
+                                  resume="allow" if run_id else None, config=cfg.to_dict(),
+                                  name=cfg.run.name or run_dir.name, group=cfg.run.group or None,
+                                  job_type=cfg.run.job_type or None, tags=list(cfg.run.tags) or None,
+                                  settings=wandb.Settings(console="off", silent=True))
+        finally:
+            sys.argv = argv
         self.run.define_metric("env_steps")
         self.run.define_metric("*", step_metric="env_steps")
         self._tensorboard: EventFile | None = EventFile(run_dir / TENSORBOARD_DIR)
