@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from common.joint_state import JointState
 from common.rendering import process_renderer
 from common.tasks import TaskError, TaskSpec, import_factory, parse_task
 
@@ -25,7 +26,10 @@ class PixelEnv(Protocol):
     spec: TaskSpec
     action_dim: int
 
-    def reset(self) -> np.ndarray: ...
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Start an episode and return its first frame; with `seed`, the episode a fresh env built with that
+        seed would play first (the evaluator reuses one env per episode slot this way)."""
+        ...
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]: ...
 
@@ -64,25 +68,51 @@ class _RepeatedActionEnv:
         self.spec = spec
         self.image_size = image_size
         self._t = 0  # environment steps in this episode
+        self._joint_state: JointState | None = None  # built on first use: the model is fixed for the env's life
 
     def _raw_step(self, action: np.ndarray) -> tuple[float, bool, bool]:
         raise NotImplementedError
 
-    def _raw_reset(self) -> None:
+    def _raw_reset(self, seed: int | None) -> None:
         raise NotImplementedError
 
     def render(self) -> np.ndarray:
         """The current frame as uint8 (3, H, W)."""
         raise NotImplementedError
 
+    def _mujoco_state(self) -> tuple[Any, Any] | None:
+        """The simulator's (mujoco.MjModel, mujoco.MjData), or None where the env does not expose one."""
+        return None
+
+    @property
+    def state_names(self) -> tuple[str, ...] | None:
+        """Names of `state()`'s entries (common/joint_state.py), or None for an env without a known simulator
+        state (a user's own env): the latent probe (common/probe.py) skips those."""
+        handles = self._mujoco_state()
+        if handles is None:
+            return None
+        if self._joint_state is None:
+            self._joint_state = JointState(handles[0])
+        return self._joint_state.names
+
+    def state(self) -> np.ndarray | None:
+        """The true simulator state now, float64 [len(state_names)] (joint positions with hinges as cos and
+        sin, then velocities), or None (see `state_names`). What the latent probe regresses the latents on."""
+        handles = self._mujoco_state()
+        if handles is None or self.state_names is None:
+            return None
+        assert self._joint_state is not None
+        return self._joint_state.read(handles[1])
+
     @property
     def draws_with_mujoco(self) -> bool:
         """Whether frames come from MuJoCo's offscreen context at the model's size (else the env's own render())."""
         return True
 
-    def reset(self) -> np.ndarray:
-        """Start an episode; returns its first frame."""
-        self._raw_reset()
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Start an episode; returns its first frame. With `seed`, the initial state is the one a fresh env
+        built with that seed starts its first episode in (tests/test_actor_evaluator.py checks it)."""
+        self._raw_reset(seed)
         self._t = 0
         return self.render()
 
@@ -144,8 +174,15 @@ class DmControlEnv(_RepeatedActionEnv):
         _check_camera(spec, self._env.physics.model)
         _fast_visuals(self._env.physics.model)
 
-    def _raw_reset(self) -> None:
+    def _raw_reset(self, seed: int | None) -> None:
+        if seed is not None:
+            # dm_control draws the initial state from the task's RandomState (suite.load's task_kwargs random):
+            # re-seeding it in place gives the stream of a task built with `seed`; reset() resets the physics.
+            self._env.task.random.seed(seed)
         self._env.reset()
+
+    def _mujoco_state(self) -> tuple[Any, Any]:
+        return self._env.physics.model.ptr, self._env.physics.data.ptr
 
     def _raw_step(self, action: np.ndarray) -> tuple[float, bool, bool]:
         time_step = self._env.step(action)
@@ -210,6 +247,9 @@ class GymnasiumEnv(_RepeatedActionEnv):
     def draws_with_mujoco(self) -> bool:
         return self._mujoco
 
+    def _mujoco_state(self) -> tuple[Any, Any] | None:
+        return (self._env.unwrapped.model, self._env.unwrapped.data) if self._mujoco else None
+
     @property
     def own_time_limit(self) -> int | None:
         """The env's own time limit (a gymnasium TimeLimit wrapper, or its spec's max_episode_steps), if any."""
@@ -217,9 +257,10 @@ class GymnasiumEnv(_RepeatedActionEnv):
                                                                           "max_episode_steps", None)
         return int(limit) if limit else None
 
-    def _raw_reset(self) -> None:
-        # Seed only the first reset; later resets continue the env's own RNG stream.
-        self._env.reset(seed=self._seed)
+    def _raw_reset(self, seed: int | None) -> None:
+        # Seed the first reset with the env's seed, and any reset that is given one (gymnasium re-seeds its
+        # np_random then); other resets continue the env's own RNG stream.
+        self._env.reset(seed=self._seed if seed is None else seed)
         self._seed = None
         if self._mujoco and not self._visuals_set:
             _fast_visuals(self._env.unwrapped.model)

@@ -6,6 +6,7 @@ A run directory (`--run.dir`, default runs/<task>-<time>) holds:
                         replay.url password as *** (Config.to_dict): a run directory holds no secret
     checkpoints/        ckpt_<updates>.pt with its .sha256 (learner/checkpoint.py)
     eval.csv            every evaluation of the run
+    probe.csv           the latent probe's held-out R^2 per state dimension of each evaluation that has one
     wandb/              the W&B run (offline unless configured)
     redis/              the embedded redis-server's AOF and RDB
     logs/               tracebacks of failures; train.log / train.stdout of a reproduce seed
@@ -43,6 +44,11 @@ class RunFiles:
     @property
     def eval_csv(self) -> Path:
         return self.root / "eval.csv"
+
+    @property
+    def probe_csv(self) -> Path:
+        """The latent probe's R^2 per evaluation and state dimension (common/probe.py)."""
+        return self.root / "probe.csv"
 
     @property
     def wandb(self) -> Path:

@@ -6,21 +6,53 @@ its grid point (`scheduled`), so curves of different runs align whatever the act
 next one when the run has passed it; `final` adds one at the run's length. A grid point the run passed while
 an evaluation was busy is not redone (the next starts at the newest point), and an interrupted run hands its
 unfinished one to the resumed run (`abandon`).
+
+A video of the first episode is recorded every `run.video_every` evaluations (counted over the run's lives),
+and always at step 0 (the random policy) and at the final evaluation (the trained one): a video costs the
+evaluator the frames and the driver a GIF encoding and upload. Where the evaluator returns the latent probe
+(common/probe.py), its scalars go to the dashboards with the evaluation's (`probe/r2/<dimension>`,
+`probe/r2_mean`) and one row per state dimension to `<run dir>/probe.csv`.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import ray
 
 from common.config import Config
+from common.probe import PREFIX
+from common.run_files import RunFiles
 from deploy.run.fleet import RunState
 from deploy.run.logger import RunLogger
 
 log = logging.getLogger(__name__)
+
+PROBE_COLUMNS = ("env_steps", "scheduled_env_steps", "dimension", "r2")
+"""probe.csv: one row per evaluation and state dimension (env_steps and scheduled_env_steps as in eval.csv)."""
+
+
+def append_probe_rows(path: Path, env_steps: int, scheduled: int, probe: Mapping[str, float]) -> None:
+    """Append one evaluation's `probe/r2/<dimension>` values to probe.csv (its header first when it is new)."""
+    dimensions = {k[len(f"{PREFIX}r2/"):]: v for k, v in probe.items() if k.startswith(f"{PREFIX}r2/")}
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(PROBE_COLUMNS)
+        writer.writerows([env_steps, scheduled, name, "nan" if math.isnan(r2) else f"{r2:.4f}"]
+                         for name, r2 in dimensions.items())
+
+
+def records_video(scheduled: int, evals: int, video_every: int, last: bool) -> bool:
+    """Whether the `evals`-th evaluation of the run (1-based) records a video: step 0, the `last` one (at the
+    run's length), and every `video_every`-th from the first."""
+    return scheduled == 0 or last or (evals - 1) % video_every == 0
 
 
 class EvalSchedule:
@@ -33,6 +65,8 @@ class EvalSchedule:
         self.ref: tuple[Any, int, int, int] | None = None
         """(object ref, env steps at its start, grid point, updates at its start) of the one in flight."""
         self.last_return: float | None = None
+        self.notes: set[str] = set()
+        """Why the evaluator could not probe, each logged once (its own logs stay in its Ray process)."""
 
     def step(self, counters: dict[str, int], wait: bool = False, final: bool = False) -> None:
         """Collect a finished evaluation; start the next one when the grid says so (`wait`: block for it)."""
@@ -48,11 +82,7 @@ class EvalSchedule:
                 log.warning("evaluation at %d env steps failed (%s); it runs again", scheduled, type(exc).__name__)
                 self.state.next_eval = scheduled
                 return
-            self.note_renderer(result.get("renderer"))
-            self.last_return = sum(result["returns"]) / len(result["returns"])
-            self.logger.evaluation(env_steps, scheduled, updates, result["version"], result["returns"])
-            if result["video"] is not None:
-                self.logger.video(env_steps, "eval/video", result["video"])
+            self.record(result, env_steps, scheduled, updates)
         every, length = self.cfg.run.eval_every, self.cfg.run.env_steps
         if final:
             due, scheduled = self.state.last_eval_scheduled < length, length
@@ -68,13 +98,29 @@ class EvalSchedule:
         # at random: the evaluator measures exactly that (weights None), as the paper's curves start at 0.
         weights_ref = latest[1][0] if latest is not None else None
         self.state.evals += 1
+        # The run's last point is `final`'s, or a grid point at the run's length the run reached while busy.
+        video = records_video(scheduled, self.state.evals, self.cfg.run.video_every, final or scheduled >= length)
         ref = self.evaluator.evaluate.remote(weights_ref, self.cfg.run.eval_episodes,
-                                             self.cfg.run.seed * 7919 + self.state.evals, True)
+                                             self.cfg.run.seed * 7919 + self.state.evals, video)
         self.ref = (ref, self.state.env_steps, scheduled, counters["updates"])
         self.state.last_eval_scheduled = scheduled
         self.state.next_eval = scheduled + every
         if wait:
             self.step(counters, wait=True)
+
+    def record(self, result: dict[str, Any], env_steps: int, scheduled: int, updates: int) -> None:
+        """Log a finished evaluation: eval.csv and the dashboards, its probe (probe.csv too) and video if any."""
+        self.note_renderer(result.get("renderer"))
+        self.last_return = sum(result["returns"]) / len(result["returns"])
+        probe, note = result.get("probe"), result.get("probe_note")
+        if note and note not in self.notes:
+            self.notes.add(note)
+            log.info("%s", note)
+        self.logger.evaluation(env_steps, scheduled, updates, result["version"], result["returns"], extra=probe)
+        if probe:
+            append_probe_rows(RunFiles(self.logger.run_dir).probe_csv, env_steps, scheduled, probe)
+        if result["video"] is not None:
+            self.logger.video(env_steps, "eval/video", result["video"])
 
     def abandon(self) -> None:
         """An interrupted run: the one in flight is dropped and its grid point left to the resumed run."""
