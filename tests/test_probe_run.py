@@ -1,9 +1,9 @@
 """The latent probe and the video cadence on a real debug run of cartpole_swingup, then through `make eval`.
 
-The training's evaluations probe where the published weights carry the latent model's filtering networks
-(common/probe.py `has_filter`): then probe.csv holds one row per state dimension per evaluation of a published
-policy, each with a finite R^2; where they do not (the learner publishes the encoder and actor only), there is
-no probe.csv. `make eval` probes from the checkpoint's latent model either way.
+The published weights carry the latent model's filtering networks (`Learner.actor_weights`), so every evaluation of
+a published policy probes: probe.csv holds one row per state dimension per such evaluation, each with a finite R^2,
+and TensorBoard (read with its own reader) the same figures beside the return, the losses and the videos. `make
+eval` probes from the checkpoint's latent model.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tensorboard_files import images, read_events, scalars, values
 
 from common.config import parse_cli
 from common.probe import has_filter
-from deploy.tools.wandb_reader import find_offline_runs, read_history
 from learner.learner import Learner
 
 pytestmark = pytest.mark.e2e
@@ -45,22 +45,21 @@ def test_a_debug_run_probes_its_latents_and_records_videos_at_both_ends(tmp_path
     scheduled = [int(r["scheduled_env_steps"]) for r in evals]
     assert scheduled[0] == 0 and scheduled[-1] == 2000  # 1000 too unless the step-0 one was still busy there
 
-    # Videos: the step-0 evaluation and the final one (one at 1000 would be the 2nd of every 5).
-    history = read_history(find_offline_runs(run_dir)[0])
-    videos = [row["env_steps"] for row in history if "eval/video/_type" in row]  # W&B nests the media's keys
-    assert videos == [int(evals[0]["env_steps"]), int(evals[-1]["env_steps"])]
+    # Videos: the step-0 evaluation and the final one (one at 1000 would be the 2nd of every 5), in TensorBoard.
+    events = read_events(run_dir)
+    assert [v.step for v in images(events, "eval/video")] == [int(evals[0]["env_steps"]), int(evals[-1]["env_steps"])]
 
-    probe_csv = run_dir / "probe.csv"
-    cfg = parse_cli(["debug", *flags])
-    if has_filter(Learner(cfg, 1).actor_weights(1)):
-        published = [r for r in evals if r["policy_version"] != "0"]
-        rows = list(csv.DictReader(probe_csv.open()))
-        assert len(rows) == len(STATE) * len(published) and published
-        assert [r["dimension"] for r in rows[:len(STATE)]] == list(STATE)
-        assert all(math.isfinite(float(r["r2"])) for r in rows)
-        assert any("probe/r2_mean" in row for row in history)
-    else:
-        assert not probe_csv.exists()
+    published = [r for r in evals if r["policy_version"] != "0"]
+    assert has_filter(Learner(parse_cli(["debug", *flags]), 1).actor_weights(1)) and published
+    rows = list(csv.DictReader((run_dir / "probe.csv").open()))
+    assert len(rows) == len(STATE) * len(published)
+    assert [r["dimension"] for r in rows[:len(STATE)]] == list(STATE)
+    assert all(math.isfinite(float(r["r2"])) for r in rows)
+    # The same R^2 in TensorBoard at each probed evaluation's step, beside its return and the model's losses.
+    probed = [int(r["env_steps"]) for r in published]
+    assert [e.step for e in scalars(events, "probe/r2_mean")] == probed
+    assert [e.step for e in scalars(events, "probe/r2/slider")] == probed
+    assert values(events, "eval/return") and values(events, "model/loss")
 
     # `make eval` probes from the checkpoint: one R^2 per state dimension and their mean, in its JSON.
     proc = _run(["deploy.evaluation", str(run_dir), "--episodes", "4", "--no-video"], timeout=300)
