@@ -68,8 +68,9 @@ $(STAMP): pyproject.toml | sysdeps
 	       "Fix: $(PIP) install $(TORCH_ARGS), and check the driver with nvidia-smi" >&2; exit 1; fi
 	touch $(STAMP)
 
+# Every tier (no MARK): scripts/test_all.sh runs the learning tier beside the tiers that mostly wait.
 test: setup
-	$(PY) -m pytest -q $(if $(MARK),-m "$(MARK)",)
+	$(if $(MARK),$(PY) -m pytest -q -m "$(MARK)",PY=$(PY) bash scripts/test_all.sh)
 
 TASK_ARG = $(if $(TASK),--run.task $(TASK),)
 

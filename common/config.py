@@ -211,9 +211,9 @@ class ActorsConfig:
     """CPUs Ray reserves per actor."""
     nice: int = 19
     """Unix niceness (0-19) of the actor and evaluator processes, every thread of them: a run is learner-bound, so
-    the learner (niceness 0) must never lose a core to an actor's or an evaluation's burst. 19 measured on 2 cores:
-    a 2-thread learner beside a nice-19 actor runs at its speed alone, beside a nice-0 one at 0.74 of it (its
-    OpenMP threads wait for the preempted one). 0 leaves them at the learner's priority."""
+    the learner (niceness 0) must never lose a core to an actor's or an evaluation's burst. Measured on 2 cores:
+    a 2-thread learner update beside a nice-19 process 11 % busy runs at its speed alone, beside a nice-0 one at
+    0.74 of it (its OpenMP threads wait for the preempted one). 0 leaves them at the learner's priority."""
     node_resource: str = "actor"
     """On a Ray cluster, the custom resource each actor also asks one unit of, so actors run on the nodes that
     advertise it (deploy/cluster*.yaml's actor node type, which the autoscaler adds as actors are asked for) and
@@ -249,9 +249,9 @@ class LearnerConfig:
     cpus: int | Literal["auto"] = "auto"
     """Cores for the learner: Ray's CPUs for it and torch's intra-op threads in it (Ray alone would give a one-CPU
     process one thread). auto (deploy/run/ray_runtime.resolve_processes): with a CUDA learner 1 (its host side is
-    one Python thread launching kernels); with a CPU learner on this machine every core, since actors and the
-    evaluator run at `actors.nice` and mostly wait on a learner-bound run (2 threads: 1.44x one on 2 cores,
-    bench/results); on a Ray cluster 1 (give a CPU learner node's cores with a number)."""
+    one Python thread launching kernels); with a CPU learner on this machine every core but the actors' and one
+    for Redis, the driver and Ray (1 on 2 cores: there a whole run with 2 threads made 0.75x the updates/s of
+    one, bench/results/vm-2026-12-06-whole-run*.json); on a Ray cluster 1 (a number for a CPU learner node)."""
     max_restarts: int = 3
     """Times a learner process that dies is restarted from the newest checkpoint before the run gives up."""
     node_resource: str = "learner"

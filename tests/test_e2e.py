@@ -25,6 +25,7 @@ from tensorboard_files import event_files, images, read_events, scalars, values
 
 from common.config import debug, parse_cli
 from common.envs import make_env
+from deploy.run.ray_runtime import resolve_processes
 from deploy.tools.wandb_reader import find_offline_runs, read_config
 
 pytestmark = pytest.mark.e2e
@@ -103,12 +104,13 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
     runs = find_offline_runs(run_dir)
     assert read_config(runs[0])["model"]["z1_dim"] == cfg.model.z1_dim
     # The execution mode that really ran (after any CUDA-graph fallback) is in W&B's config and the summary.
-    # With the learner's threads, Ray CPUs, the machine's cores and its niceness (`learner.cpus` auto: every core).
+    # With the learner's threads, Ray CPUs, the machine's cores and its niceness (`learner.cpus` auto, resolved as
+    # deploy/run/ray_runtime.resolve_processes does for this machine: 1 with 2 actors on 2 cores).
+    threads = resolve_processes(cfg, cluster=False, gpu=False).learner.cpus
     assert read_config(runs[0])["execution"] == summary["execution"] == {
         "compile": "none", "precision": "fp32", "cuda_graphs": False, "fallback": None,
-        "threads": len(os.sched_getaffinity(0)), "ray_cpus": len(os.sched_getaffinity(0)),
-        "cores": len(os.sched_getaffinity(0)), "nice": 0}
-    assert summary["learner_threads"] == len(os.sched_getaffinity(0))
+        "threads": threads, "ray_cpus": threads, "cores": len(os.sched_getaffinity(0)), "nice": 0}
+    assert summary["learner_threads"] == threads
     # The OpenGL renderer each actor and the evaluator drew with (probed once per process), as W&B config.
     renderers = read_config(runs[0])["renderers"]
     assert renderers and all(r["backend"] in ("egl", "osmesa") and r["renderer"] for r in renderers), renderers

@@ -29,11 +29,12 @@ def test_auto_processes_follow_the_machine_the_learner_and_the_cluster(monkeypat
     # A GPU learner: one core for its kernel launches, the rest step environments (less evaluator and Redis).
     assert resolved(paper, cluster=False, cpus=16, gpu=True) == (13, 1)
     assert resolved(paper, cluster=False, cpus=2, gpu=True) == (1, 1)  # at least one actor
-    # A CPU learner: every core for its threads, one actor per 8 cores (at least one).
-    assert resolved(paper, cluster=False, cpus=16, gpu=False) == (2, 16)
-    assert resolved(paper, cluster=False, cpus=2, gpu=False) == (1, 2)
+    # A CPU learner: one actor per 8 cores (at least one), its threads every core but the actors' and one.
+    assert resolved(paper, cluster=False, cpus=16, gpu=False) == (2, 13)
+    assert resolved(paper, cluster=False, cpus=2, gpu=False) == (1, 1)
+    assert resolved(paper, cluster=False, cpus=4, gpu=False) == (1, 2)
     assert resolved(paper, cluster=True, cpus=16, gpu=False) == (paper.actors.cluster_num, 1)
-    assert resolved(debug(), cluster=False, cpus=16, gpu=False) == (2, 16)  # a number stays
+    assert resolved(debug(), cluster=False, cpus=16, gpu=False) == (2, 13)  # a number stays
     assert resolved(parse_cli(["paper", "--learner.cpus", "3"]), cluster=False, cpus=16, gpu=False) == (2, 3)
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert resolved(paper, cpus=16, gpu=True) == (2, 1)
@@ -48,8 +49,8 @@ def test_auto_processes_follow_the_machine_the_learner_and_the_cluster(monkeypat
     # Seeds side by side share the cores; one at a time resolves auto itself.
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setattr("deploy.experiments.child_runs.learner_on_gpu", lambda cfg: False)
-    assert per_seed_overrides(paper, 2) == ["--actors.num", "1", "--learner.cpus", "8"]
-    assert per_seed_overrides(paper, 1) == [] and per_seed_overrides(debug(), 2) == ["--learner.cpus", "8"]
+    assert per_seed_overrides(paper, 2) == ["--actors.num", "1", "--learner.cpus", "6"]
+    assert per_seed_overrides(paper, 1) == [] and per_seed_overrides(debug(), 2) == ["--learner.cpus", "5"]
     monkeypatch.setattr("deploy.experiments.child_runs.learner_on_gpu", lambda cfg: True)
     assert per_seed_overrides(paper, 2) == ["--actors.num", "5", "--learner.cpus", "1"]
     # The run's first lines and the progress line say how many threads, actors and environments run.

@@ -58,22 +58,27 @@ def resolve_processes(cfg: Config, cluster: bool | None = None, cpus: int | None
     this machine (`cpus` cores; `gpu`: the learner runs on CUDA):
     - CUDA learner: 1 CPU for it (one Python thread launching kernels), and every other core but the evaluator's
       and Redis's steps environments: a GPU learner wants many actors.
-    - CPU learner: every core for its threads, and one actor per CPUS_PER_ACTOR_WITH_CPU_LEARNER cores (at least
-      one). The run is learner-bound; actors and the evaluator run at `actors.nice`, so they take a core only
-      when the learner leaves it (measured on 2 cores: a 2-thread learner keeps its speed alone beside a nice-19
-      actor, and loses a quarter of it beside a nice-0 one).
+    - CPU learner: one actor per CPUS_PER_ACTOR_WITH_CPU_LEARNER cores (at least one), and for the learner's
+      threads every core but the actors' and one for the rest of the run (Redis, the driver, W&B, Ray's own
+      processes; at least one thread). OpenMP's threads wait for each other, so a learner thread preempted by
+      any of those stalls the update: measured on 2 cores (bench/results/vm-2026-12-06-whole-run*.json), a
+      whole `cpu`-preset run made 21.6 updates/s with one thread, its learner's rate alone, and 16.2 with
+      two, whose learner alone makes 28.1.
     """
     cluster = joins_cluster() if cluster is None else cluster
     cores = cpus or len(os.sched_getaffinity(0))
     gpu = learner_on_gpu(cfg) if gpu is None else gpu
+    def given(actors: int) -> int:
+        return actors if cfg.actors.num == "auto" else cfg.actors.num
+
     if cluster:
-        actors, learner_cpus = cfg.actors.cluster_num, 1
+        num, learner_cpus = given(cfg.actors.cluster_num), 1
     elif gpu:
         learner_cpus = 1
-        actors = max(1, cores - learner_cpus - OVERHEAD_CPUS)
+        num = given(max(1, cores - learner_cpus - OVERHEAD_CPUS))
     else:
-        learner_cpus, actors = cores, max(1, cores // CPUS_PER_ACTOR_WITH_CPU_LEARNER)
-    num = actors if cfg.actors.num == "auto" else cfg.actors.num
+        num = given(max(1, cores // CPUS_PER_ACTOR_WITH_CPU_LEARNER))
+        learner_cpus = max(1, cores - math.ceil(num * cfg.actors.num_cpus) - 1)
     threads = learner_cpus if cfg.learner.cpus == "auto" else cfg.learner.cpus
     return dataclasses.replace(cfg, actors=dataclasses.replace(cfg.actors, num=num),
                                learner=dataclasses.replace(cfg.learner, cpus=threads))
