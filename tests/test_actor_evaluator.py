@@ -20,7 +20,7 @@ from actors.history import FeatureRing
 from common.config import Config, debug, parse_cli
 from common.envs import make_env
 from common.policy import Policy
-from common.probe import filter_tensors
+from common.probe import has_filter
 from learner.learner import Learner
 
 pytestmark = pytest.mark.unit
@@ -181,8 +181,10 @@ def test_an_env_that_raises_is_replaced_at_the_next_evaluation() -> None:
 def test_the_probe_reads_the_state_from_the_latents_the_blob_can_filter() -> None:
     cfg = parse_cli(["debug", "--run.task", "cartpole_swingup", "--task.episode-length", "160"])
     learner = Learner(cfg, 1, seed=3)
-    blob = learner.actor_weights(2)  # debug sizes, one action: cartpole's
-    with_filter = dict(blob, state_dict={**blob["state_dict"], **filter_tensors(learner.model.state_dict())})
+    with_filter = learner.actor_weights(2)  # debug sizes, one action: cartpole's; the learner publishes the filter
+    assert has_filter(with_filter)
+    blob = dict(with_filter, state_dict={k: v for k, v in with_filter["state_dict"].items()  # an older learner's
+                                         if k.split(".", 1)[0] in ("encoder", "actor")})
     evaluator = Evaluator(cfg)
     # No probe, and the reason in one line: the blob lacks the latent model, or one episode cannot be split.
     for weights, episodes, why in ((blob, 2, "encoder and actor only"), (with_filter, 1, "at least 2 episodes")):
@@ -191,7 +193,6 @@ def test_the_probe_reads_the_state_from_the_latents_the_blob_can_filter() -> Non
     assert evaluator.evaluate(None, 2, seed=0)["probe_note"] is None  # version 0: no latent model, as expected
     two = Learner(cfg, A, seed=3)
     two_blob = two.actor_weights(1)
-    two_blob["state_dict"].update(filter_tensors(two.model.state_dict()))
     own = Evaluator(cfg, env_factory=_SeededEnv).evaluate(two_blob, 2, seed=0)  # an env without a state
     assert own["probe"] is None and "exposes no simulator state" in own["probe_note"]
     result = evaluator.evaluate(with_filter, 4, seed=0, keep_latents=True)

@@ -18,6 +18,7 @@ import ray
 from common.config import Config, ConfigError
 from replay_service import connect
 from replay_service.schema import STATE
+from replay_service.server import free_port
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,11 @@ def connect_ray(cfg: Config) -> bool:
     # wait on the learner, which may take every core (`resolve_processes`); the tests run them all on 2 cores.
     # Ray starts its workers at niceness 15 unless told otherwise: the learner must run at 0, above the actors and
     # the evaluator, which raise theirs to `actors.nice` (common/priority.py).
+    # Ray starts a dashboard process even without the dashboard (its job and state APIs): on a free port, so that a
+    # private run never holds 8265, the port a `ray start --head` or `ray up` on this machine needs.
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(ray_cpus(cfg))), include_dashboard=False,
-             log_to_driver=True, configure_logging=False, _system_config={"worker_niceness": 0})
+             dashboard_port=free_port(), log_to_driver=True, configure_logging=False,
+             _system_config={"worker_niceness": 0})
     return False
 
 
