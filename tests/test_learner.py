@@ -14,6 +14,7 @@ from learner_device import Learner
 from common.batch import Batch
 from common.config import Config, debug
 from common.envs import make_env
+from common.probe import FILTER_MODULES
 from learner.learner import MODEL_KEYS, SAC_KEYS, polyak_update
 
 pytestmark = pytest.mark.unit
@@ -268,9 +269,10 @@ def test_actor_weights_blob_and_figure() -> None:
     blob = pickle.loads(pickle.dumps(learner.actor_weights(version=7)))
     assert blob["version"] == 7 and blob["action_dim"] == 2
     assert blob["model_cfg"]["z1_dim"] == CFG.model.z1_dim and blob["sac_cfg"]["gamma"] == CFG.sac.gamma
-    assert {k.split(".")[0] for k in blob["state_dict"]} == {"encoder", "actor"}
+    # The policy's encoder and actor, and the latent model's filtering networks for the evaluator's probe.
+    assert {k.split(".")[0] for k in blob["state_dict"]} == {"encoder", "actor", *FILTER_MODULES}
     assert all(v.device.type == "cpu" for v in blob["state_dict"].values())
-    n = sum(v.numel() for v in blob["state_dict"].values())
+    n = sum(v.numel() for k, v in blob["state_dict"].items() if k.split(".")[0] in ("encoder", "actor"))
     assert n == learner.parameter_counts()["encoder"] + learner.parameter_counts()["actor"]
     image = learner.figure(_random_batch(5, 2), sequences=2)
     assert image.dtype == np.uint8 and image.shape == (8 * 64 + 7 * 4, T * 64, 3)
