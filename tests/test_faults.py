@@ -172,7 +172,12 @@ def _stop_then_resume(tmp_path: Path, runs, sig: signal.Signals, times: int) -> 
     run_dir, length, every = tmp_path / "run", 2400, 400
     run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.env-steps", str(length),
                 "--run.eval-every", str(every), "--learner.checkpoint-every", "1000", *COUPLED])
-    wait_for(lambda: run.replay_state().get("sampled", 0) >= 20, 180, "joint training", run.proc, run.log)
+    # Joint training, and the step-0 evaluation written (the evaluator runs at the actors' niceness, below the
+    # learner: on 2 cores it may finish after joint training starts), so the resumed run has a grid to go on from.
+    evals_csv = run_dir / "eval.csv"
+    wait_for(lambda: run.replay_state().get("sampled", 0) >= 20 and evals_csv.exists()
+             and len(evals_csv.read_text().splitlines()) >= 2, 180, "joint training and the first evaluation",
+             run.proc, run.log)
     children = descendants(run.proc.pid)
     for _ in range(times):
         os.kill(run.proc.pid, sig)
