@@ -63,12 +63,13 @@ def resolve_processes(cfg: Config, cluster: bool | None = None, cpus: int | None
       threads every core but the actors' and one for the rest of the run (Redis, the driver, W&B, Ray's own
       processes; at least one thread). OpenMP's threads wait for each other, so a learner thread preempted by
       any of those stalls the update: measured on 2 cores (bench/results/vm-2026-12-06-whole-run*.json), a
-      whole `cpu`-preset run made 21.6 updates/s with one thread, its learner's rate alone, and 16.2 with
-      two, whose learner alone makes 28.1.
+      whole `cpu`-preset run of the code before this setting (one thread) made 21.6 updates/s, its learner's
+      rate alone, and one of this code with two threads 16.2, whose learner alone makes 28.1.
     """
     cluster = joins_cluster() if cluster is None else cluster
     cores = cpus or len(os.sched_getaffinity(0))
     gpu = learner_on_gpu(cfg) if gpu is None else gpu
+
     def given(actors: int) -> int:
         return actors if cfg.actors.num == "auto" else cfg.actors.num
 
