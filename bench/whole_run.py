@@ -117,7 +117,7 @@ def measure(checkout: Path, run_dir: Path, args: argparse.Namespace) -> dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="the commit to compare against")
+    parser.add_argument("--base", help="the commit to compare against (none: this checkout alone)")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--env-steps", type=int, default=80_000,
                         help="run length; the cpu preset's initial collection and pre-training end near 16 000")
@@ -125,25 +125,28 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=200, help="timed updates of the learner alone")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    base_sha = subprocess.run(["git", "rev-parse", args.base], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
+    base_sha = args.base and subprocess.run(["git", "rev-parse", args.base], cwd=REPO, capture_output=True,
+                                            text=True, check=True).stdout.strip()
     started = time.time()
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="slac-whole-run-") as tmp:
-        base = Path(tmp) / "base"
-        subprocess.run(["git", "worktree", "add", "--detach", str(base), base_sha], cwd=REPO, check=True,
-                       capture_output=True)
-        try:
-            results = {"base": measure(base, Path(tmp) / "run-base", args),
-                       "head": measure(REPO, Path(tmp) / "run-head", args)}
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO, capture_output=True)
+        if base_sha:
+            base = Path(tmp) / "base"
+            subprocess.run(["git", "worktree", "add", "--detach", str(base), base_sha], cwd=REPO, check=True,
+                           capture_output=True)
+            try:
+                results["base"] = measure(base, Path(tmp) / "run-base", args)
+            finally:
+                subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=REPO, capture_output=True)
+        results["head"] = measure(REPO, Path(tmp) / "run-head", args)
     report: dict[str, Any] = {
         "bench": "whole_run", "command": " ".join(sys.argv), "commit": commit(), "dirty": dirty(),
         "base_commit": base_sha, "date": time.strftime("%Y-%m-%d"), "device_name": cpu_name(),
         "cores": len(os.sched_getaffinity(0)), "preset": args.preset, "env_steps": args.env_steps,
-        "wall_s": round(time.time() - started), **results,
-        "head_over_base_whole_run": round(results["head"]["joint_updates_per_s"] /
-                                          results["base"]["joint_updates_per_s"], 3)}
+        "wall_s": round(time.time() - started), **results}
+    if "base" in results:
+        report["head_over_base_whole_run"] = round(results["head"]["joint_updates_per_s"] /
+                                                   results["base"]["joint_updates_per_s"], 3)
     write_report(report, args.out)
 
 
