@@ -169,7 +169,9 @@ def _unstored(summary: dict[str, Any]) -> int:
 def _stop_then_resume(tmp_path: Path, runs, sig: signal.Signals, times: int) -> None:
     """Stop a debug run in joint training with `sig` (`times` in quick succession), then resume it with
     the bare flag and check that every counter and the evaluation schedule carry on."""
-    run_dir, length, every = tmp_path / "run", 2400, 400
+    # 3200 env steps: long enough that the stop comes before the end even when the step-0 evaluation, at the
+    # actors' niceness, finishes late on a busy 2-core machine (at 2400 a run once reached its length first).
+    run_dir, length, every = tmp_path / "run", 3200, 400
     run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.env-steps", str(length),
                 "--run.eval-every", str(every), "--learner.checkpoint-every", "1000", *COUPLED])
     # Joint training, and the step-0 evaluation written (the evaluator runs at the actors' niceness, below the
