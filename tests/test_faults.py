@@ -167,12 +167,13 @@ def _unstored(summary: dict[str, Any]) -> int:
 
 
 def _stop_then_resume(tmp_path: Path, runs, sig: signal.Signals, times: int) -> None:
-    """Stop a debug run in joint training with `sig` (`times` in quick succession), then resume it with
-    the bare flag and check that every counter and the evaluation schedule carry on."""
-    # 3200 env steps: long enough that the stop comes before the end even when the step-0 evaluation, at the
-    # actors' niceness, finishes late on a busy 2-core machine (at 2400 a run once reached its length first).
-    run_dir, length, every = tmp_path / "run", 3200, 400
-    run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.env-steps", str(length),
+    """Stop a debug run in joint training with `sig` (`times` in quick succession), then resume it (its saved
+    config, a new length) and check that every counter and the evaluation schedule carry on."""
+    # A run far longer than the test waits, so the signals always find it running: the step-0 evaluation, at
+    # the actors' niceness, can finish late on a busy 2-core machine, and a run of 3200 env steps once reached
+    # its end first (CI). The resume then gives the run a length just past the stop, on the evaluation grid.
+    run_dir, every = tmp_path / "run", 400
+    run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.env-steps", "1000000",
                 "--run.eval-every", str(every), "--learner.checkpoint-every", "1000", *COUPLED])
     # Joint training, and the step-0 evaluation written (the evaluator runs at the actors' niceness, below the
     # learner: on 2 cores it may finish after joint training starts), so the resumed run has a grid to go on from.
@@ -191,7 +192,7 @@ def _stop_then_resume(tmp_path: Path, runs, sig: signal.Signals, times: int) -> 
     assert "--run.resume" in run.text  # how to continue
     stopped = run.summary()
     assert stopped["interrupted"] and Path(stopped["checkpoint"]).exists()
-    assert stopped["env_steps"] < length, "stopped too late to test the resume"
+    length = (stopped["env_steps"] // every + 3) * every  # three more grid points to evaluate after the resume
     assert _unstored(stopped) <= 2 * 25, stopped  # only writes the rate limiter held at the stop are dropped
     def left() -> list[str]:
         return [cmd[0] for pid, cmd in children.items() if alive(pid) and cmdline(pid) == cmd]
@@ -202,7 +203,7 @@ def _stop_then_resume(tmp_path: Path, runs, sig: signal.Signals, times: int) -> 
     assert not left(), f"processes of the run outlived it: {left()}"
     evals_before = list(csv.DictReader((run_dir / "eval.csv").open()))
 
-    resumed_run = runs(["--run.resume", str(run_dir)], name="resumed")
+    resumed_run = runs(["--run.resume", str(run_dir), "--run.env-steps", str(length)], name="resumed")
     assert resumed_run.wait() == 0, resumed_run.text[-3000:]
     resumed = resumed_run.summary()
     assert resumed["env_steps"] >= length and resumed["env_steps"] < length + 400, resumed
@@ -242,7 +243,7 @@ def test_sigterm_checkpoints_stops_everything_and_resume_continues_the_counters(
     _stop_then_resume(tmp_path, runs, signal.SIGTERM, times=1)
 
 
-def test_two_sigints_still_write_a_checkpoint_and_a_bare_resume_continues(tmp_path: Path, runs) -> None:
+def test_two_sigints_still_write_a_checkpoint_and_the_resume_continues(tmp_path: Path, runs) -> None:
     _stop_then_resume(tmp_path, runs, signal.SIGINT, times=2)
 
 

@@ -157,7 +157,7 @@ def run_seeds(runs: list[SeedRun], parallel: int, status_every_s: float = 30.0) 
 
     with StopSignals() as signals:
         try:
-            failures = _schedule(runs, parallel, status_every_s)
+            failures = _schedule(runs, parallel, status_every_s, signals)
         except KeyboardInterrupt:
             alive = [r.process for r in runs if r.process is not None and r.process.poll() is None]
             sig = signal.SIGTERM if signals.received == "SIGTERM" else signal.SIGINT
@@ -173,12 +173,14 @@ def run_seeds(runs: list[SeedRun], parallel: int, status_every_s: float = 30.0) 
     return [run.summary for run in runs if run.summary is not None]
 
 
-def _schedule(runs: list[SeedRun], parallel: int, status_every_s: float) -> list[SeedFailed]:
+def _schedule(runs: list[SeedRun], parallel: int, status_every_s: float,
+              signals: StopSignals) -> list[SeedFailed]:
     """Start the seeds `parallel` at a time and wait for them all; the failures, in the order they ended."""
     quiet = parallel > 1
     pending, running, failures = list(runs), [], []
     last_status = time.monotonic()
     while pending or running:
+        signals.check()  # a signal whose KeyboardInterrupt was swallowed (raised inside a __del__) still stops
         while pending and len(running) < parallel and not failures:
             run = pending.pop(0)
             run.start(quiet)

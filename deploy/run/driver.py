@@ -100,8 +100,10 @@ class Driver:
 
     def loop(self) -> dict[str, Any]:
         interrupted = False
+        self.signals.defer()  # a signal now stops the loop between two ticks, never inside a write
         try:
             while self.state.env_steps < self.cfg.run.env_steps and not self.fleet.done:
+                self.signals.check()
                 tick = time.monotonic()
                 self._check_processes()
                 self._poll()
@@ -112,6 +114,7 @@ class Driver:
             self.signals.stopping()
         except KeyboardInterrupt:
             interrupted = True
+            self.signals.stopping()
             log.warning("%s: stopping, writing a checkpoint", self.signals.received or "interrupted")
         except ReplayServerLostError as lost:
             raise ReplayServerLostError(f"{lost} {self._checkpoint_without_replay()}") from lost

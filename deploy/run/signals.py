@@ -21,27 +21,47 @@ log = logging.getLogger(__name__)
 
 
 class StopSignals:
-    """Within `with StopSignals():` the first SIGINT or SIGTERM raises KeyboardInterrupt in the main
-    thread (the driver then checkpoints and stops every process); later ones are acknowledged and
-    ignored, so an impatient second Ctrl-C (or a SIGINT delivered twice) cannot abort the checkpoint."""
+    """Within `with StopSignals():` the first SIGINT or SIGTERM stops the run gracefully; later ones are
+    acknowledged and ignored, so an impatient second Ctrl-C (or a SIGINT delivered twice) cannot abort the
+    checkpoint.
+
+    Until `defer()` the first signal raises KeyboardInterrupt in the main thread, which cuts off a long
+    start-up. Raising from a signal handler is not safe everywhere, though: an exception raised while a
+    garbage-collected object's `__del__` runs (redis-py's ConnectionPool, say) is printed and dropped, and the
+    stop was lost (found in a test: two SIGINTs, a run that went on to its end). So every signal is also
+    recorded, and a polling loop calls `check()` each round, which raises for a recorded signal that no
+    handler raised or whose exception was swallowed; after `defer()` (the driver's main loop) signals are only
+    recorded, and the loop stops between two rounds, never in the middle of a write."""
 
     _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.received: str | None = None
+        self.received: str | None = None  # the first signal's name
+        self._stopping = False  # a graceful stop began for another reason (the run's end, a lost Redis)
+        self._raise = True
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
-        if self.received is None:
+        if self.received is None and not self._stopping:
             self.received = signal.Signals(signum).name
-            raise KeyboardInterrupt(self.received)
+            if self._raise:
+                raise KeyboardInterrupt(self.received)
+            return
         print(f"\n{signal.Signals(signum).name} received: stopping, writing a checkpoint (this finishes on its own)",
               file=sys.stderr, flush=True)
 
+    def defer(self) -> None:
+        """From now on a signal is only recorded; the caller's loop acts on it through `check()`."""
+        self._raise = False
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt (with the signal's name) if a stop signal came and no stop began yet."""
+        if self.received is not None and not self._stopping:
+            raise KeyboardInterrupt(self.received)
+
     def stopping(self) -> None:
-        """The driver started its graceful stop for another reason: later signals must not abort it."""
-        if self.received is None:
-            self.received = "stop"
+        """A graceful stop began (for a signal or another reason): later signals must not abort it."""
+        self._stopping = True
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
