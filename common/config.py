@@ -311,6 +311,9 @@ class TaskConfig:
     """Environment steps per episode before the time limit truncates it."""
     camera: int | Literal["auto", "default"] = "auto"
     """Camera id the frames are rendered from; default: the env's own camera."""
+    render: Literal["fast", "antialiased", "full"] = "fast"
+    """How a MuJoCo env draws frames (common/tasks.RENDER_QUALITIES): fast (no shadows or multisampling),
+    antialiased (4x multisampling) or full (the model's own, shadows included). Other envs: their render()."""
     suite: Annotated[str, tyro.conf.Suppress] = ""
     """Where the env comes from (dmc, gym, custom), written when the run resolves its task; not a setting."""
     env_id: Annotated[str, tyro.conf.Suppress] = ""
@@ -406,15 +409,16 @@ class Config:
         t = self.task
         if t.resolved:
             return TaskSpec(self.run.task, t.suite, t.env_id, int(t.action_repeat), int(t.episode_length),  # type: ignore[arg-type]
-                            None if t.camera == "default" else int(t.camera))
+                            None if t.camera == "default" else int(t.camera), render=t.render)
         return resolve_task(self.run.task, None if t.action_repeat == "auto" else int(t.action_repeat),
                             None if t.episode_length == "auto" else int(t.episode_length),
-                            "auto" if t.camera == "auto" else None if t.camera == "default" else int(t.camera))
+                            "auto" if t.camera == "auto" else None if t.camera == "default" else int(t.camera),
+                            t.render)
 
     def with_task(self, spec: TaskSpec) -> Config:
         """This config with every task setting resolved to `spec`'s values (what config.json records)."""
         task = TaskConfig(spec.action_repeat, spec.episode_length, "default" if spec.camera is None else spec.camera,
-                          spec.suite, spec.env_id)
+                          spec.render, spec.suite, spec.env_id)  # type: ignore[arg-type]
         return dataclasses.replace(self, task=task)
 
     @property

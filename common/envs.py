@@ -109,6 +109,11 @@ class _RepeatedActionEnv:
         """Whether frames come from MuJoCo's offscreen context at the model's size (else the env's own render())."""
         return True
 
+    def render_quality(self) -> dict[str, int] | None:
+        """The MuJoCo drawing settings this env's frames use (`set_render_quality`), None for another renderer."""
+        handles = self._mujoco_state()
+        return set_render_quality(handles[0], self.spec.render) if handles is not None else None
+
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Start an episode; returns its first frame. With `seed`, the initial state is the one a fresh env
         built with that seed starts its first episode in (tests/test_actor_evaluator.py checks it)."""
@@ -172,7 +177,7 @@ class DmControlEnv(_RepeatedActionEnv):
         action_spec = self._env.action_spec()
         self._set_bounds(action_spec.minimum, action_spec.maximum)
         _check_camera(spec, self._env.physics.model)
-        _fast_visuals(self._env.physics.model)
+        set_render_quality(self._env.physics.model, spec.render)
 
     def _raw_reset(self, seed: int | None) -> None:
         if seed is not None:
@@ -263,7 +268,7 @@ class GymnasiumEnv(_RepeatedActionEnv):
         self._env.reset(seed=self._seed if seed is None else seed)
         self._seed = None
         if self._mujoco and not self._visuals_set:
-            _fast_visuals(self._env.unwrapped.model)
+            set_render_quality(self._env.unwrapped.model, self.spec.render)
             self._visuals_set = True
 
     def _raw_step(self, action: np.ndarray) -> tuple[float, bool, bool]:
@@ -363,13 +368,16 @@ def _check_camera(spec: TaskSpec, model: Any) -> None:
                         f"{model.ncam} (ids 0 to {model.ncam - 1}, or -1 for the free camera)")
 
 
-def _fast_visuals(model: Any) -> None:
-    """Turn off shadow maps and multisampling: 5-10x faster software rendering at 64x64.
-
-    Must run before the first render, which allocates the offscreen buffers.
-    """
-    model.vis.quality.shadowsize = 0
-    model.vis.quality.offsamples = 0
+def set_render_quality(model: Any, render: str) -> dict[str, int]:
+    """Set a MuJoCo model's offscreen drawing to `render` (common/tasks.RENDER_QUALITIES); returns the
+    shadow-map size and multisample count it draws with, which `make export` records so that a user's loop
+    draws the same frames. Must run before the first render, which allocates the offscreen buffers."""
+    quality = model.vis.quality
+    if render == "fast":  # 5-10x cheaper software rendering at 64x64 than the model's own settings
+        quality.shadowsize, quality.offsamples = 0, 0
+    elif render == "antialiased":
+        quality.shadowsize, quality.offsamples = 0, 4
+    return {"shadowsize": int(quality.shadowsize), "offsamples": int(quality.offsamples)}
 
 
 def make_env(task: str | TaskSpec, seed: int, image_size: int = 64) -> DmControlEnv | GymnasiumEnv:

@@ -39,9 +39,10 @@ def test_the_four_forms_and_their_defaults() -> None:
     assert (pusher.suite, pusher.env_id, pusher.action_repeat, pusher.episode_length) == ("gym", "Pusher-v5", 1, 100)
     own = parse_task("my_pkg.envs:make_reach")
     assert (own.suite, own.env_id, own.action_repeat, own.camera) == ("custom", "my_pkg.envs:make_reach", 1, None)
-    assert resolve_task("dmc:reacher/hard", action_repeat=2, episode_length=500, camera=1).settings() == {
+    assert resolve_task("dmc:reacher/hard", action_repeat=2, episode_length=500, camera=1,
+                        render="antialiased").settings() == {
         "task": "dmc:reacher/hard", "suite": "dmc", "env_id": "reacher/hard", "action_repeat": 2,
-        "episode_length": 500, "camera": 1}
+        "episode_length": 500, "camera": 1, "render": "antialiased"}
     assert parse_task("dmc:reacher/hard").slug == "dmc-reacher-hard"
 
 
@@ -74,12 +75,14 @@ def test_register_and_entry_points_add_named_tasks(registry: None, tmp_path: Pat
 
 
 def test_task_settings_reach_the_config_and_a_resolved_config_needs_no_registry(registry: None) -> None:
-    cfg = parse_cli(["debug", "--run.task", "dmc:reacher/easy", "--task.action-repeat", "3"])
+    cfg = parse_cli(["debug", "--run.task", "dmc:reacher/easy", "--task.action-repeat", "3",
+                     "--task.render", "antialiased"])
     assert cfg.task.action_repeat == 3 and cfg.task_spec.action_repeat == 3 and cfg.task_spec.episode_length == 1000
     resolved = cfg.with_task(cfg.task_spec)
     assert resolved.task.resolved and Config.from_json(resolved.to_json()) == resolved
-    assert resolved.to_dict()["task"] == {"action_repeat": 3, "episode_length": 1000, "camera": 0, "suite": "dmc",
-                                          "env_id": "reacher/easy"}
+    assert resolved.to_dict()["task"] == {"action_repeat": 3, "episode_length": 1000, "camera": 0,
+                                          "render": "antialiased", "suite": "dmc", "env_id": "reacher/easy"}
+    assert resolved.task_spec.render == "antialiased"
     register("elsewhere", "task_factories:box", action_repeat=2)
     mine = parse_cli(["debug", "--run.task", "elsewhere"])
     mine = mine.with_task(mine.task_spec)
@@ -97,6 +100,28 @@ def test_resume_refuses_another_action_repeat_but_not_a_config_from_before_task_
     old = saved.to_dict()
     del old["task"]  # a config.json written before the task group existed
     assert resume_conflicts(Config.from_dict(old), saved) == []
+    before_render = saved.to_dict()
+    del before_render["task"]["render"]  # written before --task.render: those runs drew fast
+    assert resume_conflicts(Config.from_dict(before_render), saved) == []
+    drawn = parse_cli(["debug", "--run.task", "cartpole", "--task.render", "full"])
+    assert resume_conflicts(saved, drawn.with_task(drawn.task_spec)) == ["task.render: saved 'fast', now 'full'"]
+
+
+def test_render_quality_sets_what_mujoco_draws_with() -> None:
+    frames = {}
+    for render, quality in [("fast", {"shadowsize": 0, "offsamples": 0}),
+                            ("antialiased", {"shadowsize": 0, "offsamples": 4})]:
+        env = make_env(resolve_task("cartpole_swingup", render=render), seed=0)
+        assert env.render_quality() == quality
+        frames[render] = env.reset(seed=1)
+        env.close()
+    full = make_env(resolve_task("cartpole_swingup", render="full"), seed=0)
+    assert full.render_quality()["shadowsize"] > 0  # the model's own shadow map, left as it is
+    full.close()
+    # Multisampling shades the one-pixel pole and the rail by coverage: the same state, other pixels.
+    assert np.abs(frames["fast"].astype(int) - frames["antialiased"]).max() > 20
+    with pytest.raises(UnknownTaskError, match="render must be one of fast, antialiased, full"):
+        resolve_task("cartpole_swingup", render="pretty")
 
 
 def test_the_action_repeat_and_episode_length_set_the_env_steps() -> None:

@@ -70,14 +70,14 @@ def metadata(trained: TrainedPolicy, fmt: str) -> dict[str, Any]:
     env = make_env(spec, seed=0, image_size=cfg.model.image_size)
     try:
         low, high = (bound.tolist() for bound in env.action_bounds)
-        mujoco = env.draws_with_mujoco
+        mujoco, quality = env.draws_with_mujoco, env.render_quality()
     finally:
         env.close()
     tau, a = cfg.model.sequence_length, trained.weights["action_dim"]
     return {
         "format": METADATA_FORMAT, "file_format": fmt, "policy": "deterministic: tanh of the actor's mean",
         **spec.settings(), "image_size": cfg.model.image_size,
-        "rendering": {"mujoco": mujoco, "mujoco_vis_quality": {"shadowsize": 0, "offsamples": 0},
+        "rendering": {"mujoco": mujoco, "mujoco_vis_quality": quality,
                       "resize": None if mujoco else "area"},
         "tau": tau, "action_dim": a, "action_low": low, "action_high": high,
         "inputs": {"obs_history": f"uint8 [N, {tau}, 3, {cfg.model.image_size}, {cfg.model.image_size}], oldest "
