@@ -115,7 +115,7 @@ class Learner:
 
     def __init__(self, cfg: Config, action_dim: int, device: str | torch.device = "cpu", seed: int = 0) -> None:
         execution.persistent_cache()
-        self.cfg = cfg
+        self.cfg = cfg = cfg.with_model_resolved()  # pixel_variance auto: the task's number
         self.action_dim = action_dim
         self.device = torch.device(device)
         self.seed = seed

@@ -19,7 +19,7 @@ def test_defaults_are_the_papers_values() -> None:
     assert cfg == Config()
     assert (cfg.model.z1_dim, cfg.model.z2_dim, cfg.model.hidden_dim, cfg.model.feature_dim) == (32, 256, 256, 256)
     assert cfg.model.conv_channels == (32, 64, 128, 256, 256)
-    assert cfg.model.pixel_variance == 0.1
+    assert cfg.model.pixel_variance == "auto"  # the published per-task value (test below), appendix B's 0.1 elsewhere
     assert cfg.model.sequence_length == 8
     assert (cfg.model.lr, cfg.model.batch_size) == (1e-4, 32)
     assert (cfg.sac.actor_lr, cfg.sac.critic_lr, cfg.sac.batch_size) == (3e-4, 3e-4, 256)
@@ -54,6 +54,7 @@ def test_cli_default_preset_is_paper() -> None:
         (["paper", "--replay.appendfsync", "sometimes"], "appendfsync"),
         (["paper", "--run.task", "nonsense"], "nonsense"),
         (["paper", "--sac.gamma", "1.5"], "sac.gamma"),
+        (["paper", "--model.pixel-variance", "0"], "model.pixel_variance"),
         (["nopreset"], "nopreset"),
     ],
 )
@@ -187,3 +188,22 @@ def test_the_command_line_names_a_resume_in_every_spelling() -> None:
         assert resume_dir(argv) == "runs/a", argv
     assert resume_dir(["--run.dir", "runs/a"]) is None and resume_dir(["--run.resume"]) is None
     assert flag_value(["--run-dir=/tmp/r"], "run.dir") == "/tmp/r"
+
+
+@pytest.mark.parametrize(("task", "variance"), [("cartpole_swingup", 0.1), ("walker", 0.4), ("ball_in_cup_catch", 0.04),
+                                                ("finger_spin", 0.1), ("cheetah_run", 0.1), ("hopper", 0.1),
+                                                ("dmc:reacher/hard", 0.1)])
+def test_the_paper_preset_takes_the_published_decoder_variance_of_each_task(task: str, variance: float) -> None:
+    cfg = parse_cli(["paper", "--run.task", task])
+    run = cfg.with_task(cfg.task_spec)  # what a run records in config.json
+    assert run.model.pixel_variance == variance and run.to_dict()["model"]["pixel_variance"] == variance
+    assert cfg.with_model_resolved().model.pixel_variance == variance  # what a learner built from `cfg` uses
+    chosen = parse_cli(["paper", "--run.task", task, "--model.pixel-variance", "0.2"])
+    assert chosen.with_task(chosen.task_spec).model.pixel_variance == 0.2  # overridable
+    small = parse_cli(["cpu", "--run.task", task])  # the small presets keep the 0.1 their results were run with
+    assert small.model.pixel_variance == 0.1 and parse_cli(["debug", "--run.task", task]).model.pixel_variance == 0.1
+
+
+def test_a_bad_decoder_variance_is_refused() -> None:
+    with pytest.raises(ConfigError, match="model.pixel_variance must be a positive number or auto"):
+        dataclasses.replace(paper().model, pixel_variance=0.0)
