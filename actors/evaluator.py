@@ -75,12 +75,24 @@ class _Episodes:
     actions: list[list[np.ndarray]] = field(default_factory=list)
     states: list[list[np.ndarray]] = field(default_factory=list)
 
+    def extend(self, other: _Episodes) -> None:
+        """Append the next wave's episodes (their indices follow these)."""
+        for name in ("returns", "lengths", "env_steps", "frames", "features", "actions", "states"):
+            getattr(self, name).extend(getattr(other, name))
+
+
+MAX_SLOTS = 10
+"""Episodes an evaluator plays at once (and envs it keeps): a larger evaluation plays in waves of this many.
+Each env holds a GL context and a simulator (about 45 MiB each for cartpole_swingup with EGL here), so 100 at
+once would take 4.7 GiB; the paper's protocol is 10, which one wave plays."""
+
 
 class Evaluator:
     """Runs whole evaluation episodes with a given weights blob, on environments it keeps between calls."""
 
-    def __init__(self, cfg: Config, env_factory: EnvFactory | None = None) -> None:
+    def __init__(self, cfg: Config, env_factory: EnvFactory | None = None, max_slots: int = MAX_SLOTS) -> None:
         torch.set_num_threads(1)
+        self.max_slots = max_slots
         set_niceness(cfg.actors.nice)  # an evaluation never takes the learner's core (common/priority.py)
         self.cfg = cfg
         self.env_factory = env_factory or default_env_factory(cfg)
@@ -103,9 +115,15 @@ class Evaluator:
         if policy is not None:
             policy.row_invariant = True  # an episode's actions do not depend on which episodes share its batch
         try:
-            firsts = [self._start(k, episode_seeds(seed, k)[0]) for k in range(episodes)]
-            names, note = self._probe_names(weights, episodes)
-            played = self._play(policy, firsts, seed, record_video, deterministic, probing=names is not None)
+            played, names, note = _Episodes([], [], []), None, None
+            # Waves of at most max_slots episodes; episode k keeps its own seeds whichever wave and slot play it.
+            for start in range(0, episodes, self.max_slots):
+                indices = list(range(start, min(episodes, start + self.max_slots)))
+                firsts = [self._start(slot, episode_seeds(seed, k)[0]) for slot, k in enumerate(indices)]
+                if start == 0:
+                    names, note = self._probe_names(weights, episodes)
+                played.extend(self._play(policy, firsts, indices, seed, record_video and start == 0, deterministic,
+                                         probing=names is not None))
         except BaseException:
             self.close()  # an env that raised may be broken: the next evaluation builds fresh ones
             raise
@@ -166,9 +184,10 @@ class Evaluator:
                           "and gymnasium MuJoCo envs do)")
         return tuple(names), None
 
-    def _play(self, policy: Policy | None, firsts: list[np.ndarray], seed: int, record_video: bool,
-              deterministic: bool, probing: bool) -> _Episodes:
-        """Step every episode in lockstep until each has ended; one policy call per agent step for those running."""
+    def _play(self, policy: Policy | None, firsts: list[np.ndarray], indices: list[int], seed: int,
+              record_video: bool, deterministic: bool, probing: bool) -> _Episodes:
+        """Step one wave's episodes (evaluation episodes `indices`, on slots 0..) in lockstep until each has
+        ended; one policy call per agent step for those running."""
         n, envs = len(firsts), self._envs[:len(firsts)]
         out = _Episodes([0.0] * n, [0] * n, [0] * n)
         if n == 0:
@@ -181,7 +200,7 @@ class Evaluator:
             ring.reset(k, obs)
         if record_video and n:
             out.frames.append(firsts[0])
-        noise_seeds = [episode_seeds(seed, k)[1] for k in range(n)]
+        noise_seeds = [episode_seeds(seed, k)[1] for k in indices]
         generators = [torch.Generator().manual_seed(s) for s in noise_seeds]
         uniforms = [np.random.default_rng(s) for s in noise_seeds]
         running = list(range(n))

@@ -130,6 +130,11 @@ def test_lockstep_episodes_return_what_one_at_a_time_returns() -> None:
         assert result["env_steps"] == [2 * n for n in result["lengths"]]
     # The noise is the episode's own: the first episodes of a larger evaluation play as they did.
     assert evaluator.evaluate(blob, 3, seed=3)["returns"] == evaluator.evaluate(blob, 6, seed=3)["returns"][:3]
+    # More episodes than slots: waves of at most max_slots, on that many kept envs, the same returns.
+    waves = Evaluator(cfg, env_factory=_SeededEnv, max_slots=4)
+    result = waves.evaluate(blob, 10, seed=3, record_video=True)
+    assert result["returns"] == one_at_a_time(cfg, _SeededEnv, blob, 10, 3) and len(waves._envs) == 4
+    assert len(result["video"]) == result["lengths"][0] + 1  # the first episode's frames only
     # Stochastic and deterministic differ, and so do evaluation seeds.
     assert evaluator.evaluate(blob, 2, seed=3)["returns"] != evaluator.evaluate(blob, 2, seed=4)["returns"]
 
