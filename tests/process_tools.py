@@ -79,6 +79,58 @@ def descendants(root: int) -> dict[int, list[str]]:
     return {pid: cmd for pid, cmd in found.items() if cmd and alive(pid)}
 
 
+def children(pid: int) -> list[int]:
+    """The direct children of process `pid`, from its threads' /proc children lists: a few small reads, fast
+    enough to catch a child between its exec and its first milliseconds (descendants() reads all of /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(child) for child in task.read_text().split()]
+        except OSError:  # the thread ended meanwhile
+            continue
+    return found
+
+
+def processes_using(*paths: str | Path) -> dict[int, str]:
+    """Every live process (but this one) that names, sits in or holds open a file under one of `paths`: its
+    command line, its working directory or an open file descriptor. Whatever a run leaves running keeps one of
+    these in the run's directory or its private Ray's (the redis-server its AOF, Ray's processes their logs),
+    however it retitled itself; returns pid -> command line, to show."""
+    roots = [str(Path(p).resolve()) for p in paths]
+
+    def under(target: str) -> bool:
+        return any(target == root or target.startswith(root + "/") for root in roots)
+
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid() or not alive(int(entry.name)):
+            continue
+        try:
+            targets = [os.readlink(entry / "cwd"), *(os.readlink(fd) for fd in (entry / "fd").iterdir())]
+        except OSError:  # it exited meanwhile
+            continue
+        command = cmdline(int(entry.name))
+        if any(under(t) for t in targets) or any(root in part for part in command for root in roots):
+            found[int(entry.name)] = " ".join(command)
+    return found
+
+
+def wait_for_no_process_using(*paths: str | Path, timeout_s: float = 20.0) -> dict[int, str]:
+    """`processes_using(*paths)` once it is empty, or what is still there after `timeout_s` (Ray's last workers
+    exit just after their raylet; a leaked process stays)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := processes_using(*paths)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def ray_dir_of(text: str) -> str:
+    """The private Ray directory a run's log names (deploy/run/ray_runtime.connect_ray logs it first)."""
+    found = re.search(r"private Ray keeps its logs and sockets in (\S+)", text)
+    assert found, f"the run's log names no private Ray directory\n{text[-3000:]}"
+    return found.group(1)
+
+
 class Run:
     """One `python -m deploy.train` process, its output in a file, killed with its session at the end."""
 

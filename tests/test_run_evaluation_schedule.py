@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from ray import exceptions as ray_exceptions
 
 import deploy.run.evaluation_schedule as schedule_module
 from common.config import debug
@@ -134,3 +135,55 @@ def test_probe_rows_append_under_one_header(tmp_path: Path) -> None:
     assert [(r["env_steps"], r["dimension"], r["r2"]) for r in rows] == [
         ("10", "slider", "0.9100"), ("10", "hinge_1_cos", "nan"), ("1010", "slider", "-0.2500")]
     assert math.isnan(float(rows[1]["r2"]))
+
+
+class _Lost(ray_exceptions.RayActorError):
+    """What ray.get raises for an evaluation whose evaluator died under it."""
+
+    def __init__(self) -> None:
+        Exception.__init__(self, "the evaluator died")
+
+
+def test_an_evaluation_cut_off_by_a_dead_evaluator_runs_again_at_its_grid_point(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The evaluation at grid point 1000 is lost with its evaluator while the run passes 2000: it runs again
+    labelled 1000 (not 2000, as a grid point merely passed while busy would be), counted and logged."""
+    lost = {1}  # the second evaluation's ref raises
+
+    def get(ref: Any) -> Any:
+        if evaluator.asked and len(evaluator.asked) - 1 in lost and ref is pending[0]:
+            lost.clear()
+            raise _Lost()
+        return ref
+
+    pending: list[Any] = [None]
+    monkeypatch.setattr(schedule_module, "ray", SimpleNamespace(
+        wait=lambda refs, timeout=None: (refs, []), get=get, exceptions=ray_exceptions))
+    base = debug()
+    cfg = dataclasses.replace(base, run=dataclasses.replace(base.run, env_steps=3000, eval_every=1000))
+    state, logger, evaluator = RunState(), _Logger(tmp_path), _Evaluator(None)
+    original = evaluator.evaluate.remote
+
+    def remember(*args: Any) -> Any:
+        pending[0] = original(*args)
+        return pending[0]
+
+    evaluator.evaluate = SimpleNamespace(remote=remember)
+    board = SimpleNamespace(latest=SimpleNamespace(remote=lambda have: None))
+    evals = EvalSchedule(cfg, state, evaluator, board, logger, lambda renderer: None)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger=schedule_module.__name__):
+        evals.step({"version": 0, "updates": 0})  # grid point 0
+        state.env_steps = 1100
+        evals.step({"version": 0, "updates": 0})  # collects 0, starts 1000
+        state.env_steps = 2100  # the run passes 2000 while 1000 runs
+        evals.step({"version": 0, "updates": 0})  # 1000 was cut off: it starts again, labelled 1000
+        evals.step({"version": 0, "updates": 0})  # collects the redone 1000, starts 2000
+        state.env_steps = 3000
+        evals.step({"version": 0, "updates": 0}, wait=True)
+        evals.step({"version": 0, "updates": 0}, wait=True, final=True)
+    assert [s for _, s, _ in logger.evaluations] == [0, 1000, 2000, 3000]
+    assert state.evaluations_redone == 1 and len(evaluator.asked) == 5
+    messages = [r.getMessage() for r in caplog.records]
+    assert "the evaluation at grid point 1000 was cut off (_Lost); it runs again at that grid point" in messages
+    assert [m.rsplit("(", 1)[1] for m in messages if m.startswith("evaluating")] == [
+        "grid point 0)", "grid point 1000)", "grid point 1000)", "grid point 2000)", "grid point 3000)"]

@@ -23,22 +23,18 @@ from deploy.run.fleet import ActorFleet, RunState
 from deploy.run.forecast import Forecast
 from deploy.run.logger import RunLogger
 from deploy.run.progress import ActorWaitMeter, bound_scalars, progress_line
-from deploy.run.ray_runtime import (
-    EVALUATOR_CPUS,
-    RENDER_PROCESS_ENV,
-    Placement,
-    placement,
-)
+from deploy.run.ray_runtime import EVALUATOR_CPUS, RENDER_PROCESS_ENV, Placement, placement
 from deploy.run.run_dir import RunDir
 from deploy.run.signals import StopSignals
 from deploy.run.supervisor import (
     REDIS_GIVE_UP_S,
     LearnerSupervisor,
+    RayRestarts,
     RedisWatchdog,
     ReplayServerLostError,
     RestartsExhaustedError,
 )
-from deploy.run.weight_board import BOARD_NAME, RayWeightPublisher, WeightBoard
+from deploy.run.weight_board import BOARD_NAME, RayWeightPublisher, start_board
 from learner.checkpoint import latest_checkpoint
 from learner.process import LearnerProcess
 from replay_service.server import redact
@@ -57,10 +53,7 @@ class Driver:
         resume = run.resume_state
         self.state, self.carried = RunState.restored(cfg, resume, replay_url)
         self.logger = RunLogger(cfg, run.path, run_id=resume["extra"]["wandb_run_id"] if resume else None)
-        # The board and the evaluator come back by themselves when their process dies (the board empty: the
-        # learner's next publication refills it; calls made meanwhile wait for it, all of them idempotent).
-        self.board = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(WeightBoard).options(
-            name=BOARD_NAME).remote()
+        self.board = start_board()
         place = place or placement(cfg, cluster=False)
         # Three threads: `run`, a checkpoint being written, and the driver's polls (never queued behind a checkpoint).
         learner_cls = ray.remote(max_concurrency=3, **place.learner)(LearnerProcess)
@@ -74,12 +67,16 @@ class Driver:
                                                          str(run.path), state)
 
         self.supervisor = LearnerSupervisor(cfg, run.path, make_learner, resume)
+        # Ray restarts the evaluator, as the board, whenever its process dies; RayRestarts counts both.
         self.evaluator = ray.remote(num_cpus=EVALUATOR_CPUS, max_restarts=-1, runtime_env={"env_vars": RENDER_PROCESS_ENV})(
             Evaluator).options(name="slac-evaluator").remote(cfg, env_factory)
+        self.ray_restarts = RayRestarts(self.state, {"evaluator_restarts": self.evaluator,
+                                                     "weight_board_restarts": self.board})
         self.action_repeat = cfg.task_spec.action_repeat
         self.fleet = ActorFleet(cfg, replay_url, env_factory, self.state, self.carried, place.actors,
                                 self.action_repeat)
-        self.evals = EvalSchedule(cfg, self.state, self.evaluator, self.board, self.logger, self._note_renderer)
+        self.evals = EvalSchedule(cfg, self.state, self.evaluator, self.board, self.logger,
+                                  self.logger.note_renderer)
         # From the checkpoint when resuming: the first poll's updates/s then counts only new updates.
         counters = dict(resume["counters"]) if resume else {"updates": 0, "pretrain_updates": 0, "version": 0}
         self.checkpoints = CheckpointSchedule(cfg.learner, counters)
@@ -87,7 +84,6 @@ class Driver:
                                              "replay": {"inserted": 0.0, "sampled": 0.0}, "phase": "collect"}
         self.train_return: float | None = None
         self.wait_meter = ActorWaitMeter()
-        self.renderers: list[dict[str, str]] = []
         self.started = self.last_poll = time.monotonic()
         self.disk = DiskGuard(run.path, cfg.run.min_free_mb)
         self.forecast = Forecast(cfg, learner_on_cpu=not place.learner_gpu)
@@ -153,6 +149,7 @@ class Driver:
         # While Redis is being restarted a process that failed on it would only fail again: wait for Redis.
         redis_down = self.watchdog is not None and self.watchdog.down
         self.fleet.check(redis_down)
+        self.ray_restarts.check()
         restored = None if redis_down else self.supervisor.check(self.learner_info["counters"])
         if restored is not None:  # counters went back to the checkpoint; rates and schedules follow them
             self.learner_info = {**self.learner_info, "counters": restored}
@@ -161,12 +158,6 @@ class Driver:
             raise RestartsExhaustedError(
                 f"every actor died and exhausted its restarts (actors.max_restarts {self.cfg.actors.max_restarts}); "
                 f"see the actor logs above. Fix the cause, then continue with --run.resume {self.run.path}.")
-
-    def _note_renderer(self, renderer: dict[str, str] | None) -> None:
-        """Each distinct OpenGL renderer the actors and the evaluator draw with goes to W&B's config once."""
-        if renderer and renderer not in self.renderers:
-            self.renderers.append(renderer)
-            self.logger.note("renderers", self.renderers)
 
     def _poll(self) -> None:
         """One tick's look at every process: the actors', the learner's and the run's scalars to W&B, the progress line."""
@@ -187,6 +178,7 @@ class Driver:
             "actors/restarts": self.state.actor_restarts,
             "learner/restarts": self.supervisor.restarts,
             "replay/server_restarts": self.watchdog.restarts if self.watchdog else 0,
+            **self.ray_restarts.scalars(),
             "actors/env_errors": self.state.env_errors,
             **bound_scalars(waits, info["replay"], self.cfg.replay),
         })
@@ -202,7 +194,7 @@ class Driver:
         fraction of it each spent waiting on the replay."""
         rates, lags, returns, lengths, timeouts, waits = [], [], [], [], 0, []
         for report in self.fleet.poll():
-            self._note_renderer(report.get("renderer"))
+            self.logger.note_renderer(report.get("renderer"))
             counters = report["counters"]
             rates.append(counters["steps_per_s"] * self.action_repeat)
             lags.append(counters["version_lag"])
@@ -268,6 +260,7 @@ class Driver:
             if self.state.env_steps >= self.cfg.run.env_steps:
                 self.evals.step(self.learner_info["counters"], wait=True, final=True)  # the curve's last point, at the run's length
         counters = self.learner_info["counters"]
+        self.ray_restarts.check()
         summary = {**self.state.summary(), "updates": counters["updates"],
                    "pretrain_updates": counters["pretrain_updates"], "policy_version": counters["version"],
                    "train_return": self.train_return,

@@ -2,10 +2,11 @@
 
 Appendix C evaluates at step 0 and every `run.eval_every` environment steps; each evaluation is labelled with
 its grid point (`scheduled`), so curves of different runs align whatever the actors' pace. The driver calls
-`step` every tick: it collects a finished evaluation (a lost evaluator's grid point runs again) and starts the
-next one when the run has passed it; `final` adds one at the run's length. A grid point the run passed while
-an evaluation was busy is not redone (the next starts at the newest point), and an interrupted run hands its
-unfinished one to the resumed run (`abandon`).
+`step` every tick: it collects a finished evaluation and starts the next one when the run has passed it; `final`
+adds one at the run's length. An evaluation cut off by its evaluator's death (Ray restarts the evaluator) runs
+again at the same grid point, counted in `RunState.evaluations_redone`. A grid point the run passed while an
+evaluation was busy is not redone (the next starts at the newest point), and an interrupted run hands its
+unfinished one to the resumed run (`abandon`). Each start is logged with its grid point.
 
 A video of the first episode is recorded every `run.video_every` evaluations (counted over the run's lives),
 and always at step 0 (the random policy) and at the final evaluation (the trained one): a video costs the
@@ -67,6 +68,8 @@ class EvalSchedule:
         self.last_return: float | None = None
         self.notes: set[str] = set()
         """Why the evaluator could not probe, each logged once (its own logs stay in its Ray process)."""
+        self.redo: int | None = None
+        """The grid point of an evaluation that was cut off, to run again before any other."""
 
     def step(self, counters: dict[str, int], wait: bool = False, final: bool = False) -> None:
         """Collect a finished evaluation; start the next one when the grid says so (`wait`: block for it)."""
@@ -78,13 +81,17 @@ class EvalSchedule:
             self.ref = None
             try:
                 result = ray.get(ref)
-            except ray.exceptions.RayError as exc:  # e.g. the evaluator was lost: redo that grid point
-                log.warning("evaluation at %d env steps failed (%s); it runs again", scheduled, type(exc).__name__)
-                self.state.next_eval = scheduled
-                return
-            self.record(result, env_steps, scheduled, updates)
+            except ray.exceptions.RayError as exc:  # e.g. the evaluator's process died: redo that grid point
+                log.warning("the evaluation at grid point %d was cut off (%s); it runs again at that grid point",
+                            scheduled, type(exc).__name__)
+                self.state.evaluations_redone += 1
+                self._hand_back(scheduled)
+            else:
+                self.record(result, env_steps, scheduled, updates)
         every, length = self.cfg.run.eval_every, self.cfg.run.env_steps
-        if final:
+        if self.redo is not None:
+            due, scheduled = True, self.redo
+        elif final:
             due, scheduled = self.state.last_eval_scheduled < length, length
         else:
             due = self.state.env_steps >= self.state.next_eval and self.state.next_eval < length
@@ -102,6 +109,9 @@ class EvalSchedule:
         video = records_video(scheduled, self.state.evals, self.cfg.run.video_every, final or scheduled >= length)
         ref = self.evaluator.evaluate.remote(weights_ref, self.cfg.run.eval_episodes,
                                              self.cfg.run.seed * 7919 + self.state.evals, video)
+        log.info("evaluating policy version %d at %d env steps (grid point %d)", latest[0] if latest else 0,
+                 self.state.env_steps, scheduled)
+        self.redo = None
         self.ref = (ref, self.state.env_steps, scheduled, counters["updates"])
         self.state.last_eval_scheduled = scheduled
         self.state.next_eval = scheduled + every
@@ -125,6 +135,11 @@ class EvalSchedule:
     def abandon(self) -> None:
         """An interrupted run: the one in flight is dropped and its grid point left to the resumed run."""
         if self.ref is not None:
-            self.state.next_eval = self.ref[2]
-            self.state.last_eval_scheduled = self.ref[2] - self.cfg.run.eval_every
+            self._hand_back(self.ref[2])
             self.ref = None
+
+    def _hand_back(self, scheduled: int) -> None:
+        """Grid point `scheduled` was not evaluated: it is the next one, in this life (`redo`) or a resumed one's."""
+        self.redo = scheduled
+        self.state.next_eval = scheduled
+        self.state.last_eval_scheduled = scheduled - self.cfg.run.eval_every

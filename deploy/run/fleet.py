@@ -43,6 +43,12 @@ class RunState:
     last_eval_scheduled: int = -1
     generation: int = 0
     evals: int = 0
+    evaluations_redone: int = 0
+    """Evaluations cut off by their evaluator's death and run again at their grid point (evaluation_schedule.py)."""
+    evaluator_restarts: int = 0
+    """Restarts of the evaluator's process by Ray, over the run's lives (supervisor.RayRestarts)."""
+    weight_board_restarts: int = 0
+    """Restarts of the weight board's process by Ray, over the run's lives (supervisor.RayRestarts)."""
     actor_base: dict[int, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
@@ -62,10 +68,12 @@ class RunState:
         return state, carried
 
     def summary(self) -> dict[str, int]:
-        """The run summary's counters of steps, episodes and actor lives."""
+        """The run summary's counters of steps, episodes, evaluations and the lives of the actors, the evaluator
+        and the weight board."""
         return {"env_steps": self.env_steps, "agent_steps": self.agent_steps, "episodes": self.episodes,
                 "actor_restarts": self.actor_restarts, "env_errors": self.env_errors,
-                "actor_steps_written": self.steps_written}
+                "actor_steps_written": self.steps_written, "evaluator_restarts": self.evaluator_restarts,
+                "weight_board_restarts": self.weight_board_restarts, "evaluations_redone": self.evaluations_redone}
 
 
 class ActorFleet:

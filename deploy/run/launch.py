@@ -57,7 +57,8 @@ def _train(cfg: Config, run: RunDir, action_dim: int, env_factory: EnvFactory | 
            on_started: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     with ExitStack() as stack:
         replay_url = cfg.replay.url
-        cluster = connect_ray(cfg)
+        ray_dir = connect_ray(cfg)  # None on a cluster
+        cluster = ray_dir is None
         stack.callback(ray.shutdown)
         signals = stack.enter_context(StopSignals())  # after ray.init, which installs its own SIGTERM handler
         watchdog = None
@@ -73,4 +74,4 @@ def _train(cfg: Config, run: RunDir, action_dim: int, env_factory: EnvFactory | 
         stack.callback(driver.close)
         if on_started is not None:
             on_started({"run_dir": str(run.path), "replay_url": replay_url})
-        return driver.loop()
+        return {**driver.loop(), "ray_dir": ray_dir}

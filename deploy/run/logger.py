@@ -157,6 +157,7 @@ class RunLogger:
         self._last_line = 0.0
         self._last_text = ""
         self._wandb_lost = False
+        self.renderers: list[dict[str, str]] = []
         url = self.run.url if mode == "online" else None
         log.info("W&B run %s (%s), files in %s%s", self.run.id, mode, RunFiles(run_dir).wandb, f", {url}" if url else "")
 
@@ -197,6 +198,12 @@ class RunLogger:
     def note(self, key: str, value: Any) -> None:
         """A fact about the run that is not a time series (e.g. the learner's execution mode): W&B config `key`."""
         self._to_wandb(lambda: self.run.config.update({key: value}, allow_val_change=True))
+
+    def note_renderer(self, renderer: dict[str, str] | None) -> None:
+        """Each distinct OpenGL renderer the actors and the evaluator draw with goes to W&B's config once."""
+        if renderer and renderer not in self.renderers:
+            self.renderers.append(renderer)
+            self.note("renderers", self.renderers)
 
     def scalars(self, env_steps: int, values: Mapping[str, float]) -> None:
         """Scalars at environment step `env_steps`: one W&B row, one TensorBoard event."""

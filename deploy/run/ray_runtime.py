@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,8 +100,25 @@ def ray_cpus(cfg: Config) -> float:
     return cfg.actors.num * cfg.actors.num_cpus + learner + EVALUATOR_CPUS
 
 
-def connect_ray(cfg: Config) -> bool:
-    """Join a Ray cluster only when asked to, else start a private local Ray; returns True for a cluster.
+RAY_DIR_PREFIX = "slac-ray-"
+"""A private Ray's directory (its logs and sockets): `<temp dir>/slac-ray-<random>`, one per run."""
+_SHORT_TEMP_ROOT = 40
+"""Ray's sockets live at `<its dir>/session_<date>_<time>_<pid>/sockets/plasma_store` and a unix socket's path
+may not exceed 107 bytes: a temp root longer than this (a deep $TMPDIR) is replaced by /tmp."""
+
+
+def private_ray_dir() -> str:
+    """A new directory for one run's private Ray, short enough for its sockets' paths.
+
+    Ray's default, /tmp/ray, is shared by every Ray on the machine; a directory of the run's own names all of its
+    Ray processes: their logs are there, and a process still holding a file there outlived the run."""
+    root = tempfile.gettempdir()
+    return tempfile.mkdtemp(prefix=RAY_DIR_PREFIX, dir=root if len(root) <= _SHORT_TEMP_ROOT else "/tmp")
+
+
+def connect_ray(cfg: Config) -> str | None:
+    """Join a Ray cluster only when asked to, else start a private local Ray in a directory of its own
+    (`private_ray_dir`, logged); returns None for a cluster, else that directory.
 
     Asked to means RAY_ADDRESS names one: `host:port`, `auto` (a cluster started on this machine with
     `ray start --head`), or what Ray sets for a driver it runs as a Ray job (`make train` on a `make
@@ -111,17 +129,19 @@ def connect_ray(cfg: Config) -> bool:
     """
     if joins_cluster():
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        return True
+        return None
     # Logical CPUs may exceed the physical ones: the actors and the evaluator run at a lower priority and mostly
     # wait on the learner, which may take every core (`resolve_processes`); the tests run them all on 2 cores.
     # Ray starts its workers at niceness 15 unless told otherwise: the learner must run at 0, above the actors and
     # the evaluator, which raise theirs to `actors.nice` (common/priority.py).
     # Ray starts a dashboard process even without the dashboard (its job and state APIs): on a free port, so that a
     # private run never holds 8265, the port a `ray start --head` or `ray up` on this machine needs.
+    temp_dir = private_ray_dir()
+    log.info("this run's private Ray keeps its logs and sockets in %s", temp_dir)
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(ray_cpus(cfg))), include_dashboard=False,
              dashboard_port=free_port(), log_to_driver=True, configure_logging=False,
-             _system_config={"worker_niceness": 0})
-    return False
+             _system_config={"worker_niceness": 0}, _temp_dir=temp_dir)
+    return temp_dir
 
 
 def replay_inserts(url: str, cfg: Config) -> int:
@@ -131,6 +151,19 @@ def replay_inserts(url: str, cfg: Config) -> int:
         return int(client.hget(STATE, "inserted") or 0)
     finally:
         client.close()
+
+
+def ray_restarts(handle: Any) -> int | None:
+    """How often Ray has restarted the actor behind `handle` (Ray's own count), or None where it cannot be read.
+
+    Read from the actor table of Ray's control store (about a millisecond). Ray's public state API
+    (ray.util.state) asks the dashboard, and refuses to choose when several Ray instances run on one machine, as
+    runs side by side do; the table is an internal of Ray, so a Ray that changes it makes the count unavailable
+    (None), never the run fail."""
+    try:
+        return int(ray._private.state.actors(actor_id=handle._actor_id.hex())["NumRestarts"])
+    except Exception:  # noqa: BLE001 - see the docstring: an internal API, read best effort
+        return None
 
 
 def gpu_available() -> bool:

@@ -7,6 +7,7 @@ deploy/run/signals.py).
 - `LearnerSupervisor`: owns the learner process; when it dies (killed, out of memory, CUDA error) it is
   restarted from the newest checkpoint, at most `learner.max_restarts` times, while the actors keep
   acting with the weights they have.
+- `RayRestarts`: counts the restarts Ray makes by itself of the evaluator and the weight board.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import ray
 
 from common.config import Config
 from common.run_files import RunFiles
+from deploy.run.ray_runtime import ray_restarts
 from learner.checkpoint import latest_checkpoint, load_checkpoint
 from replay_service import RedisServer
 
@@ -52,6 +54,10 @@ class RedisWatchdog:
         could not start; each is retried. A server killed during its own restart is one of these, not a
         restart of its own, so restarts + failed_starts is the number of servers that died under the run."""
         self.stalls_s: list[float] = []
+        self.outages: list[dict[str, Any]] = []
+        """One record per dead server: `down_at` (wall-clock seconds when the watchdog saw it dead), `up_at` (when a
+        new one answered; None if none did) and the `failed_starts` in between (a new server killed before it was
+        ready, e.g. during its AOF load). The fault tests place their kills inside these windows."""
         self.failure: str | None = None
         self.down = False
         """True while the server is dead and being restarted (the learner's failures then wait for it)."""
@@ -63,6 +69,8 @@ class RedisWatchdog:
             if self.server.running:
                 continue
             died, self.down, failed_before = time.monotonic(), True, self.failed_starts
+            outage: dict[str, Any] = {"down_at": round(time.time(), 3), "up_at": None, "failed_starts": 0}
+            self.outages.append(outage)
             log.warning("the replay's redis-server (port %s) died; restarting it on %s", self.server.port,
                         self.server.data_dir)
             while not self._stop.is_set():
@@ -71,6 +79,7 @@ class RedisWatchdog:
                     break
                 except Exception as exc:  # noqa: BLE001 - a port still taken or a disk full: retry, bounded
                     self.failed_starts += 1
+                    outage["failed_starts"] += 1
                     # One warning per outage: a server that cannot come back would otherwise print one a second.
                     log.log(logging.WARNING if self.failed_starts == failed_before + 1 else logging.DEBUG,
                             "redis-server failed to restart (%s); retrying every second for up to %.0f s",
@@ -87,6 +96,7 @@ class RedisWatchdog:
             if self._stop.is_set():
                 return
             self.restarts += 1
+            outage["up_at"] = round(time.time(), 3)
             self.down = False
             self.stalls_s.append(time.monotonic() - died)
             log.warning("redis-server restarted in %.1f s (restart #%d)", self.stalls_s[-1], self.restarts)
@@ -96,7 +106,8 @@ class RedisWatchdog:
         """The run summary's Redis entries (zeros for a replay this run does not own)."""
         return {"replay_server_restarts": watchdog.restarts if watchdog else 0,
                 "replay_server_failed_starts": watchdog.failed_starts if watchdog else 0,
-                "replay_server_stalls_s": [round(s, 1) for s in watchdog.stalls_s] if watchdog else []}
+                "replay_server_stalls_s": [round(s, 1) for s in watchdog.stalls_s] if watchdog else [],
+                "replay_server_outages": list(watchdog.outages) if watchdog else []}
 
     def check(self) -> None:
         """Raise in the driver once the server is lost for good."""
@@ -179,6 +190,35 @@ class LearnerSupervisor:
             self.stalls_s.append(time.monotonic() - self._waiting[0])
             log.warning("the restarted learner is updating again %.1f s after the failure", self.stalls_s[-1])
             self._waiting = None
+
+
+class RayRestarts:
+    """The restarts Ray makes by itself of the actors it brings back unasked (the evaluator, the weight board).
+
+    `fields` maps a RunState counter (e.g. `evaluator_restarts`) to the actor's handle; `check`, each tick, sets
+    each counter to its value at the start of this life of the run plus Ray's own count of the actor's restarts
+    (`ray_runtime.ray_restarts`), and logs each new restart.
+    """
+
+    def __init__(self, state: Any, fields: dict[str, Any],
+                 lookup: Callable[[Any], int | None] = ray_restarts) -> None:
+        self.state, self.fields, self.lookup = state, fields, lookup
+        self.before = {name: int(getattr(state, name)) for name in fields}
+        self.seen = dict.fromkeys(fields, 0)
+
+    def check(self) -> None:
+        """Bring the counters up to Ray's counts (a count Ray does not give is left as it was)."""
+        for name, handle in self.fields.items():
+            count = self.lookup(handle)
+            if count is None or count <= self.seen[name]:
+                continue
+            self.seen[name] = count
+            setattr(self.state, name, self.before[name] + count)
+            log.warning("Ray restarted a process that died (%s: %d in this life of the run)", name, count)
+
+    def scalars(self) -> dict[str, int]:
+        """The counters as dashboard scalars: `evaluator_restarts` is `evaluator/restarts`."""
+        return {name.removesuffix("_restarts") + "/restarts": int(getattr(self.state, name)) for name in self.fields}
 
 
 def _total(counters: dict[str, int]) -> int:

@@ -42,6 +42,12 @@ class WeightBoard:
 BOARD_NAME = "slac-weight-board"
 
 
+def start_board() -> Any:
+    """The run's board, as a Ray actor that Ray restarts whenever its process dies: empty then until the learner's
+    next publication refills it; calls made meanwhile wait for it (every one of them is idempotent)."""
+    return ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(WeightBoard).options(name=BOARD_NAME).remote()
+
+
 def _board(name: str) -> Any:
     # Looked up by name inside each process: passing the handle as a constructor argument would
     # pin it in the object store, which Ray warns makes restartable actors fragile.
