@@ -2,10 +2,14 @@
 
 A seeded schedule kills, every 5-12 s, one of: an actor process, the learner, the embedded redis-server,
 the evaluator, the weight board (each at least once), plus three compound faults: two kills inside one
-interval, the learner killed while a checkpoint is being written, and the learner killed while Redis is
-restarting (with the restarted redis-server killed again during its AOF load). Afterwards `check` asserts
-what the run promises (see `check`). The seed and the schedule are printed first, so a failure replays
-exactly:
+interval, the learner killed while a checkpoint is being written, and a Redis restart hit twice (the
+restarted redis-server killed the moment it appears, before it is ready, then the learner while the watchdog
+waits to retry). Besides the schedule, the evaluator is killed as soon as the driver logs an evaluation's
+start, until one evaluation is cut off. Each compound fault is confirmed by the run's own record: the Redis
+watchdog's outage windows (summary `replay_server_outages`) hold both kills of the Redis restart and a failed
+start, and the driver's log says the evaluation was cut off and runs again at its grid point. Afterwards
+`check` asserts what the run promises (see `check`). The seed and the schedule are printed first, so a
+failure replays exactly:
 
     .venv/bin/python -m tests.chaos --seed 7            # what the test runs, with its seed
     .venv/bin/python -m tests.chaos --seed 7 --dir /tmp/chaos7   # keep the run directory
@@ -20,6 +24,7 @@ import csv
 import json
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -32,7 +37,7 @@ if __package__ in (None, ""):  # `python tests/chaos.py`: make the repo and test
     sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from process_tools import Run, alive, cmdline, descendants  # noqa: E402
+from process_tools import Run, alive, children, cmdline, descendants, wait_for_no_process_using  # noqa: E402
 from tensorboard_files import read_events, scalars  # noqa: E402
 
 from deploy.tools.audit import audit  # noqa: E402
@@ -44,6 +49,10 @@ COMPOUND = ("double", "during_checkpoint", "during_redis_restart")
 LENGTH, EVAL_EVERY, FLUSH_EVERY, ACTION_REPEAT = 7200, 2400, 25, 4
 HURRY_AT = 0.75
 """Past this fraction of the run's length the events left come 3 s apart, so a fast machine sees them all."""
+EVALUATING = re.compile(r"evaluating policy version \d+ at \d+ env steps \(grid point (\d+)\)")
+CUT_OFF = re.compile(r"the evaluation at grid point (\d+) was cut off")
+"""The driver's log lines (deploy/run/evaluation_schedule.py) of an evaluation's start and of one lost with its
+evaluator."""
 RUN_ARGS = ["debug", "--run.task", "cheetah", "--run.env-steps", str(LENGTH), "--run.eval-every", str(EVAL_EVERY),
             "--replay.audit", "--replay.flush-every", str(FLUSH_EVERY),
             "--learner.checkpoint-every", "100000", "--learner.checkpoint-every-s", "4",
@@ -83,13 +92,17 @@ class Chaos:
     run_dir: Path
     rng: random.Random
     kills: list[dict[str, Any]] = field(default_factory=list)
-    event: int = -1
-    seen: dict[int, list[str]] = field(default_factory=dict)
+    event: int | str = -1
+    read: int = 0
+    """How much of the run's log `watch_evaluations` has read."""
+    targeted: list[int] = field(default_factory=list)
+    """Grid points whose evaluation the evaluator was killed under, as soon as its start was logged."""
+    cut_off: list[int] = field(default_factory=list)
+    """Grid points the driver logged as cut off (and to run again)."""
 
     def pids(self, component: str) -> list[int]:
         marker = COMPONENTS[component]
         found = descendants(self.run.proc.pid)
-        self.seen.update(found)
         return sorted(pid for pid, cmd in found.items() if any(marker in part for part in cmd))
 
     def kill(self, component: str, note: str = "", wait_s: float = 20.0, not_pid: int | None = None) -> int | None:
@@ -102,12 +115,15 @@ class Chaos:
         if not pids:
             self.kills.append({"event": self.event, "component": component, "pid": None, "note": note or "not running"})
             return None
-        pid = self.rng.choice(pids)
+        return self._kill(component, self.rng.choice(pids), note)
+
+    def _kill(self, component: str, pid: int, note: str) -> int | None:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pid = None
-        self.kills.append({"event": self.event, "component": component, "pid": pid, "note": note})
+        self.kills.append({"event": self.event, "component": component, "pid": pid, "note": note,
+                           "at": round(time.time(), 3)})
         return pid
 
     def during_checkpoint(self, timeout_s: float = 30.0) -> None:
@@ -125,12 +141,40 @@ class Chaos:
         self.kills.append({"event": self.event, "component": "learner", "pid": None, "note": "no checkpoint write seen"})
 
     def during_redis_restart(self, timeout_s: float = 20.0) -> None:
-        """Kill redis-server, then the learner while the watchdog restarts it, then the new server during
-        its AOF load (the moment it appears)."""
+        """Kill redis-server; kill the new one the watchdog starts the moment it execs (before it has loaded its
+        AOF: a failed start, which the watchdog retries a second later); kill the learner in that second.
+        `check` finds both kills inside one outage of the watchdog's record, with a failed start."""
         old = self.kill("redis", "before the restart")
-        time.sleep(0.3)
-        self.kill("learner", "while Redis restarts")
-        self.kill("redis", "during its restart", wait_s=timeout_s, not_pid=old)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.run.proc.poll() is None:
+            # The driver's own children, read in a millisecond: a full /proc scan could miss the AOF load.
+            new = [pid for pid in children(self.run.proc.pid) if pid != old and alive(pid)
+                   and cmdline(pid)[:1] and "redis-server" in cmdline(pid)[0]]
+            if new:
+                self._kill("redis", new[0], "during its restart, before it was ready")
+                self.kill("learner", "while Redis restarts")
+                return
+            time.sleep(0.001)
+        self.kills.append({"event": self.event, "component": "redis", "pid": None, "note": "no restart seen"})
+
+    def watch_evaluations(self) -> None:
+        """Read the run's new log lines: kill the evaluator under each evaluation the driver starts (grid point
+        above 0, not yet finished) until one was cut off; note the grid points the driver says were cut off."""
+        with self.run.log.open("rb") as f:
+            f.seek(self.read)
+            text = f.read()
+        text = text[: text.rfind(b"\n") + 1]  # whole lines only
+        self.read += len(text)
+        for line in text.decode(errors="replace").splitlines():
+            if found := CUT_OFF.search(line):
+                self.cut_off.append(int(found.group(1)))
+            found = EVALUATING.search(line)
+            if found and int(found.group(1)) > 0 and not set(self.targeted) & set(self.cut_off):
+                pids, event = self.pids("evaluator"), self.event
+                self.event = "evaluation"
+                if pids and self._kill("evaluator", pids[0], f"evaluating grid point {found.group(1)}"):
+                    self.targeted.append(int(found.group(1)))
+                self.event = event
 
     def carry_out(self, index: int, event: Event) -> None:
         self.event = index
@@ -165,24 +209,33 @@ def run_chaos(seed: int, run_dir: Path, window_s: float = 60.0, timeout_s: float
                 raise AssertionError(f"seed {seed}: the run never reached joint training\n{run.text[-3000:]}")
             time.sleep(0.2)
         t0 = time.monotonic()
-        last = 0.0
+        last = looked = 0.0
         for index, event in enumerate(events):
             while time.monotonic() - t0 < event.at_s and run.proc.poll() is None:
-                chaos.pids("learner")  # keeps `seen` up to date
-                near_end = run.replay_state().get("inserted", 0) * ACTION_REPEAT >= HURRY_AT * LENGTH
-                if near_end and time.monotonic() - last >= 3:
-                    break
-                time.sleep(0.5)
+                chaos.watch_evaluations()
+                if time.monotonic() - looked >= 0.5:
+                    looked = time.monotonic()
+                    near_end = run.replay_state().get("inserted", 0) * ACTION_REPEAT >= HURRY_AT * LENGTH
+                    if near_end and looked - last >= 3:
+                        break
+                time.sleep(0.05)
             if run.proc.poll() is not None:
                 break
             chaos.carry_out(index, event)
             last = time.monotonic()
-        code = run.proc.wait(timeout=max(timeout_s - (time.monotonic() - started), 1))
+        while run.proc.poll() is None:  # the evaluations left, the final one included, may still be targeted
+            if time.monotonic() - started > timeout_s:
+                raise AssertionError(f"seed {seed}: the run did not end within {timeout_s} s\n{run.text[-3000:]}")
+            chaos.watch_evaluations()
+            time.sleep(0.05)
+        chaos.watch_evaluations()
+        code = run.proc.returncode
     except BaseException:
         run.kill()
         raise
     result = {"seed": seed, "exit": code, "wall_s": round(time.monotonic() - started, 1), "events": len(events),
-              "kills": chaos.kills, "landed": {c: chaos.landed(c) for c in COMPONENTS}}
+              "kills": chaos.kills, "landed": {c: chaos.landed(c) for c in COMPONENTS},
+              "evaluations_targeted": chaos.targeted, "evaluations_cut_off": chaos.cut_off}
     check(seed, run, run_dir, chaos, events, result)
     return result
 
@@ -191,13 +244,15 @@ def check(seed: int, run: Run, run_dir: Path, chaos: Chaos, events: list[Event],
     """What the run promises however it was hit (each assertion names the seed)."""
     where = f"chaos seed {seed}, kills {json.dumps(chaos.kills)}"
     assert result["exit"] == 0, f"{where}: exit {result['exit']}\n{run.text[-4000:]}"
-    assert len({k.get("event") for k in chaos.kills}) == len(events), f"{where}: the run ended before the schedule did"
+    scheduled = {k["event"] for k in chaos.kills if k["event"] != "evaluation"}
+    assert len(scheduled) == len(events), f"{where}: the run ended before the schedule did"
     missed = [k for k in chaos.kills if k["pid"] is None]
     assert not missed, f"{where}: kills that found nothing to kill: {missed}"
     summary = run.summary()
-    result["summary"] = {k: summary[k] for k in ("env_steps", "agent_steps", "episodes", "updates", "actor_restarts",
-                                                 "learner_restarts", "replay_server_restarts", "replay_server_failed_starts",
-                                                 "wall_clock_s")}
+    result["summary"] = {k: summary[k] for k in (
+        "env_steps", "agent_steps", "episodes", "updates", "actor_restarts", "learner_restarts", "replay_server_restarts",
+        "replay_server_failed_starts", "replay_server_outages", "evaluator_restarts", "weight_board_restarts",
+        "evaluations_redone", "wall_clock_s", "ray_dir")}
     # The run reached its length, every restart was counted, nothing ended it early.
     assert summary["env_steps"] >= LENGTH and not summary["interrupted"], f"{where}: {summary}"
     assert summary["agent_steps"] * ACTION_REPEAT == summary["env_steps"], f"{where}: {summary}"
@@ -207,15 +262,21 @@ def check(seed: int, run: Run, run_dir: Path, chaos: Chaos, events: list[Event],
     assert summary["replay_server_restarts"] + summary["replay_server_failed_starts"] == chaos.landed("redis"), \
         f"{where}: {summary}"
     assert summary["actor_restarts"] == chaos.landed("actor"), f"{where}: {summary}"
+    # Ray's own count of the processes it brought back by itself.
+    assert summary["evaluator_restarts"] == chaos.landed("evaluator"), f"{where}: {summary}"
+    assert summary["weight_board_restarts"] == chaos.landed("board"), f"{where}: {summary}"
     assert "Traceback" not in run.text, f"{where}: a traceback reached the terminal\n{run.text[-4000:]}"
+    check_redis_restarts_hit(where, chaos, summary["replay_server_outages"])
+    # An evaluation cut off by its evaluator's death, in the driver's words, runs again at its grid point (the
+    # grid is checked below: every point once); the driver counts what it logs.
+    assert set(chaos.targeted) & set(chaos.cut_off), f"{where}: the evaluator was killed under the evaluations " \
+        f"of grid points {chaos.targeted}, and the driver saw {chaos.cut_off} cut off"
+    assert summary["evaluations_redone"] == len(chaos.cut_off), f"{where}: {summary}, cut off: {chaos.cut_off}"
 
-    # No process of the run outlives it (the last Ray workers exit just after their raylet).
-    deadline = time.monotonic() + 20
-    def left() -> list[str]:
-        return [cmd[0] for pid, cmd in chaos.seen.items() if alive(pid) and cmdline(pid) == cmd]
-    while left() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not left(), f"{where}: processes of the run outlived it: {left()}"
+    # No process of the run outlives it: none holds a file in its directory, its log or its private Ray's
+    # directory, whenever it started (the last Ray workers exit just after their raylet).
+    left = wait_for_no_process_using(run_dir, run.log, summary["ray_dir"])
+    assert not left, f"{where}: processes of the run outlived it: {left}"
 
     # Every acknowledged row is in the replay, byte for byte (the writers' own records against Redis).
     report = audit(run_dir)
@@ -252,6 +313,19 @@ def check(seed: int, run: Run, run_dir: Path, chaos: Chaos, events: list[Event],
     # The newest checkpoint is whole (its digest matches) and loads.
     newest = latest_checkpoint(run_dir / "checkpoints")
     assert newest is not None and read_checkpoint(newest)["counters"]["updates"] > 0, where
+
+
+def check_redis_restarts_hit(where: str, chaos: Chaos, outages: list[dict[str, Any]]) -> None:
+    """Each `during_redis_restart` event happened as named, by the watchdog's own record: its second Redis kill
+    and its learner kill fall inside one outage (after the watchdog saw the server dead, before a new one
+    answered), and that outage had a failed start (the new server died before it was ready)."""
+    for index in sorted({k["event"] for k in chaos.kills if k["note"].startswith("during its restart")}):
+        second, learner = (next(k["at"] for k in chaos.kills if k["event"] == index and k["component"] == c
+                                and k["note"] != "before the restart") for c in ("redis", "learner"))
+        hit = [o for o in outages if o["down_at"] <= min(second, learner) and o["up_at"] is not None
+               and max(second, learner) <= o["up_at"] and o["failed_starts"] >= 1]
+        assert hit, f"{where}: event {index}'s kills (redis at {second}, learner at {learner}) are not inside " \
+                    f"one outage with a failed start: {outages}"
 
 
 def main(argv: list[str] | None = None) -> int:

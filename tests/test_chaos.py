@@ -20,5 +20,6 @@ def test_chaos(tmp_path: Path) -> None:
     seed = int(os.environ.get("SLAC_CHAOS_SEED") or random.SystemRandom().randrange(10**6))
     print(f"\nchaos seed {seed} (replay: .venv/bin/python -m tests.chaos --seed {seed})")
     result = run_chaos(seed, tmp_path / "run")
-    print(json.dumps({k: result[k] for k in ("seed", "wall_s", "events", "landed", "summary", "audit")}))
+    print(json.dumps({k: result[k] for k in ("seed", "wall_s", "events", "landed", "evaluations_targeted",
+                                             "evaluations_cut_off", "summary", "audit")}))
 

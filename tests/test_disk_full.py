@@ -2,20 +2,24 @@
 fills while the run trains (CI runs as root, so the test mounts it itself).
 
 The run must end with one paragraph naming the disk, keep its newest complete checkpoint intact and
-loadable with no half-written one beside it, leave the replay's AOF valid (redis-check-aof), and continue
-with --run.resume once space is freed.
+loadable with no half-written one beside it (and write no final one: there is no room for it), leave the
+replay's AOF valid (redis-check-aof), and continue with --run.resume once space is freed. A run on a disk that
+is already that full refuses to start. (That a final learner-only checkpoint is written when it fits:
+tests/test_run_driver_disk.py.)
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from process_tools import COUPLED, Run, wait_for
 
+from deploy.run.disk import MB
 from learner.checkpoint import latest_checkpoint, read_checkpoint
 
 pytestmark = pytest.mark.faults
@@ -67,6 +71,7 @@ def test_a_full_disk_ends_the_run_cleanly_and_resume_continues_after_freeing_spa
         assert run.wait(120) == 2, run.text[-3000:]
         error = [line for line in run.text.splitlines() if line.startswith("error:")]
         assert len(error) == 1 and f"mounted on {disk}" in error[0] and "--run.resume" in error[0], run.text[-3000:]
+        assert "No final checkpoint was written (no room for one)" in error[0], error[0]
         assert "Traceback" not in run.text, run.text[-3000:]
 
         # The newest complete checkpoint is intact (its digest matches) and nothing half-written is left.
@@ -93,3 +98,15 @@ def test_a_full_disk_ends_the_run_cleanly_and_resume_continues_after_freeing_spa
         for run in runs:
             run.kill()
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_run_refuses_to_start_on_a_disk_that_is_already_too_full(tmp_path: Path) -> None:
+    """`run.min_free_mb` above the disk's free space: one paragraph naming the disk, before Ray or Redis start."""
+    needed = int(2 * shutil.disk_usage(tmp_path).free / MB) + 1
+    run = Run(tmp_path, ["debug", "--run.task", "cheetah", "--run.dir", str(tmp_path / "run"),
+                         "--run.min-free-mb", str(needed)])
+    assert run.wait(120) == 2, run.text[-3000:]
+    error = [line for line in run.text.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and f"a run needs at least {needed} MB" in error[0] and "mounted on" in error[0], run.text
+    assert "Traceback" not in run.text and "private Ray" not in run.text, run.text[-3000:]
+    assert not (tmp_path / "run" / "redis").exists()
