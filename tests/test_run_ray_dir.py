@@ -28,7 +28,10 @@ def test_a_private_ray_lives_in_its_own_directory_and_counts_restarts(monkeypatc
     monkeypatch.delenv("TMPDIR")
     ray_dir = connect_ray(debug())
     try:
-        assert ray_dir is not None and Path(ray_dir).name.startswith(RAY_DIR_PREFIX) and len(ray_dir) < 40
+        assert ray_dir is not None and Path(ray_dir).name.startswith(RAY_DIR_PREFIX)
+        # Its sockets' paths are about 80 bytes longer (`session_<date>_<time>_<pid>/sockets/plasma_store`); a unix
+        # socket's path must fit in 107.
+        assert len(ray_dir) + 80 <= 107 and list(Path(ray_dir).glob("session_*/sockets/plasma_store")), ray_dir
         board = ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)(WeightBoard).remote()
         assert ray.get(board.version.remote()) == 0
         # The raylet and the actor's worker (retitled `ray::WeightBoard`) both hold files in it.

@@ -102,9 +102,10 @@ def ray_cpus(cfg: Config) -> float:
 
 RAY_DIR_PREFIX = "slac-ray-"
 """A private Ray's directory (its logs and sockets): `<temp dir>/slac-ray-<random>`, one per run."""
-_SHORT_TEMP_ROOT = 40
-"""Ray's sockets live at `<its dir>/session_<date>_<time>_<pid>/sockets/plasma_store` and a unix socket's path
-may not exceed 107 bytes: a temp root longer than this (a deep $TMPDIR) is replaced by /tmp."""
+_SHORT_TEMP_ROOT = 24
+"""Ray's sockets live at `<its dir>/session_<date>_<time>_<pid>/sockets/plasma_store`, about 80 bytes below the
+temp root with our directory's name, and a unix socket's path may not exceed 107 bytes: a temp root longer than
+this (a deep $TMPDIR) is replaced by /tmp."""
 
 
 def private_ray_dir() -> str:
