@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from common.config import Config, ConfigError, ReplayConfig, debug, is_redacted, redact
+from common.config import Config, ConfigError, ReplayConfig, debug, redact
+from common.config_groups import is_redacted
 from common.run_files import RunFiles
 
 pytestmark = pytest.mark.unit

@@ -17,7 +17,8 @@ from typing import Any
 
 import tyro
 
-from common.config import PRESETS, Config, ConfigError, is_redacted, parse_cli, resume_dir
+from common.config import PRESETS, Config, ConfigError, parse_cli, resume_dir
+from common.config_groups import is_redacted
 from common.envs import make_env
 from common.rendering import RenderingUnavailableError, select_gl_backend
 from common.run_files import RunFiles

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import redis
 
-from common.config import ConfigError, is_redacted
+from common.config import ConfigError
+from common.config_groups import is_redacted
 from common.run_files import RunFiles
 from replay_service import RedisServer
 from replay_service.schema import FLAG_TERMINATED, FLAG_TRUNCATED, KIND_STEP, STATE, row_key
