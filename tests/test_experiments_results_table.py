@@ -62,3 +62,19 @@ def test_a_row_whose_action_repeat_differs_from_slacs_is_flagged(tmp_path: Path)
                                     "made 2x the agent steps and updates")
     assert cells["cartpole_swingup"] == "4 / 4" and cells["walker_walk"] == "2 / 2"
     assert cells["ball_in_cup_catch"].startswith("8 / 4 ⚠ not like for like: ours 8, SLAC's 4")
+
+
+def test_the_preset_at_another_action_repeat_is_its_own_row_beside_the_preset(tmp_path: Path) -> None:
+    from common.config import parse_cli
+    from deploy.experiments.harness import results_name
+
+    assert results_name("cpu", parse_cli(["cpu", "--run.task", "cartpole_swingup"])) == "cpu"
+    assert results_name("cpu", parse_cli(["cpu", "--run.task", "cartpole", "--task.action-repeat", "4"])) == "cpu_ar4"
+    assert results_name("cpu-wide", parse_cli(["cpu-wide", "--task.action-repeat", "8"])) == "cpu-wide"  # the registry's
+    points = {0: [(0, 1.0), (100_000, 200.0)]}
+    _reproduced(tmp_path, "cartpole_swingup", "cpu", points, action_repeat=8)
+    _reproduced(tmp_path, "cartpole_swingup", "cpu_ar4", points, action_repeat=4)
+    _reproduced(tmp_path, "cartpole_swingup", "cpu-wide", points, action_repeat=8)  # another preset: not in cpu's table
+    rows = [line.split(" | ")[2] for line in write_table(tmp_path, "cpu").read_text().splitlines()
+            if line.startswith("| cartpole_swingup")]
+    assert len(rows) == 2 and rows[0].startswith("8 / 4 ⚠") and rows[1] == "4 / 4"

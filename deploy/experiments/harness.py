@@ -20,6 +20,8 @@ return at 100k and 500k environment steps of every task reproduced with the pres
 figures. `TASKS=a,b,c` does all this for several tasks, one after another. Running the same command again
 skips finished seeds and resumes an interrupted one; on a fresh clone it takes the seeds already committed
 under results/ with the same configuration from there (deploy/experiments/committed_seeds.py) and trains the rest.
+With an action repeat other than the task's registered one (`--task.action-repeat`), `<preset>` in every name
+above is `<preset>_ar<k>` (`results_name`): another curve, beside the preset's in its table, never replacing it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import imageio.v2 as imageio
 
 from common.config import Config, parse_cli, redact
 from common.run_files import RunFiles
-from common.tasks import slug
+from common.tasks import parse_task, slug
 from deploy.experiments.child_runs import SeedFailed, SeedRun, default_parallel, per_seed_overrides, run_seeds
 from deploy.experiments.committed_seeds import committed_seeds
 from deploy.experiments.provenance import machine, revision
@@ -98,31 +100,41 @@ def trained_row(run: SeedRun, summary: dict[str, Any], code: str, here_machine: 
             **{k: summary.get(k) for k in ("harness_wall_clock_s", "harness_started_at", "harness_finished_at")}}
 
 
+def results_name(preset: str, cfg: Config) -> str:
+    """The preset's name, or `<preset>_ar<k>` when the run's action repeat is not the task's registered one: the
+    results of another action repeat are another curve (not like for like with the preset's), so they get their
+    own folder, W&B group and row of the table instead of replacing the committed ones. Presets use hyphens, never
+    underscores, so the two cannot meet."""
+    ours = cfg.task_spec.action_repeat
+    return preset if ours == parse_task(cfg.run.task).action_repeat else f"{preset}_ar{ours}"
+
+
 def reproduce_task(rest: list[str], base: Config, preset: str, seeds: int, parallel: int | None,
                    results: Path, runs_root: Path, code: str) -> dict[str, Any]:
     """Train `seeds` seeds of one task (`parallel` at a time) and write its results; returns its summary."""
     task = base.run.task
-    out = results / slug(task) / preset
+    name = results_name(preset, base)  # the folder, W&B group and run names: an action repeat of its own apart
+    out = results / slug(task) / name
     out.mkdir(parents=True, exist_ok=True)
     user_args = [a for i, a in enumerate(rest) if i > 0 and a != "--run.task" and rest[i - 1] != "--run.task"]
     # summary.json is shared with the results: a password in an ARGS URL (--replay.url) is written as ***.
     command = "make reproduce " + shlex.join([f"TASK={task}", f"SEEDS={seeds}", f"PRESET={preset}"]
                                               + ([f"ARGS={shlex.join(map(redact, user_args))}"] if user_args else []))
-    tags = [task, preset, f"commit-{code[:12]}" + ("-dirty" if code.endswith("-dirty") else "")]
+    tags = [task, name, f"commit-{code[:12]}" + ("-dirty" if code.endswith("-dirty") else "")]
     seed_runs = []
     for k in range(seeds):
         seed = base.run.seed + k
         argv = [*rest, "--run.task", task, "--run.seed", str(seed), "--run.eval-every", str(base.run.eval_every),
-                "--run.eval-episodes", str(base.run.eval_episodes), "--run.group", f"{task}-{preset}",
-                "--run.job-type", "reproduce", "--run.name", f"{task}-{preset}-seed{seed}",
+                "--run.eval-episodes", str(base.run.eval_episodes), "--run.group", f"{task}-{name}",
+                "--run.job-type", "reproduce", "--run.name", f"{task}-{name}-seed{seed}",
                 "--run.tags", *tags, f"seed{seed}"]
-        seed_runs.append(SeedRun(seed, (runs_root / slug(task) / preset / f"seed{seed}").resolve(), argv, commit=code))
+        seed_runs.append(SeedRun(seed, (runs_root / slug(task) / name / f"seed{seed}").resolve(), argv, commit=code))
     reused = committed_seeds(out, base, [r.seed for r in seed_runs], {r.seed: r.run_dir for r in seed_runs})
     to_train = [r for r in seed_runs if r.seed not in reused]
     k = parallel or default_parallel(base, max(1, len(to_train)))
     for run in to_train:
         run.argv += per_seed_overrides(base, k)
-    log.info("%s, preset %s: %d seed%s, %d at a time%s", task, preset, seeds, "s" * (seeds != 1), k,
+    log.info("%s, preset %s (%s): %d seed%s, %d at a time%s", task, preset, out, seeds, "s" * (seeds != 1), k,
              f" ({len(reused)} from the committed results)" if reused else "")
     trained = dict(zip([r.seed for r in to_train], run_seeds(to_train, k), strict=True))
     runs, evaluations, here_machine = [], [], machine()

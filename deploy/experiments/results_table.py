@@ -114,8 +114,10 @@ def _short(commit: str) -> str:
 
 
 def write_table(results: Path, preset: str) -> Path:
-    """Write results/<preset>/table.md from every results/<task>/<preset>/ there is; returns its path."""
-    rows = [row for task_dir in sorted(results.glob(f"*/{preset}")) if (row := task_row(task_dir))]
+    """Write results/<preset>/table.md from every results/<task>/<preset>/ there is, and every
+    results/<task>/<preset>_ar<k>/ (the preset at another action repeat, harness.results_name); returns its path."""
+    folders = sorted([*results.glob(f"*/{preset}"), *results.glob(f"*/{preset}_ar*")])
+    rows = [row for task_dir in folders if (row := task_row(task_dir))]
     methods = list(PUBLISHED)
     lines = [f"# Preset `{preset}`: return at 100k / 500k environment steps",
              "",
