@@ -138,7 +138,7 @@ def test_probe_rows_append_under_one_header(tmp_path: Path) -> None:
 
 
 class _Lost(ray_exceptions.RayActorError):
-    """What ray.get raises for an evaluation whose evaluator died under it."""
+    """What ray.get raises for a call to an evaluator that died under it or is still being restarted."""
 
     def __init__(self) -> None:
         Exception.__init__(self, "the evaluator died")
@@ -146,44 +146,54 @@ class _Lost(ray_exceptions.RayActorError):
 
 def test_an_evaluation_cut_off_by_a_dead_evaluator_runs_again_at_its_grid_point(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """The evaluation at grid point 1000 is lost with its evaluator while the run passes 2000: it runs again
-    labelled 1000 (not 2000, as a grid point merely passed while busy would be), counted and logged."""
-    lost = {1}  # the second evaluation's ref raises
-
-    def get(ref: Any) -> Any:
-        if evaluator.asked and len(evaluator.asked) - 1 in lost and ref is pending[0]:
-            lost.clear()
-            raise _Lost()
-        return ref
-
-    pending: list[Any] = [None]
-    monkeypatch.setattr(schedule_module, "ray", SimpleNamespace(
-        wait=lambda refs, timeout=None: (refs, []), get=get, exceptions=ray_exceptions))
+    """The evaluation at grid point 1000 is lost with its evaluator while the run passes 2000: once the restarted
+    evaluator answers (the first question fails: Ray is still restarting it), it runs again labelled 1000 (not
+    2000, as a grid point merely passed while busy would be), counted and logged once."""
     base = debug()
     cfg = dataclasses.replace(base, run=dataclasses.replace(base.run, env_steps=3000, eval_every=1000))
     state, logger, evaluator = RunState(), _Logger(tmp_path), _Evaluator(None)
-    original = evaluator.evaluate.remote
+    evaluate, lost = evaluator.evaluate.remote, []
 
-    def remember(*args: Any) -> Any:
-        pending[0] = original(*args)
-        return pending[0]
+    def remember(*args: Any) -> Any:  # the second evaluation, and the first question after it, fail
+        ref = {"result": evaluate(*args)}
+        lost.extend([ref] if len(evaluator.asked) == 2 else [])
+        return ref
 
+    def question(function: Any) -> Any:
+        ref = {"result": function(evaluator)}
+        lost.extend([ref] if len(questions) == 0 else [])
+        questions.append(ref)
+        return ref
+
+    def get(ref: Any) -> Any:
+        if any(ref is failed for failed in lost):
+            raise _Lost()
+        return None if ref is None else ref["result"]  # None: the board's answer, nothing published
+
+    questions: list[Any] = []
     evaluator.evaluate = SimpleNamespace(remote=remember)
+    evaluator.__ray_call__ = SimpleNamespace(remote=question)
+    monkeypatch.setattr(schedule_module, "ray", SimpleNamespace(
+        wait=lambda refs, timeout=None: (refs, []), get=get, exceptions=ray_exceptions))
     board = SimpleNamespace(latest=SimpleNamespace(remote=lambda have: None))
     evals = EvalSchedule(cfg, state, evaluator, board, logger, lambda renderer: None)  # type: ignore[arg-type]
+    counters = {"version": 0, "updates": 0}
     with caplog.at_level(logging.INFO, logger=schedule_module.__name__):
-        evals.step({"version": 0, "updates": 0})  # grid point 0
+        evals.step(counters)  # grid point 0
         state.env_steps = 1100
-        evals.step({"version": 0, "updates": 0})  # collects 0, starts 1000
+        evals.step(counters)  # collects 0, starts 1000
         state.env_steps = 2100  # the run passes 2000 while 1000 runs
-        evals.step({"version": 0, "updates": 0})  # 1000 was cut off: it starts again, labelled 1000
-        evals.step({"version": 0, "updates": 0})  # collects the redone 1000, starts 2000
+        evals.step(counters)  # 1000 was cut off; the evaluator does not answer yet
+        assert len(evaluator.asked) == 2 and len(questions) == 2
+        evals.step(counters)  # it answers: 1000 starts again
+        evals.step(counters)  # collects the redone 1000, starts 2000
         state.env_steps = 3000
-        evals.step({"version": 0, "updates": 0}, wait=True)
-        evals.step({"version": 0, "updates": 0}, wait=True, final=True)
+        evals.step(counters, wait=True)
+        evals.step(counters, wait=True, final=True)
     assert [s for _, s, _ in logger.evaluations] == [0, 1000, 2000, 3000]
     assert state.evaluations_redone == 1 and len(evaluator.asked) == 5
     messages = [r.getMessage() for r in caplog.records]
-    assert "the evaluation at grid point 1000 was cut off (_Lost); it runs again at that grid point" in messages
+    assert [m for m in messages if "cut off" in m] == [
+        "the evaluation at grid point 1000 was cut off (_Lost); it runs again at that grid point"]
     assert [m.rsplit("(", 1)[1] for m in messages if m.startswith("evaluating")] == [
         "grid point 0)", "grid point 1000)", "grid point 1000)", "grid point 2000)", "grid point 3000)"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,9 @@ class EvalSchedule:
         """Why the evaluator could not probe, each logged once (its own logs stay in its Ray process)."""
         self.redo: int | None = None
         """The grid point of an evaluation that was cut off, to run again before any other."""
+        self.probe: Any = None
+        """After a cut-off, a trivial call that must answer before the redo is sent: a task sent while Ray is still
+        restarting the evaluator fails at once (ActorUnavailableError), and would cut off the redo too."""
 
     def step(self, counters: dict[str, int], wait: bool = False, final: bool = False) -> None:
         """Collect a finished evaluation; start the next one when the grid says so (`wait`: block for it)."""
@@ -86,8 +90,11 @@ class EvalSchedule:
                             scheduled, type(exc).__name__)
                 self.state.evaluations_redone += 1
                 self._hand_back(scheduled)
+                self.probe = self.evaluator.__ray_call__.remote(id)  # id(evaluator): any call that needs it back
             else:
                 self.record(result, env_steps, scheduled, updates)
+        if not self._evaluator_answers(wait):
+            return
         every, length = self.cfg.run.eval_every, self.cfg.run.env_steps
         if self.redo is not None:
             due, scheduled = True, self.redo
@@ -131,6 +138,22 @@ class EvalSchedule:
             append_probe_rows(RunFiles(self.logger.run_dir).probe_csv, env_steps, scheduled, probe)
         if result["video"] is not None:
             self.logger.video(env_steps, "eval/video", result["video"])
+
+    def _evaluator_answers(self, wait: bool) -> bool:
+        """Whether the evaluator answers after a cut-off (at once when none was cut off); `wait`: until it does."""
+        while self.probe is not None:
+            ready, _ = ray.wait([self.probe], timeout=None if wait else 0)
+            if not ready:
+                return False
+            try:
+                ray.get(self.probe)
+                self.probe = None
+            except ray.exceptions.RayError:  # Ray is still restarting it: ask again
+                self.probe = self.evaluator.__ray_call__.remote(id)
+                if not wait:
+                    return False
+                time.sleep(0.2)  # pacing of the questions while Ray restarts it (each fails at once)
+        return True
 
     def abandon(self) -> None:
         """An interrupted run: the one in flight is dropped and its grid point left to the resumed run."""
