@@ -7,6 +7,9 @@ import csv
 import dataclasses
 import io
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import imageio
@@ -148,3 +151,42 @@ def test_offline_wandb_and_tensorboard_side_by_side(tmp_path: Path, monkeypatch:
     logger.finish({})
     assert list((tmp_path / "wandb").glob("offline-run-*"))
     assert values(read_events(tmp_path), "model/loss") == [1.0]
+
+
+_CHILD = """
+import sys
+from pathlib import Path
+from common.config import Config, debug
+import dataclasses
+from deploy.run.logger import RunLogger
+cfg = debug()
+cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, wandb_mode="offline"))
+logger = RunLogger(cfg, Path(sys.argv[1]))
+logger.finish({})
+"""
+
+
+def test_a_run_starts_its_own_wandb_service_even_below_a_process_that_has_one(tmp_path: Path) -> None:
+    """A parent that used W&B (a reproduce harness, a notebook, a test) has WANDB_SERVICE in its environment; a
+    run below it must not attach to that service, whose wandb-core would then hold the run's files after the run
+    (found in a clean-clone make test: one parent's wandb-core held the files of five later runs)."""
+    from process_tools import REPO, processes_using
+
+    parent = """
+import os, subprocess, sys
+import wandb
+wandb.init(mode="offline", dir=sys.argv[1], project="parent")
+assert "WANDB_SERVICE" in os.environ
+subprocess.run([sys.executable, "-c", sys.argv[2], sys.argv[3]], check=True)
+import process_tools
+print("LEFT", process_tools.processes_using(sys.argv[3]))
+wandb.finish()
+"""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    out = subprocess.run([sys.executable, "-c", parent, str(tmp_path), _CHILD, str(run_dir)], cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "LEFT {}" in out.stdout, out.stdout  # the parent's wandb-core holds none of the run's files
+    assert not processes_using(run_dir)

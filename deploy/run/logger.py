@@ -137,6 +137,12 @@ class RunLogger:
         mode = wandb_mode(cfg.run.wandb_mode)
         # W&B records the command line (its `args`) as it starts: a --replay.url password there is written as ***.
         argv, sys.argv = sys.argv, [redact(arg) for arg in sys.argv]
+        # W&B's service (wandb-core) of a parent process that used W&B (a reproduce harness that logged a figure, a
+        # notebook, a test) is named in WANDB_SERVICE, which a child inherits and would attach to: the run's W&B
+        # files would then be written by a process that is not the run's and may die before it or outlive it.
+        # The run starts a service of its own (one found in a clean-clone make test: the two-runs-at-once test's
+        # service held the files of every later run of that pytest session).
+        os.environ.pop("WANDB_SERVICE", None)
         try:
             self.run = wandb.init(project=cfg.run.wandb_project, dir=str(run_dir), mode=mode, id=run_id,
                                   resume="allow" if run_id else None, config=cfg.to_dict(),
