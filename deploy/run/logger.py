@@ -140,8 +140,8 @@ class RunLogger:
         # W&B's service (wandb-core) of a parent process that used W&B (a reproduce harness that logged a figure, a
         # notebook, a test) is named in WANDB_SERVICE, which a child inherits and would attach to: the run's W&B
         # files would then be written by a process that is not the run's and may die before it or outlive it.
-        # The run starts a service of its own (one found in a clean-clone make test: the two-runs-at-once test's
-        # service held the files of every later run of that pytest session).
+        # The run starts a service of its own (found in a clean-clone make test: one service of the test session
+        # held the files of five later runs; tests/test_run_logger.py shows it with a parent that has a service).
         os.environ.pop("WANDB_SERVICE", None)
         try:
             self.run = wandb.init(project=cfg.run.wandb_project, dir=str(run_dir), mode=mode, id=run_id,
