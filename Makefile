@@ -24,7 +24,9 @@ EPISODES ?= 10
 FORMAT ?= torchscript
 # A Ray cluster to run on: the YAML `make cluster-up` started (remembered in .cluster), or RAY_ADDRESS=http://host:8265.
 # With either, `make train` submits the driver as a Ray job; `CLUSTER=` trains on this machine again.
-CLUSTER ?= $(shell cat .cluster 2>/dev/null)
+# CLUSTER_FILE: where that is remembered (tests/test_cluster_up.py keeps its own, beside other tests' `make train`).
+CLUSTER_FILE ?= .cluster
+CLUSTER ?= $(shell cat $(CLUSTER_FILE) 2>/dev/null)
 JOB    ?=
 ON_CLUSTER := $(if $(or $(CLUSTER),$(filter http://% https://%,$(RAY_ADDRESS))),1,)
 
@@ -68,9 +70,9 @@ $(STAMP): pyproject.toml | sysdeps
 	       "Fix: $(PIP) install $(TORCH_ARGS), and check the driver with nvidia-smi" >&2; exit 1; fi
 	touch $(STAMP)
 
-# Every tier (no MARK): scripts/test_all.sh runs the learning tier beside the tiers that mostly wait.
+# Every tier (no MARK): scripts/test_all.py runs them on two lanes, the learning tier beside the others.
 test: setup
-	$(if $(MARK),$(PY) -m pytest -q -m "$(MARK)",PY=$(PY) bash scripts/test_all.sh)
+	$(if $(MARK),$(PY) -m pytest -q -m "$(MARK)",PY=$(PY) $(PY) scripts/test_all.py)
 
 TASK_ARG = $(if $(TASK),--run.task $(TASK),)
 
@@ -98,7 +100,7 @@ cluster-up: setup
 	       "the current ids for your region, printed by the commands in the file's header." >&2; exit 2; fi
 	$(VENV)/bin/ray get-auth-token --generate >/dev/null
 	RAY_UP_enable_autoscaler_v2=0 $(VENV)/bin/ray up -y $(or $(CLUSTER),deploy/cluster.yaml)
-	echo "$(or $(CLUSTER),deploy/cluster.yaml)" > .cluster
+	echo "$(or $(CLUSTER),deploy/cluster.yaml)" > $(CLUSTER_FILE)
 	@CLUSTER="$(or $(CLUSTER),deploy/cluster.yaml)" $(PY) -m deploy.jobs status --nodes || true
 	@echo "cluster up: \`make train TASK=hopper\` now runs there (make status, make cluster-down to tear it down)"
 
@@ -106,7 +108,7 @@ cluster-up: setup
 cluster-down: setup
 	$(PY) -m deploy.cluster_down $(or $(CLUSTER),deploy/cluster.yaml)
 	$(VENV)/bin/ray down -y $(or $(CLUSTER),deploy/cluster.yaml)
-	rm -f .cluster
+	rm -f $(CLUSTER_FILE)
 
 # The last job `make train` submitted (or JOB=<id>): follow its logs, or stop it (it checkpoints first).
 logs: setup

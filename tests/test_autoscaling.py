@@ -80,15 +80,18 @@ def _processes() -> dict[int, list[str]]:
     return {int(p.name): cmdline(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
 
 
-def _raylets() -> dict[int, list[str]]:
-    return {pid: cmd for pid, cmd in _processes().items() if cmd and cmd[0].endswith("raylet") and alive(pid)}
+def _raylets(gcs: str) -> dict[int, list[str]]:
+    """The raylets of the cluster whose GCS is at `gcs` (host:port): other Rays on this machine (a training's
+    private one, beside which `make test` runs this test) are not its nodes."""
+    return {pid: cmd for pid, cmd in _processes().items()
+            if cmd and cmd[0].endswith("raylet") and f"--gcs-address={gcs}" in cmd and alive(pid)}
 
 
-def nodes_by_type() -> dict[str, list[tuple[int, str]]]:
+def nodes_by_type(gcs: str) -> dict[str, list[tuple[int, str]]]:
     """The cluster's nodes as they run: raylet pid and node id by node type. The fake provider starts each
     node's raylet with its type and id in the environment (the head's has neither)."""
     out: dict[str, list[tuple[int, str]]] = {}
-    for pid in _raylets():
+    for pid in _raylets(gcs):
         try:
             env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in kv)
         except OSError:
@@ -101,7 +104,6 @@ class FakeCluster:
     """`ray start --head --block` with the fake provider's autoscaler; its nodes, and teardown of all of it."""
 
     def __init__(self, config: dict[str, Any], tmp: Path) -> None:
-        assert not _raylets(), "another Ray runs on this machine; this test starts and stops a cluster of its own"
         self.temp = Path(tempfile.mkdtemp(prefix="ra", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
         self.port = free_port()
         from ray._private.services import get_node_ip_address
@@ -121,6 +123,7 @@ class FakeCluster:
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={self.port}",
              f"--autoscaling-config={path}", f"--num-cpus={head['CPU']}", f"--temp-dir={self.temp}",
+             f"--dashboard-agent-listen-port={free_port()}",
              "--include-dashboard=false", "--disable-usage-stats",
              '--system-config={"health_check_period_ms": 1000, "health_check_failure_threshold": 3}'],
             stdout=(tmp / "head.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
@@ -178,9 +181,10 @@ def test_the_autoscaler_adds_and_removes_the_yamls_actor_nodes(tmp_path: Path, y
     lose_a_node = yaml_name == "cluster.yaml"
     started = time.monotonic()
     cluster = FakeCluster(config, tmp_path)
+    gcs = cluster.address
     try:
         deadline = time.monotonic() + 120
-        while len(nodes_by_type().get(learner_type, [])) != 1:  # min_workers: the learner node comes with the cluster
+        while len(nodes_by_type(gcs).get(learner_type, [])) != 1:  # min_workers: the learner node comes with the cluster
             assert time.monotonic() < deadline and cluster.proc.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
             time.sleep(1)
         up_s = time.monotonic() - started
@@ -191,7 +195,7 @@ def test_the_autoscaler_adds_and_removes_the_yamls_actor_nodes(tmp_path: Path, y
         killed_at = rewritten_at = None
         deadline = time.monotonic() + 420
         while proc.poll() is None and time.monotonic() < deadline:
-            nodes = nodes_by_type()
+            nodes = nodes_by_type(gcs)
             most_actor_nodes = max(most_actor_nodes, len(nodes.get(actor_type, [])))
             learner_ids |= {node_id for _, node_id in nodes.get(learner_type, [])}
             actor_ids |= {node_id for _, node_id in nodes.get(actor_type, [])}
@@ -225,9 +229,9 @@ def test_the_autoscaler_adds_and_removes_the_yamls_actor_nodes(tmp_path: Path, y
             assert report.ok and report.checked_rows == report.acknowledged_rows, report
         # Idle actor nodes go; the learner node (min_workers 1) stays.
         deadline = time.monotonic() + IDLE_MINUTES * 60 + 90
-        while nodes_by_type().get(actor_type) and time.monotonic() < deadline:
+        while nodes_by_type(gcs).get(actor_type) and time.monotonic() < deadline:
             time.sleep(1)
-        nodes = nodes_by_type()
+        nodes = nodes_by_type(gcs)
         assert not nodes.get(actor_type), "the idle actor nodes were not terminated"
         assert len(nodes.get(learner_type, [])) == 1, nodes
         idle_s = time.monotonic() - started - up_s - run_s

@@ -74,7 +74,10 @@ class Laptop:
         self.ray.mkdir()
         ssh_config(self.ssh, [HEAD, WORKER])
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTEST_"))}
-        self.env.update(CLUSTER=str(cluster_yaml), SLAC_JOB_FILE=str(tmp / "job.json"), WANDB_MODE="offline")
+        # The cluster it brings up is remembered in the test's own file, not the checkout's .cluster, which every
+        # other test's `make train` (running beside this one in `make test`) would read and submit to.
+        self.env.update(CLUSTER=str(cluster_yaml), CLUSTER_FILE=str(tmp / ".cluster"),
+                        SLAC_JOB_FILE=str(tmp / "job.json"), WANDB_MODE="offline")
         self.log = tmp / "laptop.log"
 
     def run(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -146,8 +149,7 @@ def test_ray_up_runs_the_shipped_yaml_and_make_train_runs_on_it(tmp_path: Path, 
     cluster_yaml = tmp_path / "cluster-local.yaml"
     cluster_yaml.write_text(yaml.safe_dump(cluster_copy(shipped, key), sort_keys=False))
     laptop = Laptop(tmp_path, cluster_yaml)
-    remembered = REPO / ".cluster"
-    saved = remembered.read_text() if remembered.exists() else None
+    remembered = tmp_path / ".cluster"
     timings: dict[str, float] = {}
     up = False
     try:
@@ -156,6 +158,7 @@ def test_ray_up_runs_the_shipped_yaml_and_make_train_runs_on_it(tmp_path: Path, 
         up = True
         timings["cluster-up"] = time.monotonic() - started
         assert "cluster up: `make train TASK=hopper` now runs there" in brought_up.stdout, brought_up.stdout[-2000:]
+        assert remembered.read_text().strip() == str(cluster_yaml), "make cluster-up did not remember the cluster"
         # The YAML's own setup ran on the head: the working tree, the token, the venv `make setup` built there.
         assert (node_home / "slac-dist/Makefile").read_text() == (REPO / "Makefile").read_text()
         assert (node_home / ".ray/auth_token").read_text() == (laptop.ray / "auth_token").read_text()
@@ -221,10 +224,6 @@ def test_ray_up_runs_the_shipped_yaml_and_make_train_runs_on_it(tmp_path: Path, 
     finally:
         if up:
             laptop.make("cluster-down", timeout=300, check=False)
-        if saved is None:
-            remembered.unlink(missing_ok=True)
-        else:
-            remembered.write_text(saved)
     namespaces = {head.namespace, worker.namespace}
     assert all(processes_in(ns) for ns in namespaces)  # only the sshd listeners now; the fixture ends them
     print("\nray up on two SSH machines: " + ", ".join(f"{what} {s:.0f} s" for what, s in timings.items()))
