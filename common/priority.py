@@ -2,10 +2,11 @@
 
 A run is learner-bound (its updates/s is its speed), and a CPU learner runs OpenMP threads that wait for each
 other: one preempted thread stalls the rest. So actors and the evaluator run at a higher niceness
-(`actors.nice`, 19) and take a core only when the learner leaves it; the learner runs at 0, as do Redis, the
-weight board and the driver. Ray itself starts every worker process at niceness 15 (its `worker_niceness`), below
-Redis and the driver: a private local Ray is started with 0 (deploy/run/ray_runtime.connect_ray), and a learner
-that finds itself above 0 (a cluster started without RAY_worker_niceness=0) lowers it where it may.
+(`actors.nice`, 19) and take a core only when the learner leaves it; the learner runs at its Ray node's niceness
+(`node_niceness`: 0 unless the run was started niced), as do Redis, the weight board and the driver. Ray itself
+starts every worker process at niceness 15 (its `worker_niceness`), below Redis and the driver: a private local Ray
+is started with 0 (deploy/run/ray_runtime.connect_ray), and a learner that finds itself above its node's niceness
+(a cluster started without RAY_worker_niceness=0) lowers it where it may.
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ def in_ray_worker() -> bool:
     Ray only if this process has imported it (common/ does not depend on Ray): a Ray worker always has."""
     ray = sys.modules.get("ray")
     return ray is not None and ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+
+
+def node_niceness() -> int:
+    """The niceness of the Ray node this worker runs on: its raylet's, the worker's parent, which a local run's
+    raylet inherits from the driver. The learner runs at it rather than at 0: a run started niced (`nice -n 10 make
+    train`, or `make test`'s second lane at 19, beside the learning run) stays below what its user put above it,
+    which a learner lowering itself to 0 as root would not."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, os.getppid())
+    except OSError:  # the parent ended (the node is going down): what Ray starts a node at
+        return 0
 
 
 def set_niceness(nice: int) -> int:

@@ -28,7 +28,7 @@ import ray
 import torch
 
 from common.config import Config
-from common.priority import set_niceness
+from common.priority import node_niceness, set_niceness
 from common.run_files import RunFiles
 from learner.checkpoint import save_checkpoint
 from learner.learner import Learner
@@ -73,7 +73,7 @@ class LearnerProcess:
         self.cfg, self.publisher, self.run_dir = cfg, publisher, Path(run_dir)
         if isinstance(cfg.learner.cpus, int):
             torch.set_num_threads(cfg.learner.cpus)  # Ray set OMP_NUM_THREADS to its CPUs; a 1-CPU actor gets 1
-        set_niceness(0)  # above the actors' and the evaluator's (common/priority.py)
+        set_niceness(node_niceness())  # above the actors' and the evaluator's (common/priority.py)
         self.host = host_info()
         self.device = resolve_device(cfg.learner.device)
         if self.device.type == "cpu":

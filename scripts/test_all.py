@@ -2,8 +2,8 @@
 
 Lane 1 starts the `learning` tier (one long training whose learner takes one core, at normal priority); lane 2
 runs the `unit` and `integration` tiers beside it at niceness 19. Whichever lane is free then takes the next
-file of the `e2e`, `faults` and `cluster` tiers, longest first (one pytest per file, lane 2 still at niceness
-19), so the end-to-end runs fill the core the learning run leaves and then both cores. Files that start a Ray
+file of the `e2e`, `faults` and `cluster` tiers, longest first (one pytest per file, at niceness 19 while the
+learning run lasts), so the end-to-end runs fill the core the learning run leaves and then both cores. Files that start a Ray
 cluster the way a user does (`ray start`, `ray up`, `ray.cluster_utils`: Ray's default ports, its
 /tmp/ray/ray_current_cluster) run one at a time. Each pytest's output is printed whole when it ends, with its
 slowest durations; the last lines give every session's wall clock and return code, and the exit code is
@@ -56,14 +56,14 @@ class Session:
     started: float = 0.0
     ended: float = 0.0
     rc: int | None = None
+    nice: bool = False
 
-    def start(self, lane: int, t0: float) -> None:
-        self.lane, self.started = lane, time.monotonic()
-        nice = [] if lane == 1 else ["nice", "-n", "19"]
+    def start(self, lane: int, t0: float, nice: bool) -> None:
+        self.lane, self.started, self.nice = lane, time.monotonic(), nice
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen([*nice, PY, *PYTEST, *self.args], cwd=REPO, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        print(f"[{time.monotonic() - t0:6.0f} s] lane {lane}: {self.name}", flush=True)
+            self.proc = subprocess.Popen([*(["nice", "-n", "19"] if nice else []), PY, *PYTEST, *self.args],
+                                         cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        print(f"[{time.monotonic() - t0:6.0f} s] lane {lane}{' at niceness 19' * nice}: {self.name}", flush=True)
 
     def poll(self) -> bool:
         """True once it has ended (its output printed)."""
@@ -109,7 +109,7 @@ def main() -> int:
                                                                    ["-m", "unit or integration"])]
     sessions, running = list(first), []
     for lane, session in enumerate(first, start=1):
-        session.start(lane, t0)
+        session.start(lane, t0, nice=lane == 2)
         running.append(session)
     queue: list[str] = []
     try:
@@ -122,7 +122,8 @@ def main() -> int:
                 if (name := next_file(queue, running)) is not None:
                     queue.remove(name)
                     sessions.append(Session(name, ["-m", AFTER, name]))
-                    sessions[-1].start(lane, t0)
+                    # Below the learning run while it runs (it is the one that must not lose its core).
+                    sessions[-1].start(lane, t0, nice=any(s is first[0] for s in running))
                     running.append(sessions[-1])
     except KeyboardInterrupt:
         print("make test: interrupted; the running sessions were killed", file=sys.stderr)
@@ -131,9 +132,10 @@ def main() -> int:
         for session in running:
             session.kill()
     total = time.monotonic() - t0
-    print(f"\n== make test: {total:.0f} s in all, on two lanes (lane 2 at niceness 19):")
+    print(f"\n== make test: {total:.0f} s in all, on two lanes (start, wall clock, return code):")
     for s in sorted(sessions, key=lambda s: s.started):
-        print(f"  {s.name:<34} lane {s.lane}  +{s.started - t0:5.0f} s  {s.ended - s.started:6.0f} s  rc {s.rc}")
+        print(f"  {s.name:<30} lane {s.lane}{' nice 19' if s.nice else '        '}  +{s.started - t0:5.0f} s"
+              f"  {s.ended - s.started:6.0f} s  rc {s.rc}")
     failed = [s.name for s in sessions if s.rc != 0] + queue
     if failed:
         print(f"make test: FAILED: {', '.join(failed)}")

@@ -134,13 +134,15 @@ def ray_dir_of(text: str) -> str:
 class Run:
     """One `python -m deploy.train` process, its output in a file, killed with its session at the end."""
 
-    def __init__(self, tmp: Path, args: list[str], name: str = "run") -> None:
+    def __init__(self, tmp: Path, args: list[str], name: str = "run", nice: int = 0) -> None:
+        """`nice`: start the driver that much nicer than this process (`nice -n`), as a user's `nice make train`."""
         self.log = tmp / f"{name}.log"
         env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1", RAY_ADDRESS="local")
         env.setdefault("MUJOCO_GL", "egl")
         self.started = time.time()
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "deploy.train", *args], cwd=REPO, env=env,
+            self.proc = subprocess.Popen([*(["nice", "-n", str(nice)] if nice else []), sys.executable, "-m",
+                                          "deploy.train", *args], cwd=REPO, env=env,
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     @property

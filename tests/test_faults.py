@@ -38,8 +38,8 @@ pytestmark = pytest.mark.faults
 def runs(tmp_path: Path) -> Iterator[Callable[..., Run]]:
     started: list[Run] = []
 
-    def start(args: list[str], name: str = "run") -> Run:
-        started.append(Run(tmp_path, args, name))
+    def start(args: list[str], name: str = "run", nice: int = 0) -> Run:
+        started.append(Run(tmp_path, args, name, nice))
         return started[-1]
 
     yield start
@@ -251,7 +251,9 @@ def test_two_sigints_still_write_a_checkpoint_and_the_resume_continues(tmp_path:
 def test_a_run_killed_before_its_first_checkpoint_resumes_on_its_replay(tmp_path: Path, runs) -> None:
     """kill -9 of the driver and its Ray processes during the initial collection, then a bare resume: a fresh
     learner on the kept replay, the counters going on from the replay's inserts. The redis-server, in its
-    own session, outlives the driver: the next server on that data dir stops it first (one AOF, one writer)."""
+    own session, outlives the driver: the next server on that data dir stops it first (one AOF, one writer).
+    The resume is started niced (`nice -n 3`, as a user's `nice make train`): its learner runs at the run's
+    niceness, not at 0 (common/priority.node_niceness), and its actors at `actors.nice`."""
     run_dir, length = tmp_path / "run", 1600
     run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.env-steps", str(length),
                 "--run.eval-episodes", "0", "--learner.checkpoint-every", "1000", *COUPLED])
@@ -264,9 +266,10 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_on_its_replay(tmp_path
         assert not alive(orphan)
         stored = int(redis.Redis.from_url(replay.url).hget(STATE, "inserted"))
 
-    resumed_run = runs(["--run.resume", str(run_dir)], name="resumed")
+    resumed_run = runs(["--run.resume", str(run_dir)], name="resumed", nice=3)
     assert resumed_run.wait() == 0, resumed_run.text[-3000:]
     resumed = resumed_run.summary()
+    assert resumed["execution"]["nice"] == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3), resumed["execution"]
     assert resumed["env_steps"] >= length and resumed["pretrain_updates"] == debug().learner.model_pretrain_steps
     first = values(read_events(run_dir, file=-1), "counters/env_steps")[0]  # the resumed driver's first poll
     assert first >= 4 * stored, (first, stored)

@@ -55,7 +55,7 @@ def test_auto_processes_follow_the_machine_the_learner_and_the_cluster(monkeypat
     assert per_seed_overrides(paper, 2) == ["--actors.num", "5", "--learner.cpus", "1"]
     # The run's first lines and the progress line say how many threads, actors and environments run.
     cfg = resolve_processes(paper, cluster=False, cpus=16, gpu=True)
-    assert describe_processes(cfg, cores=16).startswith("learner: 1 thread(s) and Ray CPU(s), niceness 0; 13 actor(s)")
+    assert describe_processes(cfg, cores=16, nice=0).startswith("learner: 1 thread(s) and Ray CPU(s), niceness 0; 13 actor(s)")
     line = progress_line(cfg, {"counters": {"updates": 0, "pretrain_updates": 0}, "phase": "collect"}, 0, 0,
                          {"perf/env_steps_per_s": 0.0, "perf/updates_per_s": 0.0}, None, None)
     assert "| 13x4 envs |" in line

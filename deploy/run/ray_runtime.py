@@ -87,10 +87,12 @@ def resolve_processes(cfg: Config, cluster: bool | None = None, cpus: int | None
                                learner=dataclasses.replace(cfg.learner, cpus=threads))
 
 
-def describe_processes(cfg: Config, cores: int | None = None) -> str:
-    """The run's first lines' account of its processes: the learner's threads and the actors, on how many cores."""
+def describe_processes(cfg: Config, cores: int | None = None, nice: int | None = None) -> str:
+    """The run's first lines' account of its processes: the learner's threads and niceness (this process's, which
+    a local Ray's raylet inherits: common/priority.node_niceness) and the actors, on how many cores."""
     cores = cores or len(os.sched_getaffinity(0))
-    return (f"learner: {cfg.learner.cpus} thread(s) and Ray CPU(s), niceness 0; {cfg.actors.num} actor(s) of "
+    nice = os.getpriority(os.PRIO_PROCESS, 0) if nice is None else nice
+    return (f"learner: {cfg.learner.cpus} thread(s) and Ray CPU(s), niceness {nice}; {cfg.actors.num} actor(s) of "
             f"{cfg.actors.envs_per_actor} env(s) and the evaluator at niceness {cfg.actors.nice}; {cores} cores here")
 
 
