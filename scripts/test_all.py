@@ -114,6 +114,7 @@ def main() -> int:
     queue: list[str] = []
     try:
         queue = after_files()
+        print(f"then, on whichever lane is free, longest first: {', '.join(Path(f).stem for f in queue)}", flush=True)
         while running or queue:
             time.sleep(1)
             running = [s for s in running if not s.poll()]
