@@ -75,12 +75,18 @@ class Session:
         self.log.unlink(missing_ok=True)
         return True
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    def stop(self) -> None:
+        """Ctrl-C to its process group (pytest tears its fixtures down: the runs it started, their Redis and Ray),
+        then SIGKILL if it is still there after a minute."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def after_files() -> list[str]:
@@ -127,11 +133,11 @@ def main() -> int:
                     sessions[-1].start(lane, t0, nice=any(s is first[0] for s in running))
                     running.append(sessions[-1])
     except KeyboardInterrupt:
-        print("make test: interrupted; the running sessions were killed", file=sys.stderr)
+        print("make test: interrupted; stopping the running sessions", file=sys.stderr)
         return 130
     finally:
         for session in running:
-            session.kill()
+            session.stop()
     total = time.monotonic() - t0
     print(f"\n== make test: {total:.0f} s in all, on two lanes (start, wall clock, return code):")
     for s in sorted(sessions, key=lambda s: s.started):
