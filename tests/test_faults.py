@@ -213,10 +213,11 @@ def _stop_then_resume(tmp_path: Path, runs, sig: signal.Signals, times: int) -> 
     resumed_events = read_events(run_dir, file=1)  # the resumed driver's event file
     rows = scalars(resumed_events, "counters/env_steps")
     assert rows[0].value >= stopped["env_steps"]
-    # Env steps advance from the first new steps on (the bug: stuck at the saved total for minutes), within
-    # seconds of the resumed driver's first poll and of its start (Ray, Redis, W&B and the processes included).
+    # Env steps advance from the first new steps on (the bug: stuck at the saved total for minutes), soon after
+    # the resumed driver's first poll and its start (Ray, Redis, W&B and the processes included). Bounds 3x what a
+    # busy machine took: 10.8 s and 58 s with this test at niceness 19 beside the learning run (make test, 2 cores).
     moved = [r.wall_time for r in rows if r.value > stopped["env_steps"]]
-    assert moved and moved[0] - rows[0].wall_time < 10 and moved[0] - resumed_run.started < 60, \
+    assert moved and moved[0] - rows[0].wall_time < 35 and moved[0] - resumed_run.started < 180, \
         (moved[:1], rows[0].wall_time, resumed_run.started)
     # No updates/s spike: the first rate counts only the resumed learner's updates, not the saved ones.
     first, *later = values(resumed_events, "perf/updates_per_s")  # one per poll, as counters/env_steps
