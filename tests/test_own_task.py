@@ -129,17 +129,16 @@ def test_make_eval_and_export_on_a_numpy_env(own_runs: dict[str, dict[str, Any]]
         del sys.path[:2]
 
 
-RUN_PROCESSES = ("raylet", "redis-server", "gcs_server")
-
-
-def _run_processes() -> set[int]:
-    """Pids of Ray's and Redis's server processes on this machine."""
-    found = set()
-    for comm in Path("/proc").glob("[0-9]*/comm"):
+def _marked_processes(marker: str) -> list[str]:
+    """Processes alive whose environment carries `marker` (what a driver started with it handed down to anything
+    it started: Ray, Redis, W&B), by pid and command. Only these: `make test` runs other tests' Ray and Redis
+    beside this one."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
-            if comm.read_text().strip() in RUN_PROCESSES:
-                found.add(int(comm.parent.name))
-        except OSError:  # gone meanwhile
+            if marker.encode() in environ.read_bytes().split(b"\0"):
+                found.append(f"{environ.parent.name} {(environ.parent / 'comm').read_text().strip()}")
+        except OSError:  # gone meanwhile, or not ours to read
             continue
     return found
 
@@ -159,9 +158,10 @@ BAD = {  # task string: what its one paragraph must say
 
 def test_a_task_that_cannot_work_fails_at_once_with_a_paragraph(tmp_path: Path) -> None:
     """All at once: each must stop before Ray, Redis or W&B start, so nothing of a run is left."""
-    before = _run_processes()
+    mark = os.urandom(8).hex()
     procs = {task: subprocess.Popen([sys.executable, "-m", "deploy.train", "debug", "--run.task", task, "--run.dir",
-                                     str(tmp_path / str(i))], cwd=REPO, env=_env(PYTHONPATH=str(REPO / "tests")),
+                                     str(tmp_path / str(i))], cwd=REPO,
+                                    env=_env(PYTHONPATH=str(REPO / "tests"), SLAC_TEST_MARK=mark),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i, task in enumerate(BAD)}
     for i, (task, proc) in enumerate(procs.items()):
@@ -174,4 +174,4 @@ def test_a_task_that_cannot_work_fails_at_once_with_a_paragraph(tmp_path: Path) 
             assert len(errors) == 1 and task in errors[0] and BAD[task] in errors[0], err[-3000:]
         assert not (tmp_path / str(i)).exists(), f"{task} left a run directory"
         assert "Ray" not in err and "W&B" not in err, f"{task} started something:\n{err[-2000:]}"
-    assert _run_processes() <= before
+    assert not (left := _marked_processes(f"SLAC_TEST_MARK={mark}")), f"started and left behind: {left}"
