@@ -156,7 +156,7 @@ bench: setup
 	$(PY) bench/system.py --out bench/results/$(BENCH_TAG)-system.json
 
 lint: setup
-	$(VENV)/bin/ruff check common learner actors replay_service deploy tests bench
+	$(VENV)/bin/ruff check common learner actors replay_service deploy tests bench scripts
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
