@@ -53,7 +53,7 @@ class Session:
     name: str
     args: list[str]
     lane: int = 0
-    log: Path = field(default_factory=lambda: _log_file())
+    log: Path = field(default_factory=_log_file)
     proc: subprocess.Popen | None = None
     started: float = 0.0
     ended: float = 0.0

@@ -254,7 +254,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_on_its_replay(tmp_path
     learner on the kept replay, the counters going on from the replay's inserts. The redis-server, in its
     own session, outlives the driver: the next server on that data dir stops it first (one AOF, one writer).
     The resume is started niced (`nice -n 3`, as a user's `nice make train`): its learner runs at the run's
-    niceness, not at 0 (common/priority.node_niceness), and its actors at `actors.nice`."""
+    niceness, not at 0 (common/priority.node_niceness)."""
     run_dir, length = tmp_path / "run", 1600
     run = runs(["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--run.env-steps", str(length),
                 "--run.eval-episodes", "0", "--learner.checkpoint-every", "1000", *COUPLED])
