@@ -261,18 +261,41 @@ def test_make_train_with_an_unknown_task_fails_at_once() -> None:
     assert time.monotonic() - start < 60
 
 
+def _two_node_cluster() -> Any:
+    """Two raylets of 2 CPUs each (`ray.cluster_utils`), in a Ray directory and on dashboard ports of their own,
+    so that nothing else on the machine (runs of other test files side by side, `make test`'s second lane) can
+    take what it needs. If it does not come up, the error carries the tails of Ray's own logs: a CI run once
+    failed here inside Ray's `Node` with the cause cut from its output."""
+    from ray.cluster_utils import Cluster
+
+    from deploy.run.ray_runtime import private_ray_dir
+    from replay_service.server import free_port
+
+    temp_dir = private_ray_dir()
+    cluster = Cluster()
+    try:
+        cluster.add_node(num_cpus=2, temp_dir=temp_dir, dashboard_port=free_port(),
+                         dashboard_agent_listen_port=free_port())
+        cluster.add_node(num_cpus=2, dashboard_agent_listen_port=free_port())
+        cluster.wait_for_nodes()
+    except Exception as error:
+        cluster.shutdown()
+        logs = [f for f in sorted(Path(temp_dir).glob("session_latest/logs/*")) if f.is_file() and f.stat().st_size
+                and (f.stem in ("gcs_server", "raylet") or f.suffix == ".err")]
+        tails = "\n".join(f"--- {f.name}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-15:])
+                          for f in logs)
+        raise AssertionError(f"the two-node Ray cluster did not start: {error!r}\n{tails[-12000:]}") from error
+    return cluster
+
+
 def test_two_node_cluster_spreads_actors_and_shares_the_replay(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A real multi-node Ray cluster (two raylets) of the user's own, without the node resources of
     deploy/cluster*.yaml (so `--learner.node-resource '' --actors.node-resource ''`): the launcher joins it
     through RAY_ADDRESS, starts Redis on this node's address, and spreads the actors over both nodes."""
-    from ray.cluster_utils import Cluster
-
     from deploy.run.launch import train
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
+    cluster = _two_node_cluster()
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
     try:
         cfg = parse_cli(["debug", "--run.task", "finger_spin", "--run.dir", str(tmp_path / "cluster"),
