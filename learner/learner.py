@@ -1,7 +1,7 @@
 """The `Learner`: owns SLAC's networks and optimisers and turns batches into gradient steps (Algorithm 1).
 
-No I/O: batches in, metrics out; `state_dict` for checkpoints, `actor_weights` for the actors,
-`figure` for the logs. All randomness of training comes from one torch.Generator owned by the learner
+No I/O: batches in, metrics out; `state_dict` for checkpoints and `actor_weights` for the actors (both built
+in learner/state.py), `figure` for the logs. All randomness of training comes from one torch.Generator owned by the learner
 (and saved with it), so a CPU learner is deterministic under its seed and resumes bit for bit.
 
 `update(batch)` is one joint gradient step; the model batch is, as in the official implementation, the
@@ -15,7 +15,6 @@ compiled (learner/execution.py) from the same code, so the two can be tested aga
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 import time
@@ -29,8 +28,7 @@ from common.batch import Batch, random_batch
 from common.config import Config
 from common.latent_model import LatentModel, Rollout, figure_rows
 from common.networks import Gaussian, TanhGaussianActor, TwinCritic, count_parameters
-from common.probe import filter_tensors
-from learner import execution
+from learner import execution, state
 from learner.losses import (
     LatentTransition,
     Metrics,
@@ -50,7 +48,6 @@ SAC_KEYS = frozenset({"critic/loss", "critic/q1", "critic/q2", "critic/target", 
                       "alpha/loss", "alpha/value"})
 LOSSES = ("model", "critic", "actor", "alpha")
 """The four objectives whose finiteness the learner tracks, in the order of its flags."""
-STATE_FORMAT = 1
 GUARDED_CALLS = 3
 """Calls of each step function during which a failing CUDA-graph mode falls back to inductor's default mode
 (CUDA-graph trees warm up on the first call, record on the second and replay from the third)."""
@@ -60,18 +57,6 @@ def polyak_update(online: torch.nn.Module, target: torch.nn.Module, coef: float)
     """theta_bar <- theta_bar + coef (theta - theta_bar): the delayed critics of eq. 10 (one foreach kernel)."""
     with torch.no_grad():
         torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), coef)
-
-
-_ARCHITECTURE = {"model": ("z1_dim", "z2_dim", "hidden_dim", "conv_channels", "sequence_length"), "sac": ("hidden_dim",)}
-
-
-def _architecture(action_dim: int, model_cfg: dict[str, Any], sac_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The config fields that shape the networks (a checkpoint must agree on them)."""
-    fields: dict[str, Any] = {"action_dim": action_dim}
-    for group, cfg in (("model", model_cfg), ("sac", sac_cfg)):
-        for key in _ARCHITECTURE[group]:
-            fields[f"{group}.{key}"] = tuple(cfg[key]) if isinstance(cfg[key], list) else cfg[key]
-    return fields
 
 
 class UpdateNoise(NamedTuple):
@@ -94,20 +79,6 @@ def _rows(rollout: Rollout, n: int) -> Rollout:
     """The first n batch rows of a rollout (every tensor, the Gaussians' included)."""
     return Rollout(rollout.z1[:n], rollout.z2[:n], Gaussian(*(t[:n] for t in rollout.z1_posterior)),
                    Gaussian(*(t[:n] for t in rollout.z1_prior)))
-
-
-def _to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Copies of `tensors` on the CPU, made with one device-to-host copy per dtype (the tensors flattened into one
-    buffer on their device first) rather than one blocking copy per tensor: ~30 for the actor's weights."""
-    out: dict[str, torch.Tensor] = {}
-    by_dtype: dict[torch.dtype, list[str]] = {}
-    for name, tensor in tensors.items():
-        by_dtype.setdefault(tensor.dtype, []).append(name)
-    for names in by_dtype.values():
-        flat = torch.cat([tensors[n].detach().reshape(-1) for n in names]).to("cpu", copy=True)
-        for name, part in zip(names, flat.split([tensors[n].numel() for n in names]), strict=True):
-            out[name] = part.view(tensors[name].shape)
-    return {name: out[name] for name in tensors}
 
 
 class Learner:
@@ -391,19 +362,18 @@ class Learner:
         batch.validate(self.cfg.model.sequence_length, self.action_dim)
         return batch.to(self.device)
 
-    # ---------------------------------------------------------------- export
+    # ---------------------------------------------------------------- export and checkpoints
     def actor_weights(self, version: int) -> dict[str, Any]:
-        """What an actor process needs to act (common.policy.Policy): encoder + actor head, on CPU, picklable; and
-        the latent model's filtering networks, with which the evaluator's latent probe (common/probe.py) computes
-        the latent the critic sees (0.27 MB more for the `cpu` preset, 4.0 MB beside 8.2 for `paper`)."""
-        tensors = {f"encoder.{k}": v for k, v in self.model.encoder.state_dict().items()}
-        tensors.update({f"actor.{k}": v for k, v in self.actor.state_dict().items()})
-        tensors.update({k: v for k, v in filter_tensors(self.model.state_dict()).items() if k not in tensors})
-        return {
-            "version": int(version), "action_dim": self.action_dim,
-            "model_cfg": dataclasses.asdict(self.cfg.model), "sac_cfg": dataclasses.asdict(self.cfg.sac),
-            "state_dict": _to_host(tensors),
-        }
+        """What an actor process needs to act (learner/state.py's `actor_weights`)."""
+        return state.actor_weights(self, version)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit for bit, a snapshot (learner/state.py's `learner_state`)."""
+        return state.learner_state(self)
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Restore a `state_dict()` (from any device) into this learner, refusing one of other networks."""
+        state.load_learner_state(self, saved)
 
     def figure(self, batch: Batch, sequences: int = 3) -> np.ndarray:
         """uint8 [H, W, 3]: figure 7 of the paper for the first `sequences` windows of `batch`, rows
@@ -424,61 +394,6 @@ class Learner:
             "reward": count_parameters(model.reward), "model": count_parameters(model),
             "actor": count_parameters(self.actor), "critic": count_parameters(self.critic),
         }
-
-    # ---------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume bit for bit: networks, targets, log alpha, optimisers, counters, RNG.
-
-        A snapshot (deep copy): later updates do not change it.
-        """
-        return copy.deepcopy({
-            "format": STATE_FORMAT, "action_dim": self.action_dim, "seed": self.seed,
-            "model_cfg": dataclasses.asdict(self.cfg.model), "sac_cfg": dataclasses.asdict(self.cfg.sac),
-            "model": self.model.state_dict(), "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(), "critic_target": self.critic_target.state_dict(),
-            "log_alpha": self.log_alpha.detach(),
-            "optimizers": {"model": self.model_optimizer.state_dict(), "critic": self.critic_optimizer.state_dict(),
-                           "actor": self.actor_optimizer.state_dict(), "alpha": self.alpha_optimizer.state_dict()},
-            "counters": {"model_updates": self.model_updates, "sac_updates": self.sac_updates},
-            "rng": self.generator.get_state(), "rng_device": self.device.type,
-        })
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a `state_dict()` (from any device) into this learner."""
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"learner state format {state.get('format')!r}, expected {STATE_FORMAT}: "
-                             "the checkpoint comes from another version of slac-dist")
-        # Only what shapes the networks must match; learning rates, batch sizes, gamma... may change on resume.
-        mine = _architecture(self.action_dim, dataclasses.asdict(self.cfg.model), dataclasses.asdict(self.cfg.sac))
-        theirs = _architecture(state["action_dim"], state["model_cfg"], state["sac_cfg"])
-        differ = [f"{k}: checkpoint {theirs[k]!r}, learner {mine[k]!r}" for k in mine if mine[k] != theirs[k]]
-        if differ:
-            raise ValueError(f"checkpoint networks do not fit this learner ({'; '.join(differ)}); "
-                             "resume with the config the checkpoint was trained with")
-        self.model.load_state_dict(state["model"])
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-        optimizers = state["optimizers"]
-        self.model_optimizer.load_state_dict(optimizers["model"])
-        self.critic_optimizer.load_state_dict(optimizers["critic"])
-        self.actor_optimizer.load_state_dict(optimizers["actor"])
-        self.alpha_optimizer.load_state_dict(optimizers["alpha"])
-        # Adam's moments resume; the learning rates are this config's (equal to the saved ones on a plain resume).
-        m, s = self.cfg.model, self.cfg.sac
-        for optimizer, lr in ((self.model_optimizer, m.lr), (self.critic_optimizer, s.critic_lr),
-                              (self.actor_optimizer, s.actor_lr), (self.alpha_optimizer, s.alpha_lr)):
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        self.model_updates = int(state["counters"]["model_updates"])
-        self.sac_updates = int(state["counters"]["sac_updates"])
-        self.seed = int(state["seed"])
-        if state["rng_device"] == self.device.type:
-            self.generator.set_state(state["rng"].cpu())
-        else:  # CPU and CUDA generators differ in kind: resume with a deterministic fresh stream instead
-            self.generator.manual_seed(self.seed * 1_000_003 + self.model_updates + 1)
 
 
 def _step(optimizers: tuple[torch.optim.Optimizer, ...], loss: torch.Tensor) -> None:

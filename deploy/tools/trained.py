@@ -17,7 +17,7 @@ from common.config import Config, ConfigError
 from common.policy import Policy
 from common.run_files import RunFiles
 from learner.checkpoint import UnsafeCheckpointError, latest_checkpoint, read_checkpoint
-from learner.learner import STATE_FORMAT
+from learner.state import STATE_FORMAT
 
 
 class TrainedPolicyError(ValueError):
