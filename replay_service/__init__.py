@@ -54,16 +54,11 @@ a restart the reader re-syncs from its head; if Redis came back with fewer rows 
 the database was re-created (new run_id), it resets the mirror and pulls everything again.
 """
 
+from replay_service.client import ReplayConnectionError, connect
 from replay_service.limiter import RateLimit
 from replay_service.replay import SequenceReplay
 from replay_service.schema import SCHEMA_VERSION, ReplaySchemaError, ensure_schema, frame_capacity
-from replay_service.server import (
-    RedisNotInstalledError,
-    RedisServer,
-    ReplayConnectionError,
-    connect,
-    maxmemory_bytes,
-)
+from replay_service.server import RedisNotInstalledError, RedisServer, maxmemory_bytes
 from replay_service.writer import RateLimitTimeout, ReplayFullError, ReplayWriter
 
 __all__ = [

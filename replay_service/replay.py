@@ -27,7 +27,7 @@ from replay_service.schema import (
     frame_capacity,
     row_key,
 )
-from replay_service.server import connect, run_script
+from replay_service.client import connect, run_script
 
 log = logging.getLogger(__name__)
 

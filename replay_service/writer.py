@@ -33,7 +33,7 @@ from replay_service.schema import (
     encode_row,
     ensure_schema,
 )
-from replay_service.server import connect, redact, run_script
+from replay_service.client import connect, redact, run_script
 
 # Atomically: drop a replayed flush (same writer token and seq: its reply was lost), refuse it whole
 # if the rate limiter says inserts are too far ahead, else append its rows at `head`, count its

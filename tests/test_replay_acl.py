@@ -23,9 +23,9 @@ from replay_service import (
     SequenceReplay,
     connect,
 )
+from replay_service.client import PASSWORD_ENV, redact
 from replay_service.limiter import poll_until
 from replay_service.schema import STATE
-from replay_service.server import PASSWORD_ENV, redact
 
 pytestmark = pytest.mark.integration
 

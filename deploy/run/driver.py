@@ -37,7 +37,7 @@ from deploy.run.supervisor import (
 from deploy.run.weight_board import BOARD_NAME, RayWeightPublisher, start_board
 from learner.checkpoint import latest_checkpoint
 from learner.process import LearnerProcess
-from replay_service.server import redact
+from replay_service.client import redact
 
 log = logging.getLogger(__name__)
 

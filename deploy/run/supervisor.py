@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 REDIS_GIVE_UP_S = 20.0
 """How long the watchdog keeps trying to bring a dead redis-server back before the run ends: shorter than
-the clients' reconnect window (replay_service.server.RECONNECT_S), so the run ends on this clear cause
+the clients' reconnect window (replay_service.client.RECONNECT_S), so the run ends on this clear cause
 rather than on the learner and actors failing one by one."""
 
 
