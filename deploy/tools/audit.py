@@ -26,8 +26,8 @@ from common.config import ConfigError
 from common.config_groups import is_redacted
 from common.run_files import RunFiles
 from replay_service import RedisServer
-from replay_service.schema import FLAG_TERMINATED, FLAG_TRUNCATED, KIND_STEP, STATE, row_key
 from replay_service.client import connect
+from replay_service.schema import FLAG_TERMINATED, FLAG_TRUNCATED, KIND_STEP, STATE, row_key
 
 
 class AuditError(RuntimeError):
