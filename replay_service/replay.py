@@ -14,6 +14,7 @@ import torch
 
 from common.batch import Batch
 from common.config import ReplayConfig
+from replay_service.client import connect, run_script
 from replay_service.limiter import RateLimit, poll_until
 from replay_service.mirror import DeviceRing
 from replay_service.schema import (
@@ -27,7 +28,6 @@ from replay_service.schema import (
     frame_capacity,
     row_key,
 )
-from replay_service.client import connect, run_script
 
 log = logging.getLogger(__name__)
 

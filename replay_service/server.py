@@ -1,4 +1,7 @@
-"""The embedded redis-server child process: started, secured (ACL users), watched and stopped by the launcher.\n\nClients connect to it, or to any replay server, through replay_service/client.py."""
+"""The embedded redis-server child process: started, secured (ACL users), watched and stopped by the launcher.
+
+Clients connect to it, or to any replay server, through replay_service/client.py.
+"""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import numpy as np
 import redis
 
 from common.config import ReplayConfig
+from replay_service.client import connect, redact, run_script
 from replay_service.limiter import RateLimit, poll_until
 from replay_service.schema import (
     ACKS,
@@ -33,7 +34,6 @@ from replay_service.schema import (
     encode_row,
     ensure_schema,
 )
-from replay_service.client import connect, redact, run_script
 
 # Atomically: drop a replayed flush (same writer token and seq: its reply was lost), refuse it whole
 # if the rate limiter says inserts are too far ahead, else append its rows at `head`, count its

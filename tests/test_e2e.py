@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -261,17 +262,15 @@ def test_make_train_with_an_unknown_task_fails_at_once() -> None:
     assert time.monotonic() - start < 60
 
 
-def _two_node_cluster() -> Any:
-    """Two raylets of 2 CPUs each (`ray.cluster_utils`), in a Ray directory and on dashboard ports of their own,
-    so that nothing else on the machine (runs of other test files side by side, `make test`'s second lane) can
+def _two_node_cluster(temp_dir: str) -> Any:
+    """Two raylets of 2 CPUs each (`ray.cluster_utils`), in Ray directory `temp_dir` and on dashboard ports of their
+    own, so that nothing else on the machine (runs of other test files side by side, `make test`'s second lane) can
     take what it needs. If it does not come up, the error carries the tails of Ray's own logs: a CI run once
     failed here inside Ray's `Node` with the cause cut from its output."""
     from ray.cluster_utils import Cluster
 
-    from deploy.run.ray_runtime import private_ray_dir
     from replay_service.server import free_port
 
-    temp_dir = private_ray_dir()
     cluster = Cluster()
     try:
         cluster.add_node(num_cpus=2, temp_dir=temp_dir, dashboard_port=free_port(),
@@ -279,11 +278,11 @@ def _two_node_cluster() -> Any:
         cluster.add_node(num_cpus=2, dashboard_agent_listen_port=free_port())
         cluster.wait_for_nodes()
     except Exception as error:
-        cluster.shutdown()
         logs = [f for f in sorted(Path(temp_dir).glob("session_latest/logs/*")) if f.is_file() and f.stat().st_size
-                and (f.stem in ("gcs_server", "raylet") or f.suffix == ".err")]
+                and (f.name.startswith(("gcs_server", "raylet", "dashboard")) or f.suffix == ".err")]
         tails = "\n".join(f"--- {f.name}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-15:])
                           for f in logs)
+        cluster.shutdown()
         raise AssertionError(f"the two-node Ray cluster did not start: {error!r}\n{tails[-12000:]}") from error
     return cluster
 
@@ -294,8 +293,10 @@ def test_two_node_cluster_spreads_actors_and_shares_the_replay(tmp_path: Path,
     deploy/cluster*.yaml (so `--learner.node-resource '' --actors.node-resource ''`): the launcher joins it
     through RAY_ADDRESS, starts Redis on this node's address, and spreads the actors over both nodes."""
     from deploy.run.launch import train
+    from deploy.run.ray_runtime import private_ray_dir
 
-    cluster = _two_node_cluster()
+    temp_dir = private_ray_dir()
+    cluster = _two_node_cluster(temp_dir)
     monkeypatch.setenv("RAY_ADDRESS", cluster.address)
     try:
         cfg = parse_cli(["debug", "--run.task", "finger_spin", "--run.dir", str(tmp_path / "cluster"),
@@ -304,6 +305,7 @@ def test_two_node_cluster_spreads_actors_and_shares_the_replay(tmp_path: Path,
         summary = train(cfg)
     finally:
         cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
     assert summary["env_steps"] >= 1200 and summary["updates"] > 0
     assert summary["actor_nodes"] == 2, "SPREAD should put the two actors on different nodes"
     assert not summary["replay_url"].startswith("redis://127.0.0.1"), summary["replay_url"]

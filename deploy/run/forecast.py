@@ -38,10 +38,19 @@ def updates_left(cfg: Config, counters: dict[str, int], env_steps: int) -> tuple
 
 def eta_seconds(cfg: Config, phase: str, counters: dict[str, int], env_steps: int, env_rate: float,
                 update_rate: float) -> float:
-    """Seconds left: from the environment's rate while joint training, from the learner's rate over the updates
-    left while pre-training (the actors wait then); NaN while nothing has been measured."""
+    """Seconds left: the updates left over the learner's rate (pre-training: the actors wait; joint training: the
+    rate limiter holds the actors to the learner), so the ETA is as steady as the rate it is given (the phase's
+    average, `Forecast.rate`). The environment's rate of one tick is only a fallback while joint training has no
+    update rate yet: it falls to a few steps a second while an evaluation shares the CPU (at action repeat 1, ten
+    episodes are 10 000 rendered frames), and the ETA then read 23 hours for a run 90 minutes from its end. NaN
+    while nothing has been measured, and during the initial collection (its speed, the actors', says nothing of
+    the learner's phases after it)."""
+    if phase not in ("pretrain", "train"):
+        return math.nan
+    if update_rate > 0:
+        return sum(updates_left(cfg, counters, env_steps)) / update_rate
     if phase == "pretrain":
-        return sum(updates_left(cfg, counters, env_steps)) / update_rate if update_rate > 0 else math.nan
+        return math.nan
     return max(0, cfg.run.env_steps - env_steps) / env_rate if env_rate > 0 else math.nan
 
 
@@ -57,21 +66,30 @@ class Forecast:
 
     def __init__(self, cfg: Config, learner_on_cpu: bool) -> None:
         self.cfg, self.learner_on_cpu = cfg, learner_on_cpu
-        self.start: tuple[float, int, str] | None = None  # (time, updates, phase) at the first update seen
+        self.seen: tuple[int, str] | None = None  # (updates, phase) at the first poll of this phase
+        self.start: tuple[float, int] | None = None  # (time, updates) at the first poll after an update of this run
         self.said: str | None = None
         self.rate: float | None = None
-        """Updates per second in this phase since its first update (steadier than one tick's rate, for the ETA)."""
+        """Updates per second in this phase since this process saw its first update (steadier than one tick's
+        rate, for the ETA)."""
 
     def tick(self, phase: str, counters: dict[str, int], env_steps: int, now: float | None = None) -> str | None:
-        """Feed one poll; returns (and logs) the paragraph once, when it has been measured."""
+        """Feed one poll; returns (and logs) the paragraph once, when it has been measured.
+
+        The measurement starts at the first poll whose update count has grown since the phase's first poll, so the
+        first update's compilation is not counted, nor are a resumed run's updates (its counters start from its
+        checkpoint, and a resumed learner compiles at its first update); a count that falls (a learner restarted
+        from its last checkpoint) starts it again."""
         if phase not in ("pretrain", "train"):
             return None
         now = time.monotonic() if now is None else now
         updates = int(counters.get("updates", 0)) + int(counters.get("pretrain_updates", 0))
-        if self.start is None or self.start[2] != phase:
-            self.rate = None
-            if updates > 0:
-                self.start = (now, updates, phase)
+        if self.seen is None or self.seen[1] != phase or (self.start is not None and updates < self.start[1]):
+            self.seen, self.start, self.rate = (updates, phase), None, None
+            return None
+        if self.start is None:
+            if updates > self.seen[0]:
+                self.start = (now, updates)
             return None
         elapsed, done = now - self.start[0], updates - self.start[1]
         if elapsed >= 5.0 and done > 0:
