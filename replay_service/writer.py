@@ -158,6 +158,11 @@ class ReplayWriter:
         self._step = 0
         self._open: list[_Row] = []  # rows of the current episode not yet in a batch
         self._queue: deque[_Batch] = deque()
+        # Transitions in `_open` and in `_queue`, kept as they change: `pending` is read from the driver's thread
+        # (an actor's `poll`) while the actor's loop appends and flushes, and iterating the queue there raised
+        # "deque mutated during iteration".
+        self._open_steps = 0
+        self._queued_steps = 0
         self._stats = _Stats()
         self._zero_action = np.zeros(action_dim, np.float32)
         self.inserted = 0
@@ -168,7 +173,7 @@ class ReplayWriter:
         """Start an episode at `first_obs` (uint8 3x64x64); pending steps of the last one stay queued."""
         frame, frame_flags = encode_frame(self._check_frame(first_obs, "begin_episode(first_obs)"), self.cfg.compress)
         self._freeze()
-        self._open = []  # a first frame with no transition after it is never written
+        self._open, self._open_steps = [], 0  # a first frame with no transition after it is never written
         self._episode, self._ended, self._step = _Episode(), False, 0
         self._open.append(_Row(KIND_START, 0, frame, frame_flags, self._zero_action))
         self._stats.episodes += 1
@@ -199,14 +204,15 @@ class ReplayWriter:
         flags = FLAG_TERMINATED * bool(terminated) | FLAG_TRUNCATED * bool(truncated)
         self._open.append(_Row(KIND_STEP, self._step, frame, frame_flags, act, float(reward), flags,
                                int(policy_version)))
+        self._open_steps += 1
         self._ended = bool(terminated or truncated)
         if self._ended or self.pending >= self.cfg.flush_every:
             self.flush()
 
     @property
     def pending(self) -> int:
-        """Transitions buffered and not yet written."""
-        return sum(b.transitions for b in self._queue) + sum(r.kind == KIND_STEP for r in self._open)
+        """Transitions buffered and not yet written (safe to read from another thread: two counters)."""
+        return self._queued_steps + self._open_steps
 
     def flush(self) -> int:
         """Write every buffered transition (blocking while rate-limited); returns how many were written."""
@@ -222,7 +228,7 @@ class ReplayWriter:
                     f"its maxmemory ({exc}). Eviction keeps the replay within capacity, so another program is "
                     "using this database or maxmemory is too low for replay.capacity. The steps stay "
                     "buffered; free memory or raise maxmemory, then call flush() again.") from exc
-            self._queue.popleft()
+            self._queued_steps -= self._queue.popleft().transitions
         return written
 
     def close(self) -> None:
@@ -236,6 +242,7 @@ class ReplayWriter:
                 self._audit = None
 
     def stats(self) -> dict[str, float]:
+        """The writer's counters; read from any thread (the actor's `poll` runs beside its loop)."""
         s = self._stats
         return {"flushes": s.flushes, "steps_written": s.steps_written, "bytes_written": s.bytes_written,
                 "blocked_events": s.blocked_events, "blocked_s": s.blocked_s, "timeouts": s.timeouts,
@@ -251,10 +258,11 @@ class ReplayWriter:
 
     def _freeze(self) -> None:
         """Move the current episode's open transitions into a batch (its first frame goes with them)."""
-        if self._episode is not None and any(r.kind == KIND_STEP for r in self._open):
+        if self._episode is not None and self._open_steps:
             self._queue.append(_Batch(self._seq, self._episode, self._open))
+            self._queued_steps += self._open_steps
             self._seq += 1
-            self._open = []
+            self._open, self._open_steps = [], 0
 
     def _encode(self, batch: _Batch) -> list[bytes]:
         episode = batch.episode

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -323,3 +324,40 @@ def test_audit_records_find_every_lost_or_changed_acknowledged_row(url: str, tmp
     client.hset(STATE, "tail", 1)  # row 0 evicted by capacity: counted, not checked
     broken = audit_replay(client, audit_dir)
     assert not broken.ok and broken.missing == [3] and broken.changed == [5] and broken.evicted_rows == 1
+
+
+def test_stats_may_be_read_from_another_thread_while_the_actor_writes(url: str) -> None:
+    """An actor's `poll` (the driver's call, on a second thread of the Ray actor) reads its writers' stats while the
+    actor's loop queues and flushes: a `pending` that iterated the queue raised "deque mutated during iteration"
+    there and ended a 70-minute run. Episodes of one transition queue a batch each (200 before a flush), and a
+    reader thread asks for the stats all along, with the interpreter switching threads as often as it can."""
+    writer = ReplayWriter(url, replace(BASE_CFG, flush_every=200), TASK, ACTION_DIM, "w")
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                assert 0 <= writer.stats()["pending"] <= 200
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                errors.append(exc)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for episode in range(1_000):
+            uid = uid_of(0, episode, 1)
+            writer.begin_episode(frame(uid_of(0, episode, 0)))
+            writer.add(action_for(uid), reward_for(uid), frame(uid), False, False, 0)
+        writer.flush()
+    finally:
+        stop.set()
+        reader.join()
+        sys.setswitchinterval(interval)
+    assert not errors, repr(errors[0])
+    stats = writer.stats()
+    assert stats["pending"] == 0 and stats["steps_written"] == 1_000
+    writer.close()
