@@ -28,6 +28,7 @@ from common.config import debug, parse_cli
 from common.envs import make_env
 from deploy.run.ray_runtime import resolve_processes
 from deploy.tools.wandb_reader import find_offline_runs, read_config
+from learner.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
@@ -122,6 +123,10 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
     assert resumed["env_steps"] >= 5200 and resumed["updates"] > summary["updates"]
     assert resumed["pretrain_updates"] == summary["pretrain_updates"]  # no second pre-training
     assert resumed["replay"]["inserted"] > replay["inserted"]
+    # The wall clock counts on from the first life's, as its final checkpoint saved it (the harness's updates/s).
+    first_life_s = read_checkpoint(Path(summary["checkpoint"]))["extra"]["run_state"]["wall_clock_s"]
+    assert 0 < first_life_s <= summary["wall_clock_s"] == summary["life_wall_clock_s"]
+    assert resumed["wall_clock_s"] == pytest.approx(first_life_s + resumed["life_wall_clock_s"], abs=0.2)
     runs = find_offline_runs(run_dir)
     assert len(runs) == 2 and len({r.name.split("-")[-1] for r in runs}) == 1, runs
     # TensorBoard: the resumed driver's events in a second file of the same folder (one TensorBoard run).

@@ -85,6 +85,7 @@ class Driver:
         self.train_return: float | None = None
         self.wait_meter = ActorWaitMeter()
         self.started = self.last_poll = time.monotonic()
+        self.earlier_lives_s = self.state.wall_clock_s  # 0 for a new run
         self.disk = DiskGuard(run.path, cfg.run.min_free_mb)
         self.forecast = Forecast(cfg, learner_on_cpu=not place.learner_gpu)
         self.closed = False
@@ -239,6 +240,7 @@ class Driver:
         self.checkpoints.tick(self.learner_info["counters"], lambda: self.learner.checkpoint.remote(self._extra()))
 
     def _extra(self) -> dict[str, Any]:
+        self.state.wall_clock_s = round(self.earlier_lives_s + time.monotonic() - self.started, 1)
         return {"wandb_run_id": self.logger.run_id, "run_state": dataclasses.asdict(self.state)}
 
     # --- stopping -----------------------------------------------------------------------------------
@@ -264,7 +266,9 @@ class Driver:
         summary = {**self.state.summary(), "updates": counters["updates"],
                    "pretrain_updates": counters["pretrain_updates"], "policy_version": counters["version"],
                    "train_return": self.train_return,
-                   "eval_return": self.evals.last_return, "wall_clock_s": round(time.monotonic() - self.started, 1),
+                   "eval_return": self.evals.last_return,
+                   "wall_clock_s": round(self.earlier_lives_s + time.monotonic() - self.started, 1),
+                   "life_wall_clock_s": round(time.monotonic() - self.started, 1),
                    "stopped_by": self.signals.received if interrupted else None, **self.supervisor.summary(),
                    **RedisWatchdog.summary_of(self.watchdog), "checkpoint": checkpoint, "run_dir": str(self.run.path),
                    "wandb_run_id": self.logger.run_id, "interrupted": interrupted, **self.fleet.summary(),

@@ -49,6 +49,10 @@ class RunState:
     """Restarts of the evaluator's process by Ray, over the run's lives (supervisor.RayRestarts)."""
     weight_board_restarts: int = 0
     """Restarts of the weight board's process by Ray, over the run's lives (supervisor.RayRestarts)."""
+    wall_clock_s: float = 0.0
+    """Seconds the run's driver has run, over its lives, as of this state's checkpoint: a resumed run counts on
+    from it, so the summary's wall clock (and the harness's updates/s) covers every life. The time between a
+    dead life's last checkpoint and its death is not counted."""
     actor_base: dict[int, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
