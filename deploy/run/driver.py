@@ -74,7 +74,7 @@ class Driver:
                                                      "weight_board_restarts": self.board})
         self.action_repeat = cfg.task_spec.action_repeat
         self.fleet = ActorFleet(cfg, replay_url, env_factory, self.state, self.carried, place.actors,
-                                self.action_repeat)
+                                self.action_repeat, run.path)
         self.evals = EvalSchedule(cfg, self.state, self.evaluator, self.board, self.logger,
                                   self.logger.note_renderer)
         # From the checkpoint when resuming: the first poll's updates/s then counts only new updates.

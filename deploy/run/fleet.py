@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -19,6 +20,7 @@ import redis
 from actors.worker import ActorWorker, EnvFactory
 from common.config import Config
 from deploy.run.ray_runtime import RENDER_PROCESS_ENV, replay_inserts
+from deploy.run.run_dir import write_traceback
 from deploy.run.weight_board import BOARD_NAME, RayWeightSource
 from replay_service import ReplayConnectionError
 
@@ -26,6 +28,10 @@ log = logging.getLogger(__name__)
 
 RESTART_TIMEOUT_S = 120.0
 """How long the fleet waits for Ray to bring a crashed actor back before counting it lost."""
+
+POLL_FAILURES_TOLERATED = 3
+"""An actor's `poll` that raises (a bug: its process and its `run` go on) costs that poll, its traceback saved in
+the run's logs; this many in a row for one actor end the run, since the run then no longer sees its counters."""
 
 
 @dataclass
@@ -84,12 +90,14 @@ class ActorFleet:
     """`actors.num` Ray actors stepping environments into the replay at `replay_url`.
 
     `state` is the driver's RunState: the fleet keeps its step, error and restart totals current, counting on
-    from `carried` (the totals of the run's earlier lives, for a resumed run).
+    from `carried` (the totals of the run's earlier lives, for a resumed run). `run_dir` receives the tracebacks of
+    failed polls.
     """
 
     def __init__(self, cfg: Config, replay_url: str, env_factory: EnvFactory | None, state: RunState,
-                 carried: dict[str, float], options: dict[str, Any], action_repeat: int) -> None:
+                 carried: dict[str, float], options: dict[str, Any], action_repeat: int, run_dir: Path) -> None:
         self.cfg, self.replay_url, self.state, self.carried = cfg, replay_url, state, carried
+        self.run_dir = run_dir
         self.action_repeat = action_repeat
         # The run's length as the replay's total of inserted transitions: each life stops itself there.
         self.start_inserted = replay_inserts(replay_url, cfg)
@@ -105,6 +113,7 @@ class ActorFleet:
         self.lives = [0] * cfg.actors.num
         self.alive = [True] * cfg.actors.num
         self.run_failures = [0] * cfg.actors.num
+        self.poll_failures = [0] * cfg.actors.num  # in a row
         self.restarting: dict[int, float] = {}
         self.pids: dict[int, set[int]] = {}
         self.restarts_before = state.actor_restarts  # from the run being resumed
@@ -191,6 +200,10 @@ class ActorFleet:
                 report = ray.get(ref, timeout=10)
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                 continue  # restarting; its run ref reports the death
+            except ray.exceptions.RayTaskError as exc:
+                self._poll_failed(i, exc)
+                continue
+            self.poll_failures[i] = 0
             self._count_pid(i, report["pid"])
             if self.last_pid.get(i, report["pid"]) != report["pid"] and i in self.last_seen:
                 # Ray restarted it before its failed run reached us: bank the dead life's counters now.
@@ -201,6 +214,18 @@ class ActorFleet:
             reports.append(report)
         self._update_totals()
         return reports
+
+    def _poll_failed(self, index: int, exc: ray.exceptions.RayTaskError) -> None:
+        """A poll that raised in a live actor: logged and skipped (the episodes it had taken are lost to the
+        progress line's returns, not to the replay), until POLL_FAILURES_TOLERATED in a row end the run."""
+        self.poll_failures[index] += 1
+        cause = (str(getattr(exc, "cause", None) or exc).strip().splitlines() or [type(exc).__name__])[-1]
+        saved = write_traceback(self.run_dir, exc)
+        if self.poll_failures[index] > POLL_FAILURES_TOLERATED:
+            raise RuntimeError(f"actor {index}'s poll failed {self.poll_failures[index]} times in a row (last: "
+                               f"{cause}; traceback in {saved}): the run can no longer count its steps") from exc
+        log.error("actor %d's poll failed (%s; traceback in %s); its run goes on, the poll is skipped (%d in a row, "
+                  "the run ends after %d)", index, cause, saved, self.poll_failures[index], POLL_FAILURES_TOLERATED)
 
     def stop(self) -> None:
         """Stop every run; one still held by the rate limiter after 10 s is killed (its buffer is not stored)."""
