@@ -34,7 +34,8 @@ def test_a_poll_that_raises_costs_that_poll_until_too_many_in_a_row(tmp_path, mo
     import ray
 
     from common.config import debug
-    from deploy.run.fleet import POLL_FAILURES_TOLERATED, ActorFleet, RunState
+    from deploy.run.errors import known_errors
+    from deploy.run.fleet import POLL_FAILURES_TOLERATED, ActorFleet, ActorPollError, RunState
     from deploy.run.ray_runtime import connect_ray
 
     class FlakyPoller:  # defined here: Ray pickles it by value (workers cannot import tests/)
@@ -72,8 +73,9 @@ def test_a_poll_that_raises_costs_that_poll_until_too_many_in_a_row(tmp_path, mo
         assert len(fleet.poll()) == 1 and fleet.state.agent_steps == 3 and fleet.poll_failures == [0]
         for in_a_row in range(1, POLL_FAILURES_TOLERATED + 1):
             assert fleet.poll() == [] and fleet.poll_failures == [in_a_row]
-        with pytest.raises(RuntimeError, match=r"actor 0's poll failed 4 times in a row \(last: .*bug in poll"):
+        with pytest.raises(ActorPollError, match=r"Actor 0's poll failed 4 times in a row \(last: .*bug in poll"):
             fleet.poll()
+        assert isinstance(ActorPollError("x"), known_errors())  # one paragraph, not a traceback
         logs = list((tmp_path / "logs").glob("error-*.log"))
         assert logs and "KeyError" in logs[0].read_text()
     finally:

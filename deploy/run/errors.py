@@ -17,11 +17,13 @@ from learner.checkpoint import CheckpointMismatchError
 def known_errors() -> tuple[type[Exception], ...]:
     """Failures with a message that says what to do: printed as a paragraph, never as a traceback."""
     from deploy.run.disk import DiskFullError
+    from deploy.run.fleet import ActorPollError
     from deploy.run.supervisor import ReplayServerLostError, RestartsExhaustedError
     from replay_service import RedisNotInstalledError, ReplayConnectionError, ReplaySchemaError
 
     return (ConfigError, TaskError, CheckpointMismatchError, RenderingUnavailableError, RedisNotInstalledError,
-            ReplayConnectionError, ReplaySchemaError, RestartsExhaustedError, ReplayServerLostError, DiskFullError)
+            ReplayConnectionError, ReplaySchemaError, RestartsExhaustedError, ReplayServerLostError, DiskFullError,
+            ActorPollError)
 
 
 def log_dir(argv: Sequence[str], exc: BaseException) -> Path:

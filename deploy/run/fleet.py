@@ -34,6 +34,10 @@ POLL_FAILURES_TOLERATED = 3
 the run's logs; this many in a row for one actor end the run, since the run then no longer sees its counters."""
 
 
+class ActorPollError(RuntimeError):
+    """An actor's `poll` raised POLL_FAILURES_TOLERATED + 1 times in a row: a bug, explained in one paragraph."""
+
+
 @dataclass
 class RunState:
     """Counters the driver owns; saved in every checkpoint's `extra`."""
@@ -222,8 +226,10 @@ class ActorFleet:
         cause = (str(getattr(exc, "cause", None) or exc).strip().splitlines() or [type(exc).__name__])[-1]
         saved = write_traceback(self.run_dir, exc)
         if self.poll_failures[index] > POLL_FAILURES_TOLERATED:
-            raise RuntimeError(f"actor {index}'s poll failed {self.poll_failures[index]} times in a row (last: "
-                               f"{cause}; traceback in {saved}): the run can no longer count its steps") from exc
+            raise ActorPollError(
+                f"Actor {index}'s poll failed {self.poll_failures[index]} times in a row (last: {cause}; traceback in "
+                f"{saved}), so the run can no longer count its steps. This is a bug: please report it with that "
+                f"traceback. The run's checkpoint and replay are kept: --run.resume {self.run_dir} continues it.") from exc
         log.error("actor %d's poll failed (%s; traceback in %s); its run goes on, the poll is skipped (%d in a row, "
                   "the run ends after %d)", index, cause, saved, self.poll_failures[index], POLL_FAILURES_TOLERATED)
 
