@@ -30,8 +30,8 @@ from torch.serialization import get_unsafe_globals_in_checkpoint
 
 from common.config import Config, debug
 from common.run_files import RunFiles
-from deploy.run.fleet import RunState
 from deploy.run.run_dir import prepare_run_dir
+from deploy.run.run_state import RunState
 from deploy.tools.export import export
 from deploy.tools.trained import load_trained
 from learner.checkpoint import latest_checkpoint, load_checkpoint

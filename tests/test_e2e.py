@@ -127,6 +127,8 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
     first_life_s = read_checkpoint(Path(summary["checkpoint"]))["extra"]["run_state"]["wall_clock_s"]
     assert 0 < first_life_s <= summary["wall_clock_s"] == summary["life_wall_clock_s"]
     assert resumed["wall_clock_s"] == pytest.approx(first_life_s + resumed["life_wall_clock_s"], abs=0.2)
+    second_life_s = read_checkpoint(Path(resumed["checkpoint"]))["extra"]["run_state"]["wall_clock_s"]
+    assert first_life_s < second_life_s <= resumed["wall_clock_s"]  # a third life would count on from both
     runs = find_offline_runs(run_dir)
     assert len(runs) == 2 and len({r.name.split("-")[-1] for r in runs}) == 1, runs
     # TensorBoard: the resumed driver's events in a second file of the same folder (one TensorBoard run).

@@ -22,7 +22,7 @@ import deploy.run.evaluation_schedule as schedule_module
 from common.config import debug
 from common.run_files import RunFiles
 from deploy.run.evaluation_schedule import PROBE_COLUMNS, EvalSchedule, append_probe_rows, records_video
-from deploy.run.fleet import RunState
+from deploy.run.run_state import RunState
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from deploy.run.fleet import RunState
+from deploy.run.run_state import RunState
 from deploy.run.supervisor import RayRestarts, RedisWatchdog
 
 pytestmark = pytest.mark.unit

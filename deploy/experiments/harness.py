@@ -87,7 +87,9 @@ def publish(png: Path, caption: str, runs: list[dict[str, Any]]) -> None:
 
 def trained_row(run: SeedRun, summary: dict[str, Any], code: str, here_machine: dict[str, Any]) -> dict[str, Any]:
     """summary.json's entry for a seed trained on this machine. A seed finished by an earlier harness (its
-    done.json) keeps that harness's commit and date, not this one's."""
+    done.json) keeps that harness's commit and date, not this one's. `wall_clock_s` is the run's over all its lives
+    (a resumed seed's too: deploy/run/run_state.RunState.wall_clock_s); the `harness_*` times are the last harness's
+    only."""
     updates = summary["updates"] + summary["pretrain_updates"]
     wall = summary["wall_clock_s"]
     finished = summary.get("harness_finished_at") or time.time()

@@ -19,12 +19,13 @@ from common.config import Config
 from deploy.run.checkpoint_schedule import CheckpointSchedule
 from deploy.run.disk import MB, DiskFullError, DiskGuard
 from deploy.run.evaluation_schedule import EvalSchedule
-from deploy.run.fleet import ActorFleet, RunState
+from deploy.run.fleet import ActorFleet, ActorPollError
 from deploy.run.forecast import Forecast
 from deploy.run.logger import RunLogger
-from deploy.run.progress import ActorWaitMeter, bound_scalars, progress_line
+from deploy.run.progress import bound_scalars, progress_line
 from deploy.run.ray_runtime import EVALUATOR_CPUS, RENDER_PROCESS_ENV, Placement, placement
 from deploy.run.run_dir import RunDir
+from deploy.run.run_state import RunState
 from deploy.run.signals import StopSignals
 from deploy.run.supervisor import (
     REDIS_GIVE_UP_S,
@@ -82,8 +83,6 @@ class Driver:
         self.checkpoints = CheckpointSchedule(cfg.learner, counters)
         self.learner_info: dict[str, Any] = {"counters": counters, "metrics": {}, "figure": None,
                                              "replay": {"inserted": 0.0, "sampled": 0.0}, "phase": "collect"}
-        self.train_return: float | None = None
-        self.wait_meter = ActorWaitMeter()
         self.started = self.last_poll = time.monotonic()
         self.earlier_lives_s = self.state.wall_clock_s  # 0 for a new run
         self.disk = DiskGuard(run.path, cfg.run.min_free_mb)
@@ -117,6 +116,10 @@ class Driver:
             raise ReplayServerLostError(f"{lost} {self._checkpoint_without_replay()}") from lost
         except DiskFullError as full:
             raise DiskFullError(f"{full} {self._checkpoint_without_replay(disk_full=True)}") from full
+        except ActorPollError as failed:  # the learner and Redis are well: stop as on Ctrl-C, with a full checkpoint
+            checkpoint = self._finish(interrupted=True)["checkpoint"]
+            raise ActorPollError(f"{failed} The run stopped with a checkpoint ({checkpoint}); --run.resume "
+                                 f"{self.run.path} continues it.") from failed
         return self._finish(interrupted)
 
     def _checkpoint_without_replay(self, disk_full: bool = False) -> str:
@@ -162,7 +165,7 @@ class Driver:
 
     def _poll(self) -> None:
         """One tick's look at every process: the actors', the learner's and the run's scalars to W&B, the progress line."""
-        actor_scalars, waits = self._poll_actors()
+        actor_scalars, waits = self.fleet.poll_scalars(self.logger.note_renderer)
         info, updates_per_s = self._poll_learner()
         counters = info["counters"]
         scalars: dict[str, float] = {f"learner/{k}" if "/" not in k else k: v for k, v in info["metrics"].items()}
@@ -188,34 +191,7 @@ class Driver:
             self.logger.image(self.state.env_steps, "model/samples", info["figure"],
                               "rows: ground truth, posterior, conditional prior, prior")
         self.logger.progress(progress_line(self.cfg, self.learner_info, self.state.env_steps, self.state.agent_steps,
-                                           scalars, self.train_return, self.evals.last_return, self.forecast.rate))
-
-    def _poll_actors(self) -> tuple[dict[str, float], list[float]]:
-        """The actors' scalars since the last tick (rates, staleness, limiter timeouts, finished episodes) and the
-        fraction of it each spent waiting on the replay."""
-        rates, lags, returns, lengths, timeouts, waits = [], [], [], [], 0, []
-        for report in self.fleet.poll():
-            self.logger.note_renderer(report.get("renderer"))
-            counters = report["counters"]
-            rates.append(counters["steps_per_s"] * self.action_repeat)
-            lags.append(counters["version_lag"])
-            timeouts += counters["limiter_timeouts"]
-            wait = self.wait_meter.fraction(report["index"], time.monotonic(), counters["replay_s"])
-            if wait is not None:
-                waits.append(wait)
-            for episode in report["episodes"]:
-                returns.append(episode["return"])
-                lengths.append(episode["length"])
-        self.state.episodes += len(returns)
-        scalars = {"perf/env_steps_per_s": sum(rates), "actors/limiter_timeouts": timeouts,
-                   **{f"perf/env_steps_per_s_actor{i}": rate for i, rate in enumerate(rates)}}
-        if lags:
-            scalars["actors/version_lag"] = sum(lags) / len(lags)
-        if returns:
-            self.train_return = sum(returns) / len(returns)
-            scalars["train/return"] = self.train_return
-            scalars["train/episode_length"] = sum(lengths) / len(lengths)
-        return scalars, waits
+                                           scalars, self.fleet.train_return, self.evals.last_return, self.forecast.rate))
 
     def _poll_learner(self) -> tuple[dict[str, Any], float]:
         """The learner's poll (its counters, metrics, replay figures, phase) and its updates per second since the last
@@ -239,8 +215,14 @@ class Driver:
     def _maybe_checkpoint(self) -> None:
         self.checkpoints.tick(self.learner_info["counters"], lambda: self.learner.checkpoint.remote(self._extra()))
 
+    def _wall_clock(self) -> tuple[float, float]:
+        """Seconds this life has run, and the run over all its lives (RunState.wall_clock_s says what is counted)."""
+        life = time.monotonic() - self.started
+        return round(life, 1), round(self.earlier_lives_s + life, 1)
+
     def _extra(self) -> dict[str, Any]:
-        self.state.wall_clock_s = round(self.earlier_lives_s + time.monotonic() - self.started, 1)
+        """A checkpoint's `extra`: the W&B run id and the run's state, its wall clock stamped as of now."""
+        _, self.state.wall_clock_s = self._wall_clock()
         return {"wandb_run_id": self.logger.run_id, "run_state": dataclasses.asdict(self.state)}
 
     # --- stopping -----------------------------------------------------------------------------------
@@ -263,12 +245,12 @@ class Driver:
                 self.evals.step(self.learner_info["counters"], wait=True, final=True)  # the curve's last point, at the run's length
         counters = self.learner_info["counters"]
         self.ray_restarts.check()
+        life_s, wall_s = self._wall_clock()
         summary = {**self.state.summary(), "updates": counters["updates"],
                    "pretrain_updates": counters["pretrain_updates"], "policy_version": counters["version"],
-                   "train_return": self.train_return,
+                   "train_return": self.fleet.train_return,
                    "eval_return": self.evals.last_return,
-                   "wall_clock_s": round(self.earlier_lives_s + time.monotonic() - self.started, 1),
-                   "life_wall_clock_s": round(time.monotonic() - self.started, 1),
+                   "wall_clock_s": wall_s, "life_wall_clock_s": life_s,
                    "stopped_by": self.signals.received if interrupted else None, **self.supervisor.summary(),
                    **RedisWatchdog.summary_of(self.watchdog), "checkpoint": checkpoint, "run_dir": str(self.run.path),
                    "wandb_run_id": self.logger.run_id, "interrupted": interrupted, **self.fleet.summary(),

@@ -30,8 +30,8 @@ import ray
 from common.config import Config
 from common.probe import PREFIX
 from common.run_files import RunFiles
-from deploy.run.fleet import RunState
 from deploy.run.logger import RunLogger
+from deploy.run.run_state import RunState
 
 log = logging.getLogger(__name__)
 

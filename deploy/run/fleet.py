@@ -3,14 +3,16 @@
 Ray restarts a crashed actor process (up to `actors.max_restarts`); the fleet then starts a new life on it
 with fresh seeds, and banks the dead life's counters so the run's totals never go backwards. A `run` that
 raised while its process lives on (e.g. the replay unreachable while its server restarts) gets a new life
-too. Each life stops itself once the replay holds the run's length (`stop_at_inserted`).
+too. Each life stops itself once the replay holds the run's length (`stop_at_inserted`). A `poll` that raises
+in a live actor (a bug) costs that poll, up to POLL_FAILURES_TOLERATED in a row.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,10 @@ import redis
 
 from actors.worker import ActorWorker, EnvFactory
 from common.config import Config
+from common.run_files import RunFiles
+from deploy.run.progress import ActorWaitMeter
 from deploy.run.ray_runtime import RENDER_PROCESS_ENV, replay_inserts
-from deploy.run.run_dir import write_traceback
+from deploy.run.run_state import RunState
 from deploy.run.weight_board import BOARD_NAME, RayWeightSource
 from replay_service import ReplayConnectionError
 
@@ -30,64 +34,18 @@ RESTART_TIMEOUT_S = 120.0
 """How long the fleet waits for Ray to bring a crashed actor back before counting it lost."""
 
 POLL_FAILURES_TOLERATED = 3
-"""An actor's `poll` that raises (a bug: its process and its `run` go on) costs that poll, its traceback saved in
-the run's logs; this many in a row for one actor end the run, since the run then no longer sees its counters."""
+"""An actor's `poll` that raises (a bug: its process and its `run` go on) costs that poll, its traceback appended to
+the run's logs/actor-poll-errors.log; up to this many in a row for one actor are skipped, and the next one ends the
+run, since the run then no longer sees that actor's counters."""
 
 
 class ActorPollError(RuntimeError):
     """An actor's `poll` raised POLL_FAILURES_TOLERATED + 1 times in a row: a bug, explained in one paragraph."""
 
 
-@dataclass
-class RunState:
-    """Counters the driver owns; saved in every checkpoint's `extra`."""
-
-    env_steps: int = 0
-    agent_steps: int = 0
-    episodes: int = 0
-    actor_restarts: int = 0
-    env_errors: int = 0
-    steps_written: int = 0
-    """Transitions the actors' writers had acknowledged, over every life of this session (not carried over a resume)."""
-    next_eval: int = 0
-    last_eval_scheduled: int = -1
-    generation: int = 0
-    evals: int = 0
-    evaluations_redone: int = 0
-    """Evaluations cut off by their evaluator's death and run again at their grid point (evaluation_schedule.py)."""
-    evaluator_restarts: int = 0
-    """Restarts of the evaluator's process by Ray, over the run's lives (supervisor.RayRestarts)."""
-    weight_board_restarts: int = 0
-    """Restarts of the weight board's process by Ray, over the run's lives (supervisor.RayRestarts)."""
-    wall_clock_s: float = 0.0
-    """Seconds the run's driver has run, over its lives, as of this state's checkpoint: a resumed run counts on
-    from it, so the summary's wall clock (and the harness's updates/s) covers every life. The time between a
-    dead life's last checkpoint and its death is not counted."""
-    actor_base: dict[int, dict[str, float]] = field(default_factory=dict)
-
-    @classmethod
-    def restored(cls, cfg: Config, resume: dict[str, Any] | None, replay_url: str) -> tuple[RunState, dict[str, float]]:
-        """The state a run starts from, and the totals of its earlier lives (`carried`): every actor process starts
-        from zero, so a resumed run counts on from these (the per-actor bases only cover restarts within a life)."""
-        state = cls(**resume["extra"]["run_state"]) if resume else cls()
-        carried: dict[str, float] = {"env_steps": state.env_steps, "steps": state.agent_steps,
-                                     "env_errors": state.env_errors}
-        state.actor_base = {}
-        if resume:
-            state.generation += 1
-        elif cfg.run.resume:  # stopped before its first checkpoint: count on from what the replay holds
-            carried["steps"] = state.agent_steps = replay_inserts(replay_url, cfg)
-            carried["env_steps"] = state.env_steps = state.agent_steps * cfg.task_spec.action_repeat
-            state.generation = 1
-        return state, carried
-
-    def summary(self) -> dict[str, int]:
-        """The run summary's counters of steps, episodes, evaluations and the lives of the actors, the evaluator
-        and the weight board."""
-        return {"env_steps": self.env_steps, "agent_steps": self.agent_steps, "episodes": self.episodes,
-                "actor_restarts": self.actor_restarts, "env_errors": self.env_errors,
-                "actor_steps_written": self.steps_written, "evaluator_restarts": self.evaluator_restarts,
-                "weight_board_restarts": self.weight_board_restarts, "evaluations_redone": self.evaluations_redone}
+def _cause(exc: Exception) -> str:
+    """The last line of a Ray task error's cause: what the remote code raised."""
+    return (str(getattr(exc, "cause", None) or exc).strip().splitlines() or [type(exc).__name__])[-1]
 
 
 class ActorFleet:
@@ -125,6 +83,8 @@ class ActorFleet:
         self.finished: set[int] = set()  # actors whose run reached the run's length
         self.last_seen: dict[int, dict[str, float]] = {}
         self.last_pid: dict[int, int] = {}
+        self.train_return: float | None = None  # the mean return of the episodes finished since the last poll with any
+        self.wait_meter = ActorWaitMeter()
         self.runs = {a.run.remote(0, stop_at_inserted=self.stop_at_inserted): i for i, a in enumerate(self.actors)}
 
     @property
@@ -153,19 +113,19 @@ class ActorFleet:
         seen = self.last_seen.pop(index, None)
         if seen:  # so totals never go backwards when the new life starts from zero
             self._bank(index, seen)
+        self.poll_failures[index] = 0  # the new process's polls start a new count
         log.warning("actor %d stopped (%s); waiting for Ray to restart it", index, type(exc).__name__)
         self.restarting.setdefault(index, time.monotonic())
 
     def _run_failed(self, index: int, exc: ray.exceptions.RayTaskError) -> None:
         """Its `run` raised but the process lives on with its counters: a new life, at most max_restarts times."""
         self.run_failures[index] += 1
-        cause = str(getattr(exc, "cause", None) or exc).strip().splitlines() or [type(exc).__name__]
         if self.run_failures[index] > self.cfg.actors.max_restarts:
             log.error("actor %d failed %d times (last: %s); it is gone for good", index, self.run_failures[index],
-                      cause[-1])
+                      _cause(exc))
             self.alive[index] = False
             return
-        log.warning("actor %d failed (%s); starting it again", index, cause[-1])
+        log.warning("actor %d failed (%s); starting it again", index, _cause(exc))
         self.restarting.setdefault(index, time.monotonic())
 
     def _bank(self, index: int, seen: dict[str, float]) -> None:
@@ -183,6 +143,10 @@ class ActorFleet:
                 self.alive[index] = False
                 del self.restarting[index]
             return
+        except ray.exceptions.RayTaskError as exc:  # it answers, but its poll raised: asked again next tick
+            self._poll_failed(index, exc)
+            return
+        self.poll_failures[index] = 0
         self._count_pid(index, report["pid"])
         del self.restarting[index]
         self.lives[index] += 1
@@ -196,7 +160,8 @@ class ActorFleet:
             self.state.actor_restarts = self.restarts_before + sum(len(p) - 1 for p in self.pids.values())
 
     def poll(self) -> list[dict[str, Any]]:
-        """The reports of the live actors (counters, episodes since the last poll); totals brought up to date."""
+        """The reports of the live actors (counters, episodes since the last poll); totals brought up to date.
+        Raises ActorPollError when one actor's poll has raised more than POLL_FAILURES_TOLERATED times in a row."""
         polls = [(i, a.poll.remote()) for i, a in enumerate(self.actors) if self.alive[i] and i not in self.restarting]
         reports = []
         for i, ref in polls:
@@ -220,18 +185,60 @@ class ActorFleet:
         return reports
 
     def _poll_failed(self, index: int, exc: ray.exceptions.RayTaskError) -> None:
-        """A poll that raised in a live actor: logged and skipped (the episodes it had taken are lost to the
-        progress line's returns, not to the replay), until POLL_FAILURES_TOLERATED in a row end the run."""
+        """A poll that raised in a live actor: logged and skipped, up to POLL_FAILURES_TOLERATED in a row. The
+        episodes it had taken from the actor are lost to the run's episode count and training returns (not to the
+        replay: the actor's `run` goes on)."""
         self.poll_failures[index] += 1
-        cause = (str(getattr(exc, "cause", None) or exc).strip().splitlines() or [type(exc).__name__])[-1]
-        saved = write_traceback(self.run_dir, exc)
+        saved = self._save_traceback(index, exc)
         if self.poll_failures[index] > POLL_FAILURES_TOLERATED:
             raise ActorPollError(
-                f"Actor {index}'s poll failed {self.poll_failures[index]} times in a row (last: {cause}; traceback in "
-                f"{saved}), so the run can no longer count its steps. This is a bug: please report it with that "
-                f"traceback. The run's checkpoint and replay are kept: --run.resume {self.run_dir} continues it.") from exc
-        log.error("actor %d's poll failed (%s; traceback in %s); its run goes on, the poll is skipped (%d in a row, "
-                  "the run ends after %d)", index, cause, saved, self.poll_failures[index], POLL_FAILURES_TOLERATED)
+                f"Actor {index}'s poll failed {self.poll_failures[index]} times in a row (last: {_cause(exc)}; "
+                f"tracebacks in {saved}), so the run can no longer count its steps. This is a bug: please report it "
+                f"with those tracebacks.") from exc
+        log.error("actor %d's poll failed (%s; traceback in %s); its run goes on, the poll is skipped (%d in a row; "
+                  "%d more in a row end the run)", index, _cause(exc), saved, self.poll_failures[index],
+                  POLL_FAILURES_TOLERATED + 1 - self.poll_failures[index])
+
+    def _save_traceback(self, index: int, exc: Exception) -> str:
+        """Append `exc`'s traceback to <run dir>/logs/actor-poll-errors.log; where it went (or why nowhere)."""
+        path = RunFiles(self.run_dir).logs / "actor-poll-errors.log"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as out:
+                out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} actor {index}, failure "
+                          f"{self.poll_failures[index]} in a row\n{''.join(traceback.format_exception(exc))}\n")
+        except OSError as error:  # e.g. a full disk: the log line still says what failed
+            log.error("actor %d's poll traceback could not be saved (%s)", index, error)
+            return f"no file ({error.strerror or error})"
+        return str(path)
+
+    def poll_scalars(self, note_renderer: Callable[[dict[str, str] | None], None]) -> tuple[dict[str, float], list[float]]:
+        """`poll`, as the driver's scalars since the last tick (rates, staleness, limiter timeouts, finished episodes,
+        whose count and mean return go to the run's state and `train_return`) and the fraction of it each actor spent
+        waiting on the replay; each report's renderer goes to `note_renderer`."""
+        rates, lags, returns, lengths, timeouts, waits = [], [], [], [], 0, []
+        for report in self.poll():
+            note_renderer(report.get("renderer"))
+            counters = report["counters"]
+            rates.append(counters["steps_per_s"] * self.action_repeat)
+            lags.append(counters["version_lag"])
+            timeouts += counters["limiter_timeouts"]
+            wait = self.wait_meter.fraction(report["index"], time.monotonic(), counters["replay_s"])
+            if wait is not None:
+                waits.append(wait)
+            for episode in report["episodes"]:
+                returns.append(episode["return"])
+                lengths.append(episode["length"])
+        self.state.episodes += len(returns)
+        scalars = {"perf/env_steps_per_s": sum(rates), "actors/limiter_timeouts": timeouts,
+                   **{f"perf/env_steps_per_s_actor{i}": rate for i, rate in enumerate(rates)}}
+        if lags:
+            scalars["actors/version_lag"] = sum(lags) / len(lags)
+        if returns:
+            self.train_return = sum(returns) / len(returns)
+            scalars["train/return"] = self.train_return
+            scalars["train/episode_length"] = sum(lengths) / len(lengths)
+        return scalars, waits
 
     def stop(self) -> None:
         """Stop every run; one still held by the rate limiter after 10 s is killed (its buffer is not stored)."""
@@ -245,6 +252,8 @@ class ActorFleet:
                 self.last_seen[i] = ray.get(actor.poll.remote(), timeout=5)["counters"]
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                 continue
+            except ray.exceptions.RayTaskError as exc:  # its last counters are lost; the replay's count below holds
+                log.error("actor %d's last poll failed (%s)", i, _cause(exc))
         self._update_totals()
         # An actor killed mid-run took steps after its last poll; those it stored are in the replay's count.
         try:
