@@ -88,7 +88,8 @@ if [ "$DEVICE" = cpu ]; then  # the CPU run has no reduce-overhead pass above: t
 fi
 
 if "$PY" -c "import mujoco, OpenGL" 2>/dev/null; then
-  step render 120 "$PY" bench/render_probe.py --out "$OUT_DIR/render.json"
+  # 37 s at niceness 19 beside one training on the 2-core VM (2026-12-07); 120 s ran out beside two and a test suite.
+  step render 240 "$PY" bench/render_probe.py --out "$OUT_DIR/render.json"
 else
   printf 'render\tskipped\t0\n' >> "$STEPS_FILE"
   echo "== render skipped: mujoco or PyOpenGL is not importable (bench/gpu_wheels.sh carries them)" >&2
