@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,9 @@ import redis
 
 from actors.worker import ActorWorker, EnvFactory
 from common.config import Config
-from common.run_files import RunFiles
 from deploy.run.progress import ActorWaitMeter
 from deploy.run.ray_runtime import RENDER_PROCESS_ENV, replay_inserts
+from deploy.run.run_dir import write_traceback
 from deploy.run.run_state import RunState
 from deploy.run.weight_board import BOARD_NAME, RayWeightSource
 from replay_service import ReplayConnectionError
@@ -201,12 +200,9 @@ class ActorFleet:
 
     def _save_traceback(self, index: int, exc: Exception) -> str:
         """Append `exc`'s traceback to <run dir>/logs/actor-poll-errors.log; where it went (or why nowhere)."""
-        path = RunFiles(self.run_dir).logs / "actor-poll-errors.log"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as out:
-                out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} actor {index}, failure "
-                          f"{self.poll_failures[index]} in a row\n{''.join(traceback.format_exception(exc))}\n")
+            path = write_traceback(self.run_dir, exc, append_to="actor-poll-errors.log",
+                                   header=f"actor {index}, failure {self.poll_failures[index]} in a row")
         except OSError as error:  # e.g. a full disk: the log line still says what failed
             log.error("actor %d's poll traceback could not be saved (%s)", index, error)
             return f"no file ({error.strerror or error})"

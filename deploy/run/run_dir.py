@@ -90,12 +90,19 @@ def _new_default_dir(cfg: Config) -> Path:
     raise ConfigError(f"could not pick a new run directory next to {base}; pass --run.dir")
 
 
-def write_traceback(run_dir: str | Path, exc: BaseException) -> Path:
-    """Save `exc`'s full traceback as <run dir>/logs/error-<time>.log (the terminal gets one paragraph)."""
+def write_traceback(run_dir: str | Path, exc: BaseException, append_to: str | None = None, header: str = "") -> Path:
+    """Save `exc`'s full traceback as <run dir>/logs/error-<time>.log (the terminal gets one paragraph), or append it,
+    after a `--- <time> <header>` line, to <run dir>/logs/<append_to> (a log of repeated failures)."""
     logs = RunFiles(Path(run_dir)).logs
     logs.mkdir(parents=True, exist_ok=True)
-    path = logs / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    path.write_text("".join(traceback.format_exception(exc)))
+    text = "".join(traceback.format_exception(exc))
+    if append_to is None:
+        path = logs / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        path.write_text(text)
+        return path
+    path = logs / append_to
+    with path.open("a") as out:
+        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n{text}\n")
     return path
 
 
