@@ -18,7 +18,6 @@ _GL_PROBE = "import mujoco; c = mujoco.GLContext(8, 8); c.make_current(); c.free
 _GL_STRINGS = ("import json, mujoco; from OpenGL import GL; c = mujoco.GLContext(8, 8); c.make_current(); "
                "print(json.dumps({k: GL.glGetString(v).decode() for k, v in (('vendor', GL.GL_VENDOR), "
                "('renderer', GL.GL_RENDERER))})); c.free()")
-_GL_PACKAGES = {"egl": "libegl1", "osmesa": "libosmesa6"}
 log = logging.getLogger(__name__)
 _RENDERER: dict[str, str] | None = None
 

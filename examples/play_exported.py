@@ -15,6 +15,8 @@ import argparse
 import importlib
 import json
 import os
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +24,7 @@ if "MUJOCO_GL" not in os.environ:  # before dm_control or gymnasium load MuJoCo'
     os.environ["MUJOCO_GL"] = os.environ["PYOPENGL_PLATFORM"] = "egl"
 
 
-def load(path: str):
+def load(path: str) -> tuple[Callable[..., np.ndarray], dict[str, Any]]:
     """(act, metadata): act maps uint8 [1, tau, 3, H, W] and float32 [1, tau-1, A] to float32 [1, A]."""
     if path.endswith(".onnx"):
         import onnx

@@ -146,6 +146,7 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The newest checkpoint in `directory` (by its update count), or None when there is none."""
     found = list_checkpoints(directory)
     return found[-1] if found else None
 

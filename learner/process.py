@@ -50,6 +50,7 @@ class WeightPublisher(Protocol):
 
 
 def resolve_device(requested: str) -> torch.device:
+    """`learner.device` as a torch device: auto takes CUDA when torch sees one; cuda without one is refused."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():

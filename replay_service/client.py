@@ -1,6 +1,6 @@
-"""The one way clients (actors' writers, the learner's mirror, the driver, `make audit`) connect to a replay
-Redis server, embedded or external: wait until it answers, then keep retrying a dropped connection for as long
-as a restart of the server takes; a refused password fails at once with what to set."""
+"""The one way clients (actors' writers, the learner's mirror, the driver, `python -m deploy.audit`) connect to
+a replay Redis server, embedded or external: wait until it answers, then keep retrying a dropped connection
+for as long as a restart of the server takes; a refused password fails at once with what to set."""
 
 from __future__ import annotations
 

@@ -50,6 +50,7 @@ def frame_capacity(cfg: ReplayConfig) -> int:
 
 
 def row_key(index: int) -> str:
+    """The Redis key of ring slot `index`."""
     return f"{ROW}{index}"
 
 
@@ -65,6 +66,7 @@ def encode_frame(obs: np.ndarray, compress: bool) -> tuple[bytes, int]:
 
 def encode_row(kind: int, flags: int, step: int, episode: int, prev: int, version: int, reward: float,
                action: np.ndarray, frame: bytes) -> bytes:
+    """One stored row: the fixed header, the action's float32 bytes, then the (maybe compressed) frame."""
     return HEADER.pack(kind, flags, 0, step, episode, prev, version, reward) + action.tobytes() + frame
 
 

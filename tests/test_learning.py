@@ -1,7 +1,7 @@
 """The `learning` tier: slac-dist must learn, not just run.
 
 One seeded training of the `cpu` preset on cartpole_swingup through the real entry point (what `make
-train` runs): about 14 minutes on the 2-core machines this project started on, 17-28 on the 2-core machines
+train` runs): about 14 minutes on the 2-core machines this project started on, 17-32 on the 2-core machines
 of December 2026. Its last evaluation must beat the uniform random policy, evaluated in the same run with
 the same protocol (the evaluation before the first policy is published), by three standard errors of the
 random policy's mean: a policy that learned nothing passes about one run in a thousand or less.

@@ -134,6 +134,7 @@ def parse_quietly(argv: list[str]) -> Config:
 
 
 def slow_on_this_machine(cfg: Config) -> bool:
+    """Whether this run would be the paper's sizes on a CPU learner: worth a warning before a days-long run."""
     import torch
 
     return cfg.learner.device != "cuda" and not torch.cuda.is_available() and cfg.model.z2_dim >= 256

@@ -36,6 +36,8 @@ class AuditError(RuntimeError):
 
 @dataclass
 class AuditReport:
+    """What an audit found: the writers' acknowledged flushes, rows and transitions, and what the replay holds of them."""
+
     writers: int = 0
     acknowledged_flushes: int = 0
     acknowledged_rows: int = 0

@@ -26,6 +26,8 @@ class TrainedPolicyError(ValueError):
 
 @dataclass(frozen=True)
 class TrainedPolicy:
+    """A run's config with one checkpoint's weights, as evaluation and export load them."""
+
     run_dir: Path
     cfg: Config
     checkpoint: Path
