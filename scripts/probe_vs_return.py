@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deploy.experiments.returns_plot import read_evaluations
+
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "cartpole_swingup"
 POLE = ("hinge_1_cos", "hinge_1_sin", "hinge_1_vel")
 FROM_STEP = 100_000
@@ -30,7 +32,7 @@ def runs() -> dict[str, Path]:
 
 def points(run: Path) -> tuple[list[float], list[float], list[float]]:
     """(pole R², angular velocity R², return) at each evaluation from FROM_STEP on."""
-    returns = {int(r["scheduled_env_steps"]): float(r["return_mean"]) for r in csv.DictReader(open(run / "eval.csv"))}
+    returns = {e.env_steps: e.mean for e in read_evaluations(run / "eval.csv", seed=0)}
     r2: dict[int, dict[str, float]] = {}
     for row in csv.DictReader(open(run / "probe.csv")):
         r2.setdefault(int(row["scheduled_env_steps"]), {})[row["dimension"]] = float(row["r2"])
