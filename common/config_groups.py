@@ -147,7 +147,7 @@ class ReplayConfig:
     url: str = ""
     """redis://host:port/db of an existing server (a cluster); empty starts an embedded redis-server."""
     port: int = 0
-    """Port of the embedded server; 0 picks a free one."""
+    """Port of the embedded server; 0 picks a free one below the ephemeral range (kept across its restarts)."""
     capacity: int = 100_000
     """Transitions kept, FIFO (appendix C: 100 000 steps, one frame each)."""
     frame_reserve: float = 0.05

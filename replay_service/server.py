@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 import re
 import secrets
 import shutil
@@ -81,6 +82,39 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+STABLE_PORTS_FROM = 20000
+"""The lowest port `stable_port` draws: above Ray's worker ports (10002-19999 by default)."""
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def stable_port(host: str = "127.0.0.1", tries: int = 200) -> int:
+    """A free TCP port below the kernel's ephemeral range, for a server that restarts on the port it had.
+
+    A port from `free_port` lies in the ephemeral range (32768-60999 on Linux), where the kernel hands ports to
+    every outgoing connection and every bind to port 0: while the server is down (killed, then restarted by the
+    watchdog within a second), another process can take its port, and the restart fails for as long as that
+    process keeps it. Below the range only an explicit bind can. Falls back to `free_port` when the range
+    starts at or below STABLE_PORTS_FROM."""
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(tries if low > STABLE_PORTS_FROM else 0):
+        port = rng.randrange(STABLE_PORTS_FROM, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server binds: TIME_WAIT is no bar
+            try:
+                s.bind(("0.0.0.0" if host in ("", "0.0.0.0") else host, port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 class RedisServer:
@@ -193,7 +227,7 @@ class RedisServer:
         pick_port = self.port is None
         for _attempt in range(5):
             if pick_port:
-                self.port = free_port()
+                self.port = stable_port(self.host)
             # Own session: a Ctrl-C in the terminal must reach the launcher, which checkpoints and then
             # stops this server itself, not kill the server under the still-running actors.
             self.process = subprocess.Popen(self._args(appendonly=not restoring),

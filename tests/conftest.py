@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import multiprocessing
 import os
+import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -83,6 +86,31 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     left = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     if left:
         print(f"conftest: threads still running at exit: {left}", file=sys.__stderr__)
+    _stop_children_left()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(_exit_status)
+
+
+def _stop_children_left() -> None:
+    """End the child processes a failed test left running, and name them.
+
+    os._exit skips the finalizers that would stop them: a test that fails before its RedisServer.stop() leaves an
+    embedded redis-server (RedisServer's weakref.finalize stops it at a normal exit), which would outlive CI's
+    run and hold its port and data dir. SIGTERM (redis-server fsyncs and exits), then SIGKILL after 10 s."""
+    from process_tools import alive, children, cmdline
+
+    left = {pid: " ".join(cmdline(pid)).strip()[:80] for pid in children(os.getpid()) if alive(pid)}
+    if not left:
+        return
+    print(f"conftest: stopping processes the tests left running: {left}", file=sys.__stderr__)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in left) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in left:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -1,5 +1,5 @@
 """tests/chaos.py's own confirmations, on made-up records: a Redis restart hit twice must sit inside one outage of
-the watchdog's record with a failed start, and the evaluator is killed under a logged evaluation until the driver
+the watchdog's record with a killed start, and the evaluator is killed under a logged evaluation until the driver
 logs one cut off."""
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ def _chaos(kills: list[dict], log: Path | None = None) -> Chaos:
     return chaos
 
 
-def test_a_redis_restart_hit_twice_is_confirmed_only_by_one_outage_with_a_failed_start() -> None:
-    check_redis_restarts_hit("seed 0", _chaos(KILLS), [{"down_at": 100.2, "up_at": 101.5, "failed_starts": 1}])
-    for outages in ([{"down_at": 100.2, "up_at": 101.5, "failed_starts": 0}],  # the new server was ready: no hit
-                    [{"down_at": 100.2, "up_at": 100.35, "failed_starts": 0},  # back before the learner's kill
-                     {"down_at": 100.5, "up_at": 100.7, "failed_starts": 0}],
-                    [{"down_at": 100.2, "up_at": None, "failed_starts": 3}]):  # never back
+def test_a_redis_restart_hit_twice_is_confirmed_only_by_one_outage_with_a_killed_start() -> None:
+    check_redis_restarts_hit("seed 0", _chaos(KILLS), [{"down_at": 100.2, "up_at": 101.5, "failed_starts": 1, "killed_starts": 1}])
+    for outages in ([{"down_at": 100.2, "up_at": 101.5, "failed_starts": 0, "killed_starts": 0}],  # ready at once: no hit
+                    # a start that failed by itself (port taken), not by the second kill
+                    [{"down_at": 100.2, "up_at": 101.5, "failed_starts": 1, "killed_starts": 0}],
+                    [{"down_at": 100.2, "up_at": 100.35, "failed_starts": 0, "killed_starts": 0},  # back before the learner's kill
+                     {"down_at": 100.5, "up_at": 100.7, "failed_starts": 0, "killed_starts": 0}],
+                    [{"down_at": 100.2, "up_at": None, "failed_starts": 3, "killed_starts": 3}]):  # never back
         with pytest.raises(AssertionError, match="not inside one outage"):
             check_redis_restarts_hit("seed 0", _chaos(KILLS), outages)
 

@@ -40,6 +40,7 @@ from replay_service import (
     maxmemory_bytes,
 )
 from replay_service.schema import HEADER, STATE
+from replay_service.server import STABLE_PORTS_FROM, stable_port
 
 pytestmark = pytest.mark.integration
 
@@ -100,7 +101,26 @@ def test_watchdog_counts_a_failed_restart_apart_from_the_restart(tmp_path: Path)
             time.sleep(0.05)
         assert watchdog.restarts == 1 and not watchdog.down and watchdog.failure is None
         assert connect(server.url, 2.0).get("probe") == b"kept"
+    # Not a killed start: the new servers exited by themselves, and the record says why, in redis-server's words.
+    (outage,) = watchdog.outages
+    assert watchdog.killed_starts == outage["killed_starts"] == 0, outage
+    assert len(outage["causes"]) == outage["failed_starts"] >= 1, outage
+    assert all("Address already in use" in cause for cause in outage["causes"]), outage
     server.stop()
+
+
+def test_the_servers_own_port_lies_below_the_ephemeral_range(tmp_path: Path) -> None:
+    """A port the kernel never hands to an outgoing connection or a bind to port 0, which could otherwise take it
+    while the server is down (a restart would fail for as long as they hold it)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {stable_port() for _ in range(20)}
+    assert all(STABLE_PORTS_FROM <= port < low for port in ports) and len(ports) > 1, (ports, low)
+    with socket.socket() as taken:  # one that is taken is not handed out
+        taken.bind(("127.0.0.1", min(ports)))
+        taken.listen()
+        assert min(ports) not in {stable_port() for _ in range(50)}
+    with RedisServer(tmp_path, BASE_CFG) as server:
+        assert STABLE_PORTS_FROM <= server.port < low
 
 
 def test_missing_redis_server_names_the_apt_package(tmp_path: Path) -> None:

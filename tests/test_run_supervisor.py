@@ -16,15 +16,19 @@ pytestmark = pytest.mark.unit
 
 
 class _Server:
-    """A redis-server stand-in that dies once; its first restart fails (killed during its AOF load)."""
+    """A redis-server stand-in that dies once; its first restart fails (killed during its AOF load: a new process
+    whose return code is a signal's), its second too (exited by itself), its third comes up."""
 
     def __init__(self) -> None:
         self.running, self.port, self.data_dir, self.starts = True, 1, Path("/nowhere"), 0
+        self.process = SimpleNamespace(returncode=-9)  # the server that dies: not a failed start's
 
     def start(self) -> None:
         self.starts += 1
-        if self.starts == 1:
-            raise RuntimeError("redis-server exited with code -9 while starting")
+        if self.starts <= 2:
+            self.process = SimpleNamespace(returncode=-9 if self.starts == 1 else 1)
+            raise RuntimeError(f"redis-server exited with code {self.process.returncode} while starting; its log "
+                               "ends with:\nfirst line\nlast line\nAddress already in use")
         self.running = True
 
 
@@ -37,11 +41,16 @@ def test_each_outage_is_recorded_with_its_window_and_failed_starts() -> None:
         deadline = time.monotonic() + 10
         while watchdog.restarts == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-    (outage,) = RedisWatchdog.summary_of(watchdog)["replay_server_outages"]
-    assert outage["failed_starts"] == 1 and watchdog.failed_starts == 1 and watchdog.restarts == 1
-    # Seen dead within a poll or so; back after the failed start's one-second wait.
+    summary = RedisWatchdog.summary_of(watchdog)
+    (outage,) = summary["replay_server_outages"]
+    assert outage["failed_starts"] == 2 and watchdog.failed_starts == 2 and watchdog.restarts == 1
+    # The killed start is counted as such; the other is explained by its error's first line and the log's last.
+    assert outage["killed_starts"] == summary["replay_server_killed_starts"] == 1, outage
+    assert outage["causes"] == ["redis-server exited with code 1 while starting; its log ends with: last line "
+                                "Address already in use"], outage
+    # Seen dead within a poll or so; back after the failed starts' one-second waits.
     assert died <= outage["down_at"] + 0.01 and outage["down_at"] - died < 1.0, (died, outage)
-    assert outage["up_at"] - outage["down_at"] >= 0.99, outage
+    assert outage["up_at"] - outage["down_at"] >= 1.99, outage
     assert RedisWatchdog.summary_of(None)["replay_server_outages"] == []
 
 

@@ -51,13 +51,18 @@ class RedisWatchdog:
         self.restarts = 0
         self.failed_starts = 0
         """Restart attempts that failed: the new server died while loading its AOF (killed, out of memory) or
-        could not start; each is retried. A server killed during its own restart is one of these, not a
-        restart of its own, so restarts + failed_starts is the number of servers that died under the run."""
+        could not start (its port taken meanwhile, a full disk); each is retried."""
+        self.killed_starts = 0
+        """The failed starts whose new server was killed by a signal. A server killed during its own restart is
+        one of these, not a restart of its own, so restarts + killed_starts is the number of servers that were
+        killed under the run (the other failed starts exited by themselves: `outages` says why)."""
         self.stalls_s: list[float] = []
         self.outages: list[dict[str, Any]] = []
         """One record per dead server: `down_at` (wall-clock seconds when the watchdog saw it dead), `up_at` (when a
-        new one answered; None if none did) and the `failed_starts` in between (a new server killed before it was
-        ready, e.g. during its AOF load). The fault tests place their kills inside these windows."""
+        new one answered; None if none did), the `failed_starts` in between, how many of them were
+        `killed_starts` (a new server killed before it was ready, e.g. during its AOF load) and the `causes` of
+        the others (the error's first line and the server log's last). The fault tests place their kills inside
+        these windows."""
         self.failure: str | None = None
         self.down = False
         """True while the server is dead and being restarted (the learner's failures then wait for it)."""
@@ -69,28 +74,33 @@ class RedisWatchdog:
             if self.server.running:
                 continue
             died, self.down, failed_before = time.monotonic(), True, self.failed_starts
-            outage: dict[str, Any] = {"down_at": round(time.time(), 3), "up_at": None, "failed_starts": 0}
+            outage: dict[str, Any] = {"down_at": round(time.time(), 3), "up_at": None, "failed_starts": 0,
+                                      "killed_starts": 0, "causes": []}
             self.outages.append(outage)
             log.warning("the replay's redis-server (port %s) died; restarting it on %s", self.server.port,
                         self.server.data_dir)
             while not self._stop.is_set():
+                dead = getattr(self.server, "process", None)
                 try:
                     self.server.start()  # same port, same data dir: the AOF reloads
                     break
                 except Exception as exc:  # noqa: BLE001 - a port still taken or a disk full: retry, bounded
                     self.failed_starts += 1
                     outage["failed_starts"] += 1
+                    killed = self._killed(dead)
+                    if killed:
+                        self.killed_starts += 1
+                        outage["killed_starts"] += 1
+                    else:
+                        outage["causes"].append(_cause(exc))
                     # One warning per outage: a server that cannot come back would otherwise print one a second.
                     log.log(logging.WARNING if self.failed_starts == failed_before + 1 else logging.DEBUG,
                             "redis-server failed to restart (%s); retrying every second for up to %.0f s",
-                            (str(exc).strip().splitlines() or [type(exc).__name__])[0], self.give_up_s)
+                            "killed" if killed else _cause(exc), self.give_up_s)
                     if time.monotonic() - died > self.give_up_s:
                         log.error("redis-server restart failed: %s", exc)
-                        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-                        # The error's first line, and the server log's last line when the error quotes it.
-                        cause = (f"{lines[0]} {lines[-1]}" if len(lines) > 1 else lines[0]) if lines else type(exc).__name__
                         self.failure = (f"the replay's redis-server died and did not come back within "
-                                        f"{self.give_up_s:.0f} s ({cause})")
+                                        f"{self.give_up_s:.0f} s ({_cause(exc)})")
                         return
                     self._stop.wait(1.0)
             if self._stop.is_set():
@@ -101,11 +111,19 @@ class RedisWatchdog:
             self.stalls_s.append(time.monotonic() - died)
             log.warning("redis-server restarted in %.1f s (restart #%d)", self.stalls_s[-1], self.restarts)
 
+    def _killed(self, dead: Any) -> bool:
+        """Whether the attempt that just failed started a server (one other than `dead`, the process that died
+        before it) and a signal ended it (Popen: a negative return code)."""
+        process = getattr(self.server, "process", None)
+        return process is not None and process is not dead and process.returncode is not None \
+            and process.returncode < 0
+
     @staticmethod
     def summary_of(watchdog: RedisWatchdog | None) -> dict[str, Any]:
         """The run summary's Redis entries (zeros for a replay this run does not own)."""
         return {"replay_server_restarts": watchdog.restarts if watchdog else 0,
                 "replay_server_failed_starts": watchdog.failed_starts if watchdog else 0,
+                "replay_server_killed_starts": watchdog.killed_starts if watchdog else 0,
                 "replay_server_stalls_s": [round(s, 1) for s in watchdog.stalls_s] if watchdog else [],
                 "replay_server_outages": list(watchdog.outages) if watchdog else []}
 
@@ -123,6 +141,13 @@ class RedisWatchdog:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=self.give_up_s + 5)
+
+
+def _cause(exc: Exception) -> str:
+    """A failed start in one line: the error's first line, and the server log's last two when the error quotes it
+    (redis-server says why, e.g. "bind: Address already in use", the line before "aborting")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join([lines[0], *lines[1:][-2:]]) if lines else type(exc).__name__
 
 
 LearnerFactory = Callable[[dict[str, Any] | None, int], Any]
