@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,14 +94,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def _stop_children_left() -> None:
-    """End the child processes a failed test left running, and name them.
+    """Stop the embedded redis-servers a failed test left running, and name them.
 
-    os._exit skips the finalizers that would stop them: a test that fails before its RedisServer.stop() leaves an
-    embedded redis-server (RedisServer's weakref.finalize stops it at a normal exit), which would outlive CI's
-    run and hold its port and data dir. SIGTERM (redis-server fsyncs and exits), then SIGKILL after 10 s."""
+    os._exit skips the finalizer that would stop them: a test that fails before its RedisServer.stop() leaves its
+    redis-server (RedisServer's weakref.finalize stops it at a normal exit), which would outlive CI's run and hold
+    its port and data dir. SIGTERM (redis-server fsyncs and exits), then SIGKILL after 10 s. Other children are
+    left alone: multiprocessing's resource tracker ignores SIGTERM and exits by itself once this process is gone."""
     from process_tools import alive, children, cmdline
 
-    left = {pid: " ".join(cmdline(pid)).strip()[:80] for pid in children(os.getpid()) if alive(pid)}
+    left = {pid: " ".join(cmdline(pid)).strip()[:80] for pid in children(os.getpid())
+            if alive(pid) and Path((cmdline(pid) or [""])[0]).name.startswith("redis-server")}
     if not left:
         return
     print(f"conftest: stopping processes the tests left running: {left}", file=sys.__stderr__)
