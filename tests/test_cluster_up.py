@@ -33,7 +33,7 @@ import yaml
 from process_tools import summary_of, wait_for
 from ssh_hosts import SshHost, ensure_sshd, keypair, pid_namespace, processes_in, ssh_config
 
-from replay_service.server import free_port
+from replay_service.server import stable_port
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,9 @@ def cluster_copy(shipped: dict[str, Any], key: Path) -> dict[str, Any]:
     copy["cluster_name"] = "slac-dist-up-test"
     copy["provider"].update(head_ip=HEAD, worker_ips=[WORKER])
     copy["auth"] = {"ssh_user": "root", "ssh_private_key": str(key)}
-    gcs = free_port()
+    # Drawn now, bound minutes later (after the head's `make setup`): below the ephemeral range, where no other
+    # process's connection or bind to port 0 (the other lane's Ray runs) can take them meanwhile.
+    gcs = stable_port()
 
     def edit(commands: list[str], old: str, new: str) -> list[str]:
         hits = [c for c in commands if old in c]
@@ -58,10 +60,10 @@ def cluster_copy(shipped: dict[str, Any], key: Path) -> dict[str, Any]:
 
     copy["head_start_ray_commands"] = edit(
         shipped["head_start_ray_commands"], "--port=6379",
-        f"--port={gcs} --node-ip-address={HEAD} --dashboard-agent-listen-port={free_port()}")
+        f"--port={gcs} --node-ip-address={HEAD} --dashboard-agent-listen-port={stable_port()}")
     copy["worker_start_ray_commands"] = edit(
         shipped["worker_start_ray_commands"], "--address=$RAY_HEAD_IP:6379",
-        f"--address=$RAY_HEAD_IP:{gcs} --node-ip-address={WORKER} --dashboard-agent-listen-port={free_port()}")
+        f"--address=$RAY_HEAD_IP:{gcs} --node-ip-address={WORKER} --dashboard-agent-listen-port={stable_port()}")
     return copy
 
 
@@ -135,6 +137,21 @@ def machines(tmp_path: Path):
         assert not leftovers, f"processes outlived the test's machines: {leftovers}"
 
 
+def autoscaler_account(head: SshHost, address: str) -> str:
+    """What the autoscaler on the head said of the node at `address` (its NodeUpdater's steps and the setup and
+    start commands' output, errors included), from the newest Ray session's monitor logs: a failed join explained."""
+    sessions = sorted(head.ray_tmp.glob("session_2*"), key=lambda p: p.stat().st_mtime)
+    if not sessions:
+        return f"(no Ray session under {head.ray_tmp})"
+    wanted = re.compile(rf"{re.escape(address)}|update-failed|Traceback|\berror\b", re.IGNORECASE)
+    said: list[str] = []
+    for name, keep in (("monitor.out", 25), ("monitor.err", 10), ("monitor.log", 10)):
+        log = sessions[-1] / "logs" / name
+        text = log.read_text(errors="replace").splitlines() if log.exists() else []
+        said += [f"{name}: {line[:300]}" for line in text if name == "monitor.err" or wanted.search(line)][-keep:]
+    return "the autoscaler's account:\n" + "\n".join(said) if said else "(the autoscaler said nothing of it)"
+
+
 def tunnels(head: SshHost) -> list[str]:
     """`ray dashboard` tunnels still open to the head: this machine's ssh forwarding a port to it, and the
     command each keeps running there."""
@@ -170,7 +187,8 @@ def test_ray_up_runs_the_shipped_yaml_and_make_train_runs_on_it(tmp_path: Path, 
             shown = laptop.make("status", timeout=120)
             if shown.stdout.startswith("nodes: 1 actor, 1 learner"):
                 break
-            assert time.monotonic() < deadline, f"the worker never joined as an actor node: {shown.stdout}"
+            assert time.monotonic() < deadline, \
+                f"the worker never joined as an actor node: {shown.stdout}\n{autoscaler_account(head, WORKER)}"
             time.sleep(5)
         timings["worker joined"] = time.monotonic() - started
         assert [cmd for _, cmd in head.processes() if "raylet" in cmd], "no raylet on the head"
