@@ -6,6 +6,7 @@ Clients connect to it, or to any replay server, through replay_service/client.py
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import random
@@ -84,35 +85,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-STABLE_PORTS_FROM = 20000
-"""The lowest port `stable_port` draws: above Ray's worker ports (10002-19999 by default)."""
+STABLE_PORTS_FROM, STABLE_PORTS_BELOW = 20000, 30000
+"""The ports `stable_port` draws from: above Ray's worker ports (10002-19999 by default), below Kubernetes'
+NodePorts (30000-32767, which kube-proxy may intercept on a node) and below the kernel's ephemeral range."""
 
 
 def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (32768 by Linux's default)."""
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
+        return 32768
 
 
 def stable_port(host: str = "127.0.0.1", tries: int = 200) -> int:
-    """A free TCP port below the kernel's ephemeral range, for a server that restarts on the port it had.
+    """A free TCP port on `host` below the kernel's ephemeral range, for a server that restarts on the port it had.
 
     A port from `free_port` lies in the ephemeral range (32768-60999 on Linux), where the kernel hands ports to
     every outgoing connection and every bind to port 0: while the server is down (killed, then restarted by the
-    watchdog within a second), another process can take its port, and the restart fails for as long as that
-    process keeps it. Below the range only an explicit bind can. Falls back to `free_port` when the range
-    starts at or below STABLE_PORTS_FROM."""
-    low = _ephemeral_low()
+    watchdog within a second), another process can take its port (a client reconnecting to it can even connect
+    to itself on it), and the restart fails for as long as that process keeps it. Below the range only an
+    explicit bind can, such as another `stable_port` caller's (one chance in about 10 000 per draw). Falls back to
+    `free_port` when the range leaves no room (starts at or below STABLE_PORTS_FROM), when `host` is not an
+    IPv4 address of this machine, or after `tries` taken ports."""
+    high = min(_ephemeral_low(), STABLE_PORTS_BELOW)
     rng = random.Random()
-    for _ in range(tries if low > STABLE_PORTS_FROM else 0):
-        port = rng.randrange(STABLE_PORTS_FROM, low)
+    for _ in range(tries if high > STABLE_PORTS_FROM else 0):
+        port = rng.randrange(STABLE_PORTS_FROM, high)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server binds: TIME_WAIT is no bar
             try:
                 s.bind(("0.0.0.0" if host in ("", "0.0.0.0") else host, port))
-            except OSError:
-                continue
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    continue
+                break  # not an address of this machine's, or not IPv4: nothing to probe on
             return port
     return free_port()
 

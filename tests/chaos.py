@@ -251,8 +251,8 @@ def check(seed: int, run: Run, run_dir: Path, chaos: Chaos, events: list[Event],
     summary = run.summary()
     result["summary"] = {k: summary[k] for k in (
         "env_steps", "agent_steps", "episodes", "updates", "actor_restarts", "learner_restarts", "replay_server_restarts",
-        "replay_server_failed_starts", "replay_server_killed_starts", "replay_server_outages", "evaluator_restarts", "weight_board_restarts",
-        "evaluations_redone", "wall_clock_s", "ray_dir")}
+        "replay_server_failed_starts", "replay_server_killed_starts", "replay_server_outages", "evaluator_restarts",
+        "weight_board_restarts", "evaluations_redone", "wall_clock_s", "ray_dir")}
     # The run reached its length, every restart was counted, nothing ended it early.
     assert summary["env_steps"] >= LENGTH and not summary["interrupted"], f"{where}: {summary}"
     assert summary["agent_steps"] * ACTION_REPEAT == summary["env_steps"], f"{where}: {summary}"

@@ -24,14 +24,16 @@ def _chaos(kills: list[dict], log: Path | None = None) -> Chaos:
     return chaos
 
 
+def _outage(down: float, up: float | None, failed: int, killed: int) -> dict:
+    return {"down_at": down, "up_at": up, "failed_starts": failed, "killed_starts": killed}
+
+
 def test_a_redis_restart_hit_twice_is_confirmed_only_by_one_outage_with_a_killed_start() -> None:
-    check_redis_restarts_hit("seed 0", _chaos(KILLS), [{"down_at": 100.2, "up_at": 101.5, "failed_starts": 1, "killed_starts": 1}])
-    for outages in ([{"down_at": 100.2, "up_at": 101.5, "failed_starts": 0, "killed_starts": 0}],  # ready at once: no hit
-                    # a start that failed by itself (port taken), not by the second kill
-                    [{"down_at": 100.2, "up_at": 101.5, "failed_starts": 1, "killed_starts": 0}],
-                    [{"down_at": 100.2, "up_at": 100.35, "failed_starts": 0, "killed_starts": 0},  # back before the learner's kill
-                     {"down_at": 100.5, "up_at": 100.7, "failed_starts": 0, "killed_starts": 0}],
-                    [{"down_at": 100.2, "up_at": None, "failed_starts": 3, "killed_starts": 3}]):  # never back
+    check_redis_restarts_hit("seed 0", _chaos(KILLS), [_outage(100.2, 101.5, 1, 1)])
+    for outages in ([_outage(100.2, 101.5, 0, 0)],  # the new server was ready at once: no hit
+                    [_outage(100.2, 101.5, 1, 0)],  # a start that failed by itself (port taken), not by the kill
+                    [_outage(100.2, 100.35, 0, 0), _outage(100.5, 100.7, 0, 0)],  # back before the learner's kill
+                    [_outage(100.2, None, 3, 3)]):  # never back
         with pytest.raises(AssertionError, match="not inside one outage"):
             check_redis_restarts_hit("seed 0", _chaos(KILLS), outages)
 

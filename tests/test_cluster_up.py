@@ -51,7 +51,7 @@ def cluster_copy(shipped: dict[str, Any], key: Path) -> dict[str, Any]:
     copy["auth"] = {"ssh_user": "root", "ssh_private_key": str(key)}
     # Drawn now, bound minutes later (after the head's `make setup`): below the ephemeral range, where no other
     # process's connection or bind to port 0 (the other lane's Ray runs) can take them meanwhile.
-    gcs = stable_port()
+    gcs, head_agent, worker_agent = _distinct_ports(3)
 
     def edit(commands: list[str], old: str, new: str) -> list[str]:
         hits = [c for c in commands if old in c]
@@ -60,11 +60,19 @@ def cluster_copy(shipped: dict[str, Any], key: Path) -> dict[str, Any]:
 
     copy["head_start_ray_commands"] = edit(
         shipped["head_start_ray_commands"], "--port=6379",
-        f"--port={gcs} --node-ip-address={HEAD} --dashboard-agent-listen-port={stable_port()}")
+        f"--port={gcs} --node-ip-address={HEAD} --dashboard-agent-listen-port={head_agent}")
     copy["worker_start_ray_commands"] = edit(
         shipped["worker_start_ray_commands"], "--address=$RAY_HEAD_IP:6379",
-        f"--address=$RAY_HEAD_IP:{gcs} --node-ip-address={WORKER} --dashboard-agent-listen-port={stable_port()}")
+        f"--address=$RAY_HEAD_IP:{gcs} --node-ip-address={WORKER} --dashboard-agent-listen-port={worker_agent}")
     return copy
+
+
+def _distinct_ports(count: int) -> list[int]:
+    """`count` different ports free on every address (Ray binds the machines' 127.0.0.2 and .3, and 0.0.0.0)."""
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(stable_port("0.0.0.0"))
+    return sorted(ports)
 
 
 class Laptop:

@@ -15,18 +15,23 @@ from deploy.run.supervisor import RayRestarts, RedisWatchdog
 pytestmark = pytest.mark.unit
 
 
+def _process(code: int) -> SimpleNamespace:
+    """A Popen stand-in that has exited with `code` (negative: ended by that signal)."""
+    return SimpleNamespace(returncode=code, poll=lambda: code)
+
+
 class _Server:
     """A redis-server stand-in that dies once; its first restart fails (killed during its AOF load: a new process
     whose return code is a signal's), its second too (exited by itself), its third comes up."""
 
     def __init__(self) -> None:
         self.running, self.port, self.data_dir, self.starts = True, 1, Path("/nowhere"), 0
-        self.process = SimpleNamespace(returncode=-9)  # the server that dies: not a failed start's
+        self.process = _process(-9)  # the server that dies: not a failed start's
 
     def start(self) -> None:
         self.starts += 1
         if self.starts <= 2:
-            self.process = SimpleNamespace(returncode=-9 if self.starts == 1 else 1)
+            self.process = _process(-9 if self.starts == 1 else 1)
             raise RuntimeError(f"redis-server exited with code {self.process.returncode} while starting; its log "
                                "ends with:\nfirst line\nlast line\nAddress already in use")
         self.running = True

@@ -13,6 +13,7 @@ deploy/run/signals.py).
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -53,15 +54,16 @@ class RedisWatchdog:
         """Restart attempts that failed: the new server died while loading its AOF (killed, out of memory) or
         could not start (its port taken meanwhile, a full disk); each is retried."""
         self.killed_starts = 0
-        """The failed starts whose new server was killed by a signal. A server killed during its own restart is
-        one of these, not a restart of its own, so restarts + killed_starts is the number of servers that were
-        killed under the run (the other failed starts exited by themselves: `outages` says why)."""
+        """The failed starts whose new server was ended by a signal. A server killed during its own restart is
+        one of these, not a restart of its own, so restarts + killed_starts is the number of servers that died
+        under the run when every death is a kill, as in the chaos test (the other failed starts exited by
+        themselves: `outages` says why)."""
         self.stalls_s: list[float] = []
         self.outages: list[dict[str, Any]] = []
         """One record per dead server: `down_at` (wall-clock seconds when the watchdog saw it dead), `up_at` (when a
         new one answered; None if none did), the `failed_starts` in between, how many of them were
         `killed_starts` (a new server killed before it was ready, e.g. during its AOF load) and the `causes` of
-        the others (the error's first line and the server log's last). The fault tests place their kills inside
+        the others (the error's first line and the server log's last two). The fault tests place their kills inside
         these windows."""
         self.failure: str | None = None
         self.down = False
@@ -96,7 +98,8 @@ class RedisWatchdog:
                     # One warning per outage: a server that cannot come back would otherwise print one a second.
                     log.log(logging.WARNING if self.failed_starts == failed_before + 1 else logging.DEBUG,
                             "redis-server failed to restart (%s); retrying every second for up to %.0f s",
-                            "killed" if killed else _cause(exc), self.give_up_s)
+                            f"ended by signal {-self.server.process.returncode}" if killed else _cause(exc),
+                            self.give_up_s)
                     if time.monotonic() - died > self.give_up_s:
                         log.error("redis-server restart failed: %s", exc)
                         self.failure = (f"the replay's redis-server died and did not come back within "
@@ -111,12 +114,14 @@ class RedisWatchdog:
             self.stalls_s.append(time.monotonic() - died)
             log.warning("redis-server restarted in %.1f s (restart #%d)", self.stalls_s[-1], self.restarts)
 
-    def _killed(self, dead: Any) -> bool:
+    def _killed(self, dead: subprocess.Popen[bytes] | None) -> bool:
         """Whether the attempt that just failed started a server (one other than `dead`, the process that died
         before it) and a signal ended it (Popen: a negative return code)."""
         process = getattr(self.server, "process", None)
-        return process is not None and process is not dead and process.returncode is not None \
-            and process.returncode < 0
+        if process is None or process is dead:
+            return False
+        code = process.poll()
+        return code is not None and code < 0
 
     @staticmethod
     def summary_of(watchdog: RedisWatchdog | None) -> dict[str, Any]:
