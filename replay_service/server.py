@@ -109,9 +109,8 @@ def stable_port(host: str = "127.0.0.1", tries: int = 200) -> int:
     `free_port` when the range leaves no room (starts at or below STABLE_PORTS_FROM), when `host` is not an
     IPv4 address of this machine, or after `tries` taken ports."""
     high = min(_ephemeral_low(), STABLE_PORTS_BELOW)
-    rng = random.Random()
     for _ in range(tries if high > STABLE_PORTS_FROM else 0):
-        port = rng.randrange(STABLE_PORTS_FROM, high)
+        port = random.randrange(STABLE_PORTS_FROM, high)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server binds: TIME_WAIT is no bar
             try:

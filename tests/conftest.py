@@ -102,8 +102,9 @@ def _stop_children_left() -> None:
     left alone: multiprocessing's resource tracker ignores SIGTERM and exits by itself once this process is gone."""
     from process_tools import alive, children, cmdline
 
-    left = {pid: " ".join(cmdline(pid)).strip()[:80] for pid in children(os.getpid())
-            if alive(pid) and Path((cmdline(pid) or [""])[0]).name.startswith("redis-server")}
+    commands = {pid: cmdline(pid) for pid in children(os.getpid()) if alive(pid)}
+    left = {pid: " ".join(cmd).strip()[:80] for pid, cmd in commands.items()
+            if cmd and Path(cmd[0]).name.startswith("redis-server")}
     if not left:
         return
     print(f"conftest: stopping processes the tests left running: {left}", file=sys.__stderr__)

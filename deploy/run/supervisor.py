@@ -89,16 +89,16 @@ class RedisWatchdog:
                 except Exception as exc:  # noqa: BLE001 - a port still taken or a disk full: retry, bounded
                     self.failed_starts += 1
                     outage["failed_starts"] += 1
-                    killed = self._killed(dead)
-                    if killed:
+                    if self._killed(dead):
                         self.killed_starts += 1
                         outage["killed_starts"] += 1
+                        why = f"ended by signal {-self.server.process.returncode}"
                     else:
-                        outage["causes"].append(_cause(exc))
+                        why = _cause(exc)
+                        outage["causes"].append(why)
                     # One warning per outage: a server that cannot come back would otherwise print one a second.
                     log.log(logging.WARNING if self.failed_starts == failed_before + 1 else logging.DEBUG,
-                            "redis-server failed to restart (%s); retrying every second for up to %.0f s",
-                            f"ended by signal {-self.server.process.returncode}" if killed else _cause(exc),
+                            "redis-server failed to restart (%s); retrying every second for up to %.0f s", why,
                             self.give_up_s)
                     if time.monotonic() - died > self.give_up_s:
                         log.error("redis-server restart failed: %s", exc)
