@@ -197,6 +197,26 @@ class Run:
                 os.kill(server, signal.SIGTERM)
 
 
+def aof_written(client: redis.Redis, timeout_s: float = 5.0) -> bool:
+    """Wait until the redis-server behind `client` has written to its AOF everything it acknowledged.
+
+    Under appendfsync everysec Redis holds its AOF write back (up to 2 s) while a background fsync stalls on
+    a busy disk, and still replies: a kill -9 then loses those acknowledged flushes, the hole
+    replay_service/__init__.py documents (CI's disk once lost every step of a test so). A test that checks
+    "a kill keeps every acknowledged step" waits this out first, so it checks the promise, not the hole.
+    False if the buffer did not drain in `timeout_s` or the server did not answer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if client.info("persistence").get("aof_buffer_length", 0) == 0:
+                return True
+        except redis.RedisError:
+            return False
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
 def thread_niceness(pid: int) -> set[int]:
     """The niceness of every thread of process `pid` (Linux keeps one per thread), from /proc/<pid>/task/*/stat."""
     values = set()

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import redis
 import torch
-from process_tools import COUPLED, Run, alive, wait_for, wait_for_no_process_using
+from process_tools import COUPLED, Run, alive, aof_written, wait_for, wait_for_no_process_using
 from replay_fixtures import listening_addresses
 from tensorboard_files import read_events, scalars, values
 
@@ -68,6 +68,7 @@ def test_killed_redis_server_is_restarted_and_no_acknowledged_step_is_lost(tmp_p
     # Everything acknowledged so far is in rows [tail, head): a flush is one atomic script.
     state = {k.decode(): int(v) for k, v in client.hgetall(STATE).items()}
     before = _digests(client, state["tail"], state["head"])
+    assert aof_written(client), "the redis-server kept what it acknowledged out of its AOF for 5 s"
     client.close()
     os.kill(pid, signal.SIGKILL)
     killed, killed_at = time.monotonic(), time.time()

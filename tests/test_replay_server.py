@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 import torch
+from process_tools import aof_written
 from replay_fixtures import (
     ACTION_DIM,
     BASE_CFG,
@@ -223,6 +224,10 @@ def test_kill_9_keeps_every_acknowledged_step(tmp_path: Path, appendfsync: str) 
     for step in (1, 2):  # buffered, not flushed: the crash must not see them half-written
         uid = uid_of(0, 9, step)
         writer.add(action_for(uid), reward_for(uid), frame(uid), False, False, 0)
+    if appendfsync == "everysec":  # its documented hole waited out (process_tools.aof_written); "always" has none
+        admin = connect(server.admin_url, 2.0)
+        assert aof_written(admin, 10.0), "Redis kept acknowledged flushes out of its AOF for 10 s (it forces them at 2 s)"
+        admin.close()
     server.kill()
     server.start()  # same data dir, same port: the reader's and writer's clients reconnect
     fresh = SequenceReplay(server.url, cfg, TASK, ACTION_DIM, sequence_length=3)
