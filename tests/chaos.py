@@ -122,7 +122,7 @@ class Chaos:
     def _aof_written(self) -> None:
         """Let a running redis-server write what it acknowledged (process_tools.aof_written; 5 s at most, ~0 s
         unless an fsync stalls); one not answering yet has acknowledged nothing since it started."""
-        client = self.run.redis()
+        client = self.run.redis(retry=False)
         if client is not None:
             aof_written(client)
             client.close()

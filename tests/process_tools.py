@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from replay_service.schema import STATE
 
@@ -165,7 +167,9 @@ class Run:
                 return pid
         return None
 
-    def redis(self) -> redis.Redis | None:
+    def redis(self, retry: bool = True) -> redis.Redis | None:
+        """A client of the run's redis-server, or None while it has none; `retry=False`: a server that does not
+        answer fails at once (redis-py's default retries take ~4 s)."""
         pid = self.child("redis-server")
         if pid is None:
             return None
@@ -173,7 +177,8 @@ class Run:
         cmd = cmdline(pid)
         found = re.search(r":(\d+)", cmd[0]) if "--port" not in cmd else None
         port = int(found.group(1)) if found else int(cmd[cmd.index("--port") + 1]) if "--port" in cmd else None
-        return redis.Redis(port=port, socket_timeout=5) if port else None
+        return redis.Redis(port=port, socket_timeout=5, **({} if retry else {"retry": Retry(NoBackoff(), 0)})) \
+            if port else None
 
     def replay_state(self) -> dict[str, int]:
         client = self.redis()
