@@ -21,6 +21,8 @@ ACTORS ?=
 RUN    ?=
 CKPT   ?=
 EPISODES ?= 10
+# make eval: the evaluation's base seed (empty: the evaluation's default).
+SEED   ?=
 FORMAT ?= torchscript
 # A Ray cluster to run on: the YAML `make cluster-up` started (remembered in .cluster), or RAY_ADDRESS=http://host:8265.
 # With either, `make train` submits the driver as a Ray job; `CLUSTER=` trains on this machine again.
@@ -44,8 +46,10 @@ TORCH_ARGS = $(eval TORCH_ARGS := $(shell HAS_GPU=$(HAS_GPU) $(TORCH_WHEEL) 2>&1
 
 setup: $(STAMP)
 
+# ldconfig lives in /sbin, off a non-root Debian user's PATH: without it every GL library would read as missing.
 sysdeps:
-	@missing=""; \
+	@missing=""; PATH="$$PATH:/sbin:/usr/sbin"; \
+	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v rsync >/dev/null || missing="$$missing rsync"; \
 	ldconfig -p | grep -q libOSMesa || missing="$$missing libosmesa6"; \
@@ -58,7 +62,9 @@ sysdeps:
 	fi
 
 $(STAMP): pyproject.toml | sysdeps
-	test -d $(VENV) || python3 -m venv $(VENV)
+	@python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "make setup: slac-dist needs Python 3.10" \
+	  "or newer; python3 is $$(python3 --version 2>&1). Put a newer python3 first on PATH (pyenv, deadsnakes)." >&2; exit 2; }
+	test -x $(PIP) || python3 -m venv --clear $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_ARGS)
 	$(PIP) install -q -e ".[dev]"
@@ -95,9 +101,12 @@ tasks: setup
 # types, and the one that starts an on-premise YAML's workers (`ray up`'s default since Ray 2.50, v2, starts only the
 # head of deploy/cluster-local.yaml: Ray issues 46204, 59905; tests/test_cluster_up.py).
 cluster-up: setup
-	@if grep -q 'ami-EDIT' $(or $(CLUSTER),deploy/cluster.yaml); then \
-	  echo "make cluster-up: $(or $(CLUSTER),deploy/cluster.yaml) still has placeholder AMI ids (ami-EDIT-...): put in" \
-	       "the current ids for your region, printed by the commands in the file's header." >&2; exit 2; fi
+	@yaml="$(or $(CLUSTER),deploy/cluster.yaml)"; placeholder=$$(grep -oE -m1 \
+	  'ami-EDIT[^ ]*|project_id: my-gcp-project|192\.0\.2\.[0-9]+' "$$yaml" || true); \
+	if [ -n "$$placeholder" ]; then \
+	  echo "make cluster-up: $$yaml still has a placeholder ($$placeholder): edit the lines marked EDIT (AMI ids:" \
+	       "the commands in cluster.yaml's header print your region's; a GCP project id; your machines' addresses)." >&2; \
+	  exit 2; fi
 	$(VENV)/bin/ray get-auth-token --generate >/dev/null
 	RAY_UP_enable_autoscaler_v2=0 $(VENV)/bin/ray up -y $(or $(CLUSTER),deploy/cluster.yaml)
 	echo "$(or $(CLUSTER),deploy/cluster.yaml)" > $(CLUSTER_FILE)
@@ -131,7 +140,8 @@ reproduce: setup
 # A trained run: play EPISODES episodes per policy (stochastic, deterministic) -> <run>/eval/<ckpt>.json + GIFs.
 eval: setup
 	@test -n "$(RUN)" || { echo "make eval: RUN=<run directory> is required (ls runs/)" >&2; exit 2; }
-	$(PY) -m deploy.evaluation "$(RUN)" --episodes $(EPISODES) $(if $(CKPT),--ckpt "$(CKPT)",)
+	$(PY) -m deploy.evaluation "$(RUN)" --episodes $(EPISODES) $(if $(CKPT),--ckpt "$(CKPT)",) \
+	  $(if $(SEED),--seed $(SEED),)
 
 # The policy as one TorchScript (.pt) or ONNX file -> <run>/export/; examples/play_exported.py runs it.
 export: setup

@@ -306,6 +306,11 @@ def resume_dir(argv: Sequence[str]) -> str | None:
     return flag_value(argv, "run.resume")
 
 
+CLI_PROG = "python -m deploy.train"
+"""How tyro names the command in its usage and "for full helptext, run ... --help" lines (else: deploy/train.py's
+path, which is not executable)."""
+
+
 def parse_cli(args: Sequence[str] | None = None) -> Config:
     """Parse `<preset> [--group.field value ...]`; tyro type-checks and names unknown keys."""
-    return tyro.extras.overridable_config_cli(PRESETS, args=args)
+    return tyro.extras.overridable_config_cli(PRESETS, prog=CLI_PROG, args=args)

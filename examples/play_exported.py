@@ -15,6 +15,7 @@ import argparse
 import importlib
 import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -24,20 +25,38 @@ if "MUJOCO_GL" not in os.environ:  # before dm_control or gymnasium load MuJoCo'
     os.environ["MUJOCO_GL"] = os.environ["PYOPENGL_PLATFORM"] = "egl"
 
 
+class PolicyFileError(Exception):
+    """The path is not a policy file `make export` wrote; the message says what to pass instead."""
+
+
+WHAT_TO_PASS = ("`make export RUN=runs/<run>` writes the policy to runs/<run>/export/<checkpoint>.pt (FORMAT=onnx: "
+                ".onnx); a training checkpoint (runs/<run>/checkpoints/) is not one")
+
+
 def load(path: str) -> tuple[Callable[..., np.ndarray], dict[str, Any]]:
-    """(act, metadata): act maps uint8 [1, tau, 3, H, W] and float32 [1, tau-1, A] to float32 [1, A]."""
-    if path.endswith(".onnx"):
-        import onnx
-        import onnxruntime
+    """(act, metadata): act maps uint8 [1, tau, 3, H, W] and float32 [1, tau-1, A] to float32 [1, A].
+    Raises PolicyFileError for a path that is missing or not an exported policy."""
+    if not os.path.isfile(path):
+        raise PolicyFileError(f"{path}: no such file. {WHAT_TO_PASS}.")
+    try:
+        if path.endswith(".onnx"):
+            import onnx
+            import onnxruntime
 
-        meta = json.loads({p.key: p.value for p in onnx.load(path).metadata_props}["slac_policy"])
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        return (lambda obs, act: session.run(None, {"obs_history": obs, "action_history": act})[0]), meta
-    import torch
+            meta = json.loads({p.key: p.value for p in onnx.load(path).metadata_props}["slac_policy"])
+            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            return (lambda obs, act: session.run(None, {"obs_history": obs, "action_history": act})[0]), meta
+        import torch
 
-    extra = {"slac_policy.json": ""}
-    module = torch.jit.load(path, _extra_files=extra)
-    meta = json.loads(extra["slac_policy.json"])
+        extra = {"slac_policy.json": ""}
+        module = torch.jit.load(path, _extra_files=extra)
+        meta = json.loads(extra["slac_policy.json"])
+    except ImportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch, onnx and json each raise their own kind for a foreign file
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
+        raise PolicyFileError(f"{path} is not a policy file written by `make export` ({reason}). {WHAT_TO_PASS}.") \
+            from exc
     return (lambda obs, act: module(torch.from_numpy(obs), torch.from_numpy(act)).numpy()), meta
 
 
@@ -157,4 +176,8 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=None, help="agent steps per episode at most")
     args = parser.parse_args()
-    play(args.path, args.episodes, args.seed, args.max_steps)
+    try:
+        play(args.path, args.episodes, args.seed, args.max_steps)
+    except PolicyFileError as exc:
+        print(f"play_exported: {exc}", file=sys.stderr)
+        sys.exit(2)

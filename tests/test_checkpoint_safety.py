@@ -231,3 +231,16 @@ def test_a_password_on_the_command_line_stays_out_of_the_wandb_files(tmp_path: P
     assert any(p.suffix == ".wandb" for p in written), written
     leaked = [p for p in written if password.encode() in p.read_bytes()]
     assert not leaked, f"the replay password is in {leaked}"
+
+
+def test_play_exported_given_a_training_checkpoint_or_no_file_says_what_to_pass(run: Run, tmp_path: Path) -> None:
+    """examples/play_exported.py takes `make export`'s file; a training checkpoint (same name, other folder), a
+    crafted one or a missing path is one line naming `make export`, exit 2, and the crafted pickle never runs."""
+    _shared, crafted, created = _plant(run, tmp_path)
+    for path in (run.checkpoint, crafted, tmp_path / "export" / run.checkpoint.name):
+        proc = subprocess.run([sys.executable, str(REPO / "examples" / "play_exported.py"), str(path)], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(f"play_exported: {path}") and "make export RUN=runs/<run>" in line, line
+    assert not created.exists()

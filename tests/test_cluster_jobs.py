@@ -16,3 +16,12 @@ def test_a_cluster_job_runs_the_entry_point_with_a_run_dir_outside_rays_working_
     assert "slac-runs" not in entrypoint("", "", "", ["--run.resume", "/data/run 1"], "~/slac-runs/x")
     assert "'/data/run 1'" in entrypoint("", "", "", ["--run.resume", "/data/run 1"], "~/slac-runs/x")
     assert entrypoint("debug", "", "", ["--run.dir=/tmp/r"], "~/x").endswith("--run.dir=/tmp/r")
+
+
+def test_a_cluster_jobs_run_directory_is_named_after_the_task_it_trains() -> None:
+    """As on one box (`runs/<task>-<time>`): TASK, else --run.task in ARGS, else the preset's task, never the preset."""
+    from deploy.cluster.jobs import run_task
+
+    assert run_task("paper", "hopper", []) == "hopper"
+    assert run_task("paper", "", ["--run.seed", "1", "--run.task=walker_walk"]) == "walker_walk"
+    assert run_task("paper", "", []) == "cheetah_run" and run_task("cpu", "", []) == "cartpole_swingup"

@@ -131,3 +131,16 @@ def test_a_has_gpu_other_than_0_or_1_is_an_error_naming_both(tmp_path: Path) -> 
     proc = _torch_wheel(tmp_path, None, HAS_GPU="no")
     assert proc.returncode == 2 and proc.stdout == ""
     assert "HAS_GPU=no" in proc.stderr and "0 (the CPU build" in proc.stderr and "1 (the CUDA build)" in proc.stderr
+
+
+def test_sysdeps_on_a_set_up_machine_installs_nothing_even_with_sbin_off_path(tmp_path: Path) -> None:
+    """A non-root Debian user's PATH has no /sbin, where ldconfig lives: every GL library then read as missing and
+    each `make` ran `sudo apt-get install`. Stub apt-get and sudo record a call; on this set-up machine none may come."""
+    calls = tmp_path / "calls"
+    for name in ("apt-get", "sudo"):
+        (tmp_path / name).write_text(f"#!/bin/sh\necho {name} \"$@\" >> {calls}\nexit 1\n")
+        (tmp_path / name).chmod(0o755)
+    path = ":".join([str(tmp_path), *(d for d in os.environ["PATH"].split(":") if not d.rstrip("/").endswith("sbin"))])
+    proc = subprocess.run(["make", "sysdeps"], cwd=REPO, env=dict(os.environ, PATH=path), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and not calls.exists(), (proc.stdout, proc.stderr, calls.exists() and calls.read_text())

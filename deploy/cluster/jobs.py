@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.config import flag_value, redact, resume_dir
+from common.config import PRESETS, flag_value, redact, resume_dir
 from common.tasks import SHIPPED_MODULES, TaskError, parse_task, slug
 from replay_service.server import free_port
 
@@ -133,6 +133,12 @@ def entrypoint(preset: str, task: str, actors: str, extra: Sequence[str], run_di
     return command
 
 
+def run_task(preset: str, task: str, extra: Sequence[str]) -> str:
+    """The task the job will train, for its run directory's name as on one box (`<task>-<time>`): TASK, else
+    `--run.task` in ARGS, else the preset's own task."""
+    return task or flag_value(extra, "run.task") or (PRESETS[preset][1].run.task if preset in PRESETS else "run")
+
+
 def task_modules(task: str, scratch: Path) -> list[str]:
     """What a `<module>:<callable>` task must ship with the job, as Ray's `py_modules`, so that the driver, the actors
     and the evaluator import it on every node: its top-level package's folder, or for a single-file module a folder
@@ -174,7 +180,7 @@ def submit(preset: str, task: str, actors: str, extra: Sequence[str]) -> dict[st
     if run_id:
         env["WANDB_RUN_ID"] = run_id
     # `~` is the head's home: the job's shell expands it. Runs outlive Ray's per-session working_dir there.
-    run_dir = f"~/slac-runs/{slug(task or preset or 'run')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = f"~/slac-runs/{slug(run_task(preset, task, extra))}-{time.strftime('%Y%m%d-%H%M%S')}"
     command = entrypoint(preset, task, actors, extra, run_dir)
     # The job gets the real command; `.slac-job` and the terminal keep it with any --replay.url password as ***.
     shown = entrypoint(preset, task, actors, [redact(a) for a in extra], run_dir)

@@ -17,7 +17,7 @@ from typing import Any
 
 import tyro
 
-from common.config import PRESETS, Config, ConfigError, parse_cli, resume_dir
+from common.config import CLI_PROG, PRESETS, Config, ConfigError, parse_cli, resume_dir
 from common.config_groups import is_redacted
 from common.envs import make_env
 from common.rendering import RenderingUnavailableError, select_gl_backend
@@ -99,7 +99,7 @@ def parse_args(argv: Sequence[str]) -> Config:
     except ConfigError as exc:
         raise ConfigError(f"--run.resume {resume}: {exc}") from None
     rest = list(argv[1:] if argv and argv[0] in PRESETS else argv)  # the saved config replaces the preset
-    cfg = tyro.cli(Config, default=saved, args=rest)
+    cfg = tyro.cli(Config, default=saved, args=rest, prog=f"{CLI_PROG} --run.resume {resume}")
     if is_redacted(cfg.replay.url):
         raise ConfigError(
             f"--run.resume {resume}: the run's replay is the Redis at {cfg.replay.url}, and its config.json keeps "
@@ -124,7 +124,8 @@ def parse_quietly(argv: list[str]) -> Config:
         if exc.code not in (0, None):
             seen: list[str] = []
             for line in text.splitlines():
-                line = line.strip(" │╭╮╰╯─")  # tyro draws a box around its message
+                # tyro draws a box around its message and names a preset's config by an internal name
+                line = line.strip(" │╭╮╰╯─").replace("__tyro-dummy-inner__.", "")
                 if line and not line.startswith("in ") and line not in seen:
                     seen.append(line)
             more = len(seen) > MAX_ERROR_LINES

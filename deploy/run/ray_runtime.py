@@ -214,8 +214,10 @@ def placement(cfg: Config, cluster: bool, poll_s: float = 2.0) -> Placement:
                     f"`ray start --resources '{{\"{resource}\": 1}}'`, or pass --learner.node-resource '' to put the "
                     "learner anywhere.")
             if not said:
-                log.warning("waiting for a node with the `%s` resource to join the cluster (a cloud GPU node takes "
-                            "a few minutes to boot and set up)", resource)
+                log.warning("waiting up to %.0f s for a node with the `%s` resource to join the cluster (a cloud GPU "
+                            "node takes a few minutes to boot and set up). A cluster of your own without an autoscaler "
+                            "never adds one: stop and pass --learner.node-resource '' --actors.node-resource '' to "
+                            "place the learner and actors on any node", cfg.learner.node_wait_s, resource)
                 said = True
             time.sleep(poll_s)
         use_gpu = wants_gpu and nodes[0]["Resources"].get("GPU", 0) >= 1
