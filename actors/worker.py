@@ -5,7 +5,10 @@ the stochastic policy (appendix C), uniform random actions until the learner pub
 weights (the initial collection), newer weights pulled every `actors.weight_sync_every` steps. The
 policy acts through a `FeatureRing`, which encodes each frame once (and the stored frames again after
 a weight refresh) instead of all tau frames at every step. An
-environment that raises (MuJoCo instability) is rebuilt and counted; it never kills the process.
+environment that raises (MuJoCo instability) is rebuilt and counted; it never kills the process. One that
+breaks gymnasium's contract (a TaskError: an old 4-value step, a vector reward) or fails ENV_ERRORS_IN_A_ROW
+times in a row, rebuilt each time, ends the actor's run instead: rebuilding it cannot help, and the run
+(actors.max_restarts) stops with a paragraph rather than retrying for ever.
 deploy/ wraps this class in `ray.remote(max_restarts=..., max_concurrency=2)` so `poll` and `stop`
 answer while `run` loops; a restarted process gets `run(life + 1)` and therefore fresh seeds.
 """
@@ -32,9 +35,13 @@ from common.policy import Policy
 from common.priority import set_niceness
 from common.rendering import rendered_with
 from common.run_files import RunFiles
+from common.tasks import TaskError
 from replay_service import RateLimitTimeout, ReplayWriter
 
 log = logging.getLogger(__name__)
+
+ENV_ERRORS_IN_A_ROW = 20
+"""Failures of one env with no successful step between them (each on a rebuilt env) that end the actor's run."""
 
 EnvFactory = Callable[[int], PixelEnv]
 """Builds an environment from a seed; the default is `make_env(cfg.task_spec, seed)`."""
@@ -120,6 +127,7 @@ class ActorWorker:
         self._ring = FeatureRing(k_envs, self.cfg.model.sequence_length, action_dim, self.cfg.model.feature_dim)
         self._returns = [0.0] * k_envs
         self._lengths = [0] * k_envs
+        self._failing = [0] * k_envs  # each env's failures since its last successful step
         self._env_steps = [0] * k_envs
         for k in range(k_envs):
             self._begin_episode(k, self._envs[k].reset())
@@ -171,9 +179,12 @@ class ActorWorker:
         start = time.perf_counter()
         try:
             obs, reward, terminated, truncated, info = self._envs[k].step(action)
+        except TaskError:
+            raise  # the env breaks gymnasium's contract: a rebuilt one would too
         except Exception as exc:  # noqa: BLE001 - any env failure (e.g. MuJoCo instability) must not kill the actor
             self._recover_env(k, exc)
             return
+        self._failing[k] = 0
         self._add_time("env_s", start)
         version = self._policy.version if self._policy else 0
         self._write(k, lambda w: w.add(action, reward, obs, terminated, truncated, version))
@@ -227,6 +238,11 @@ class ActorWorker:
         with self._lock:
             self._counters["env_errors"] += 1
             errors = int(self._counters["env_errors"])
+        self._failing[k] += 1
+        if self._failing[k] >= ENV_ERRORS_IN_A_ROW:
+            raise RuntimeError(f"actor {self.index} env {k} raised on {self._failing[k]} steps in a row, rebuilt each "
+                               f"time (last: {type(exc).__name__}: {exc}); the env cannot step. Fix the env (run it "
+                               "alone with random actions) and resume the run.") from exc
         log.warning("actor %d env %d raised %s: %s; rebuilding it (env error #%d)", self.index, k,
                     type(exc).__name__, exc, errors)
         try:

@@ -231,18 +231,23 @@ class GymnasiumEnv(_RepeatedActionEnv):
         else:
             self._env = _make_registered(spec, image_size)
         space = self._env.action_space
-        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1 \
+                or not np.issubdtype(space.dtype, np.floating):
             raise TaskError(f"task {spec.name}: its action space is {space}; SLAC needs continuous actions, a 1-D "
-                            "gymnasium.spaces.Box (for discrete actions use a discrete-action method, or wrap the env "
-                            "with continuous actions).")
-        if getattr(self._env, "render_mode", None) != "rgb_array":
-            raise TaskError(f"task {spec.name}: the env renders with render_mode={self._env.render_mode!r}; SLAC "
+                            "gymnasium.spaces.Box of floats (for discrete or integer actions use a discrete-action "
+                            "method, or wrap the env with continuous actions).")
+        render_mode = getattr(self._env, "render_mode", None)
+        if render_mode != "rgb_array":
+            raise TaskError(f"task {spec.name}: the env renders with render_mode={render_mode!r}; SLAC "
                             "learns from its frames and needs render_mode='rgb_array' (build the env with "
                             "render_mode='rgb_array' in your factory).")
         self._mujoco = hasattr(self._env.unwrapped, "mujoco_renderer")
         if self._mujoco:
             process_renderer()
             _check_camera(spec, self._env.unwrapped.model)
+            if spec.suite == "custom":  # a factory's MuJoCo env draws at 64 x 64 too, not at its 480 x 480 default
+                renderer = self._env.unwrapped.mujoco_renderer
+                renderer.width = renderer.height = image_size
         self._seed: int | None = seed
         space.seed(seed)
         self._set_bounds(space.low, space.high)
@@ -258,8 +263,11 @@ class GymnasiumEnv(_RepeatedActionEnv):
     @property
     def own_time_limit(self) -> int | None:
         """The env's own time limit (a gymnasium TimeLimit wrapper, or its spec's max_episode_steps), if any."""
-        limit = getattr(self._env, "_max_episode_steps", None) or getattr(getattr(self._env, "spec", None),
-                                                                          "max_episode_steps", None)
+        try:  # a TimeLimit under other wrappers too (gymnasium passes no attribute up through them)
+            limit = self._env.get_wrapper_attr("_max_episode_steps")
+        except AttributeError:
+            limit = getattr(self._env, "_max_episode_steps", None)
+        limit = limit or getattr(getattr(self._env, "spec", None), "max_episode_steps", None)
         return int(limit) if limit else None
 
     def _raw_reset(self, seed: int | None) -> None:
@@ -272,8 +280,14 @@ class GymnasiumEnv(_RepeatedActionEnv):
             self._visuals_set = True
 
     def _raw_step(self, action: np.ndarray) -> tuple[float, bool, bool]:
-        _, reward, terminated, truncated, _ = self._env.step(action.astype(self._env.action_space.dtype))
-        return float(reward), bool(terminated), bool(truncated)
+        out = self._env.step(action.astype(self._env.action_space.dtype))
+        if not isinstance(out, tuple) or len(out) != 5:
+            got = f"{len(out)} values" if isinstance(out, tuple) else type(out).__name__
+            raise TaskError(f"task {self.spec.name}: step() returned {got}; gymnasium's API returns 5, (obs, reward, "
+                            "terminated, truncated, info). An old gym env returns (obs, reward, done, info): split "
+                            "done into terminated and truncated (shimmy's GymV21CompatibilityV0 does it).")
+        _, reward, terminated, truncated, _ = out
+        return _scalar_reward(reward, self.spec.name), bool(terminated), bool(truncated)
 
     def render(self) -> np.ndarray:
         # gymnasium's offscreen viewer draws into whichever GL context is current: with several envs in
@@ -298,6 +312,18 @@ class GymnasiumEnv(_RepeatedActionEnv):
             viewer.make_context_current()
             viewer.con.free()
         self._env.close()
+
+
+def _scalar_reward(reward: Any, task: str) -> float:
+    """step()'s reward as a float: a number, or an array of one element (a (1,)-shaped reward is common)."""
+    try:
+        value = None if reward is None else np.asarray(reward, dtype=np.float64)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value.size != 1:
+        raise TaskError(f"task {task}: step() returned the reward {reward!r}; SLAC needs one number per step "
+                        "(sum or pick the components of a vector reward in your env).")
+    return float(value.reshape(()))
 
 
 def checked_frame(frame: Any, task: str, size: int) -> np.ndarray:

@@ -60,6 +60,48 @@ def unbounded() -> gym.Env:
     return _Drawn(gym.spaces.Box(-np.inf, np.inf, (2,), np.float32))
 
 
+def integer_actions() -> gym.Env:
+    """Refused: a Box of ints would truncate the policy's actions (0.99 of the range acts as one step less)."""
+    return _Drawn(gym.spaces.Box(0, 4, (2,), np.int64))
+
+
+class _Rewarded(_Drawn):
+    """Steps with `reward` as the reward, and as an old gym env (4 values) when `old_api`."""
+
+    def __init__(self, reward: object, old_api: bool = False) -> None:
+        super().__init__(gym.spaces.Box(-1.0, 1.0, (2,), np.float32))
+        self.reward, self.old_api = reward, old_api
+
+    def step(self, action: np.ndarray) -> tuple:
+        self.t += 1
+        return (np.zeros(1), self.reward, False, {}) if self.old_api else (np.zeros(1), self.reward, False, False, {})
+
+
+def old_gym_step() -> gym.Env:
+    """Refused at the run's start: step() returns (obs, reward, done, info), as gym before 0.26 did."""
+    return _Rewarded(1.0, old_api=True)
+
+
+def one_element_reward() -> gym.Env:
+    """Accepted: a reward of shape (1,) (a keepdims norm) is one number."""
+    return _Rewarded(np.array([1.5], np.float32))
+
+
+def vector_reward() -> gym.Env:
+    """Refused at the run's start: two rewards per step."""
+    return _Rewarded(np.array([1.0, 2.0]))
+
+
+def nested_time_limit() -> gym.Env:
+    """Its own time limit, 37 steps, under another wrapper (gymnasium passes no attribute up through wrappers)."""
+    return gym.wrappers.RecordEpisodeStatistics(gym.wrappers.TimeLimit(box(), 37))
+
+
+def hopper() -> gym.Env:
+    """A MuJoCo env built as users bring a modified one: its renderer's default size is 480 x 480."""
+    return gym.make("Hopper-v5", render_mode="rgb_array")
+
+
 def raises() -> gym.Env:
     raise RuntimeError("the simulator's licence file is missing")
 

@@ -145,3 +145,33 @@ def test_actor_worker_acts_as_the_full_history_policy(url: str) -> None:
             if pending[k] is not None and pending[k][0] == "reset":
                 history.reset(pending[k][1])
                 pending[k] = None
+
+
+class _FailsFrom(_RandomFrames):
+    """Steps well for GOOD steps in all (over every env built), then every step raises."""
+
+    GOOD = 60
+    stepped = 0
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if _FailsFrom.stepped >= self.GOOD:
+            raise RuntimeError("the simulator diverged")
+        _FailsFrom.stepped += 1
+        return super().step(action)
+
+
+def test_an_env_that_fails_every_step_after_its_rebuilds_ends_the_actors_run(url: str) -> None:
+    """One failure is rebuilt and counted; ENV_ERRORS_IN_A_ROW of them with no good step between end the run with
+    the cause named (the fleet then restarts the actor up to actors.max_restarts and stops the run), instead of
+    a warning per step for ever."""
+    from actors.worker import ENV_ERRORS_IN_A_ROW
+
+    cfg = debug()
+    cfg = replace(cfg, replay=replace(cfg.replay, min_size=1, spi_tolerance=10_000.0),
+                  actors=replace(cfg.actors, envs_per_actor=1))
+    _FailsFrom.stepped = 0
+    worker = ActorWorker(cfg, 0, url, _NoWeights(), env_factory=_FailsFrom)
+    with pytest.raises(RuntimeError, match=rf"raised on {ENV_ERRORS_IN_A_ROW} steps in a row.*the simulator diverged"):
+        worker.run(max_steps=1_000)
+    assert worker.poll()["counters"]["env_errors"] == ENV_ERRORS_IN_A_ROW
+    assert worker.poll()["counters"]["steps"] == _FailsFrom.GOOD  # its good steps went through first

@@ -172,6 +172,7 @@ def test_a_frame_of_the_wrong_kind_is_a_task_error(frame: np.ndarray | None) -> 
     ("task_factories:discrete", "SLAC needs continuous actions"),
     ("task_factories:no_rgb_array", "render_mode='rgb_array'"),
     ("task_factories:unbounded", "bounds must be finite"),
+    ("task_factories:integer_actions", "SLAC needs continuous actions, a 1-D gymnasium.spaces.Box of floats"),
     ("task_factories:raises", "licence file is missing"),
     ("task_factories:not_callable", "not a callable"),
     ("task_factories:nothing_here", "has no 'nothing_here'"),
@@ -223,3 +224,37 @@ def test_a_cluster_job_ships_the_module_of_a_task_of_ones_own(tmp_path: Path) ->
         sys.path.remove(str(package.parent))
     with pytest.raises(TaskError, match="PYTHONPATH"):
         task_modules("not_importable_here:make", tmp_path)
+
+
+@pytest.mark.parametrize(("task", "said"), [
+    ("task_factories:old_gym_step", "step\\(\\) returned 4 values; gymnasium's API returns 5"),
+    ("task_factories:vector_reward", "SLAC needs one number per step"),
+])
+def test_an_env_that_breaks_gymnasiums_step_is_a_task_error_naming_it(task: str, said: str) -> None:
+    env = make_env(task, seed=0)
+    env.reset()
+    with pytest.raises(TaskError, match=said):
+        env.step(np.zeros(2))
+    env.close()
+
+
+def test_a_one_element_reward_is_a_number_and_a_nested_time_limit_is_found() -> None:
+    env = make_env("task_factories:one_element_reward", seed=0)
+    env.reset()
+    _, reward, *_ = env.step(np.zeros(2))
+    assert type(reward) is float and reward == 1.5 * env.spec.action_repeat
+    env.close()
+    env = make_env("task_factories:nested_time_limit", seed=0)
+    assert env.own_time_limit == 37
+    env.close()
+
+
+def test_a_factorys_mujoco_env_is_drawn_at_the_models_size_not_its_own() -> None:
+    """gym.make("Hopper-v5", render_mode="rgb_array") in a factory draws 480 x 480 by default; slac-dist draws it at
+    64 x 64 directly, as the registered hopper (13x cheaper than drawing large and shrinking, on this VM)."""
+    env = make_env("task_factories:hopper", seed=0)
+    assert env.draws_with_mujoco
+    frame = env.reset()
+    raw = env._env.render()
+    assert frame.shape == (3, 64, 64) and raw.shape == (64, 64, 3) and frame.std() > 5.0
+    env.close()

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tyro
 
 from common.config import CLI_PROG, PRESETS, Config, ConfigError, parse_cli, resume_dir
@@ -72,6 +73,7 @@ def resolve_task_of_run(cfg: Config, env_factory: Callable[[int], Any] | None = 
         try:
             frame = probe.reset()
             action_dim = probe.action_dim
+            probe.step(np.zeros(action_dim, np.float32))  # an env that fails only in step() (an old gym API) fails here
             if spec.suite == "custom" and cfg.task.episode_length == "auto" and getattr(probe, "own_time_limit", None):
                 spec = dataclasses.replace(spec, episode_length=probe.own_time_limit)  # the env's own, not DEFAULTS'
         finally:
@@ -79,7 +81,7 @@ def resolve_task_of_run(cfg: Config, env_factory: Callable[[int], Any] | None = 
     except (TaskError, RenderingUnavailableError):
         raise
     except Exception as exc:  # an env failing in reset or render (a missing render dependency): named as a task problem
-        raise TaskError(f"task {spec.name}: building, resetting or rendering its env raised {type(exc).__name__}: "
+        raise TaskError(f"task {spec.name}: building, resetting, stepping or rendering its env raised {type(exc).__name__}: "
                         f"{exc}") from exc
     log.info("%s; frames %s, %d actions", spec.describe(), "x".join(map(str, frame.shape)), action_dim)
     return cfg.with_task(spec), action_dim
