@@ -102,7 +102,7 @@ tasks: setup
 # head of deploy/cluster-local.yaml: Ray issues 46204, 59905; tests/test_cluster_up.py).
 cluster-up: setup
 	@yaml="$(or $(CLUSTER),deploy/cluster.yaml)"; placeholder=$$(grep -oE -m1 \
-	  'ami-EDIT[^ ]*|project_id: my-gcp-project|192\.0\.2\.[0-9]+' "$$yaml" || true); \
+	  'ami-EDIT[^ ]*|project_id: my-gcp-project|EDIT-[a-z0-9-]+' "$$yaml" || true); \
 	if [ -n "$$placeholder" ]; then \
 	  echo "make cluster-up: $$yaml still has a placeholder ($$placeholder): edit the lines marked EDIT (AMI ids:" \
 	       "the commands in cluster.yaml's header print your region's; a GCP project id; your machines' addresses)." >&2; \

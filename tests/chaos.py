@@ -153,16 +153,26 @@ class Chaos:
     def during_redis_restart(self, timeout_s: float = 20.0) -> None:
         """Kill redis-server; kill the new one the watchdog starts the moment it execs (before it has loaded its
         AOF: a failed start, which the watchdog retries a second later); kill the learner in that second.
-        `check` finds both kills inside one outage of the watchdog's record, with a killed start."""
-        old = self.kill("redis", "before the restart")
+        `check` finds both kills inside one outage of the watchdog's record, with a killed start. The learner is
+        found first (Ray may still be restarting it after an earlier event): looked for only after the Redis kills,
+        a learner in its restart was killed seconds later, after the outage (a CI run)."""
         deadline = time.monotonic() + timeout_s
+        learners = self.pids("learner")
+        while not learners and time.monotonic() < deadline and self.run.proc.poll() is None:
+            time.sleep(0.05)
+            learners = self.pids("learner")
+        old = self.kill("redis", "before the restart")
         while time.monotonic() < deadline and self.run.proc.poll() is None:
             # The driver's own children, read in a millisecond: a full /proc scan could miss the AOF load.
             new = [pid for pid in children(self.run.proc.pid) if pid != old and alive(pid)
                    and cmdline(pid)[:1] and "redis-server" in cmdline(pid)[0]]
             if new:
                 self._kill("redis", new[0], "during its restart, before it was ready")
-                self.kill("learner", "while Redis restarts")
+                if learners:
+                    self._kill("learner", self.rng.choice(learners), "while Redis restarts")
+                else:
+                    self.kills.append({"event": self.event, "component": "learner", "pid": None,
+                                       "note": "while Redis restarts: not running"})
                 return
             time.sleep(0.001)
         self.kills.append({"event": self.event, "component": "redis", "pid": None, "note": "no restart seen"})
@@ -339,8 +349,9 @@ def check_redis_restarts_hit(where: str, chaos: Chaos, outages: list[dict[str, A
     and its learner kill fall inside one outage (after the watchdog saw the server dead, before a new one
     answered), and that outage had a start killed (the new server died by a signal before it was ready)."""
     for index in sorted({k["event"] for k in chaos.kills if k["note"].startswith("during its restart")}):
-        second, learner = (next(k["at"] for k in chaos.kills if k["event"] == index and k["component"] == c
+        second, learner = (next(k.get("at") for k in chaos.kills if k["event"] == index and k["component"] == c
                                 and k["note"] != "before the restart") for c in ("redis", "learner"))
+        learner = second if learner is None else learner  # no learner to kill: the Redis kill alone is checked
         hit = [o for o in outages if o["down_at"] <= min(second, learner) and o["up_at"] is not None
                and max(second, learner) <= o["up_at"] and o["killed_starts"] >= 1]
         assert hit, f"{where}: event {index}'s kills (redis at {second}, learner at {learner}) are not inside " \

@@ -278,6 +278,9 @@ def _two_node_cluster(temp_dir: str) -> Any:
 
     from replay_service.server import free_port
 
+    # cluster_utils writes the head's address to Ray's default directory whatever temp_dir says
+    # (/tmp/ray/ray_current_cluster), and fails on a machine where nothing has made that directory yet (a CI run did).
+    Path(ray._private.utils.get_ray_address_file(None)).parent.mkdir(parents=True, exist_ok=True)
     cluster = Cluster()
     try:
         cluster.add_node(num_cpus=2, temp_dir=temp_dir, dashboard_port=free_port(),
