@@ -173,7 +173,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", help="a .pt (TorchScript) or .onnx file written by make export")
     parser.add_argument("--episodes", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="episode i is seeded seed + i (make eval derives its seeds otherwise: see README)")
     parser.add_argument("--max-steps", type=int, default=None, help="agent steps per episode at most")
     args = parser.parse_args()
     try:

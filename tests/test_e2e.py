@@ -46,12 +46,13 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
     run_dir = tmp_path / "cheetah"
     common = ["debug", "--run.task", "cheetah", "--run.dir", str(run_dir), "--actors.num", "2",
               "--learner.checkpoint-every", "50", "--replay.samples-per-insert", "0.25"]
-    # Two cheetah episodes (1000 env steps each) per actor; a quarter update per insert keeps it quick.
-    summary = _train_cli([*common, "--run.env-steps", "4400"])
+    # Two cheetah episodes (1000 env steps each) per actor; a quarter update per insert keeps it quick. The length is
+    # a grid point (eval_every 1000): its evaluation is the final one, which the resume below must not repeat.
+    summary = _train_cli([*common, "--run.env-steps", "4000"])
     cfg = parse_cli(common[:1] + common[5:])
 
     # The run reached its length, through all three phases.
-    assert summary["env_steps"] >= 4400 and not summary["interrupted"]
+    assert summary["env_steps"] >= 4000 and not summary["interrupted"]
     assert summary["pretrain_updates"] == cfg.learner.model_pretrain_steps
     assert summary["updates"] > 0 and summary["policy_version"] >= 1
     # Replay holds the steps the actors wrote (cheetah repeats each action 4 times)...
@@ -84,7 +85,7 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
         assert all(np.isfinite(v) for v in logged), f"{key} has non-finite values"
     # Training rows advance along env steps (TensorBoard's step); eval rows carry the env step their evaluation started at.
     env_steps = [event.step for event in scalars(events, "counters/updates")]
-    assert env_steps == sorted(env_steps) and env_steps[-1] >= 4400
+    assert env_steps == sorted(env_steps) and env_steps[-1] >= 4000
     # Both step counts: agent steps are policy decisions, env steps = agent steps x cheetah's repeat of 4.
     last_env, last_agent = scalars(events, "counters/env_steps")[-1], scalars(events, "counters/agent_steps")[-1]
     assert last_env.value == 4 * last_agent.value == last_env.step and last_env.step == last_agent.step
@@ -93,7 +94,8 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
     evals = list(csv.DictReader((run_dir / "eval.csv").open()))
     assert evals[0]["scheduled_env_steps"] == "0" and evals[0]["policy_version"] == "0"
     scheduled = [int(r["scheduled_env_steps"]) for r in evals]
-    assert scheduled == sorted(scheduled) and all(s % cfg.run.eval_every == 0 or s == 4400 for s in scheduled)
+    # (a grid point passed while an evaluation was busy is skipped: deploy/run/evaluation_schedule.py)
+    assert scheduled == sorted(set(scheduled)) and scheduled[-1] == 4000 and all(s % 1000 == 0 for s in scheduled)
     # Each evaluation's return at the env step it started at, as in eval.csv; its video (a GIF) and the figure-7 grid.
     assert [(e.step, e.value) for e in scalars(events, "eval/return")] == [
         (int(r["env_steps"]), pytest.approx(float(r["return_mean"]), abs=1e-4)) for r in evals]
@@ -136,6 +138,10 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
     resumed_events = read_events(run_dir, file=1)
     steps = [e.step for tag in resumed_events.Tags()["scalars"] for e in resumed_events.Scalars(tag)]
     assert steps and min(steps) >= summary["env_steps"] - 200
+    # The first life's final evaluation (grid point 4000) is in its checkpoint's state: not evaluated again.
+    scheduled = [int(r["scheduled_env_steps"]) for r in csv.DictReader((run_dir / "eval.csv").open())]
+    assert scheduled == sorted(set(scheduled)) and scheduled[-1] == 5200, scheduled
+    assert all(s % 1000 == 0 for s in scheduled[:-1]) and scheduled.count(4000) == 1, scheduled
 
 
 def test_resume_with_incompatible_config_is_a_clear_error(tmp_path: Path) -> None:

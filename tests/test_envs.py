@@ -221,3 +221,12 @@ def test_egl_that_cannot_start_falls_back_to_osmesa_with_one_warning() -> None:
     assert report["backend"] == "osmesa" and report["renderer"] and report["mean"] > 0, report
     assert proc.stderr.count("EGL cannot start in this process") == 1, proc.stderr[-3000:]
     assert proc.stderr.count("rendering with osmesa") == 1
+
+
+def test_dm_controls_settotalmass_deprecation_is_not_said_per_env(caplog: pytest.LogCaptureFixture) -> None:
+    """MuJoCo 3 deprecates the `settotalmass` of dm_control's own cheetah model, and absl relayed it once per env
+    built: ten identical warnings for `make eval`'s ten episodes, in every training process too."""
+    with caplog.at_level("WARNING"):
+        for seed in (0, 1):
+            make_env("cheetah_run", seed).close()
+    assert "settotalmass" not in caplog.text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from typing import Any
 
@@ -169,7 +170,9 @@ class Driver:
         info, updates_per_s = self._poll_learner()
         counters = info["counters"]
         scalars: dict[str, float] = {f"learner/{k}" if "/" not in k else k: v for k, v in info["metrics"].items()}
-        scalars.update({f"replay/{k}": v for k, v in info["replay"].items()})
+        # The mirror's sampled-version figures are NaN while nothing was sampled since its last report (replay_service/
+        # mirror.py): a gap in the dashboards, not a NaN point. A NaN loss still goes through: it is news.
+        scalars.update({f"replay/{k}": v for k, v in info["replay"].items() if not (isinstance(v, float) and math.isnan(v))})
         scalars.update({
             **actor_scalars,
             "perf/updates_per_s": updates_per_s,
@@ -232,17 +235,27 @@ class Driver:
             self.evals.abandon()  # its grid point is redone by the resumed run
         self._stop_processes()
         self.checkpoints.wait()
+        learner_gone = False
         try:
             self.learner_info = ray.get(self.learner.poll.remote())
-            checkpoint: str | None = ray.get(self.learner.checkpoint.remote(self._extra()))
         except ray.exceptions.RayActorError:  # e.g. a SIGTERM to every process of the machine reached it first
-            newest = latest_checkpoint(self.run.files.checkpoints)
-            checkpoint = str(newest) if newest else None
-            log.error("the learner process is gone, so no final checkpoint; the newest is %s", checkpoint)
+            learner_gone = True
         if not interrupted and self.cfg.run.eval_episodes > 0:
             self.evals.step(self.learner_info["counters"], wait=True)  # the one in flight
             if self.state.env_steps >= self.cfg.run.env_steps:
                 self.evals.step(self.learner_info["counters"], wait=True, final=True)  # the curve's last point, at the run's length
+        # The final checkpoint after the final evaluations: its run state must count them, or a resume with a longer
+        # run.env_steps evaluated the last grid point again (a newcomer's review saw two rows for it in eval.csv).
+        checkpoint: str | None = None
+        if not learner_gone:
+            try:
+                checkpoint = ray.get(self.learner.checkpoint.remote(self._extra()))
+            except ray.exceptions.RayActorError:
+                learner_gone = True
+        if learner_gone:
+            newest = latest_checkpoint(self.run.files.checkpoints)
+            checkpoint = str(newest) if newest else None
+            log.error("the learner process is gone, so no final checkpoint; the newest is %s", checkpoint)
         counters = self.learner_info["counters"]
         self.ray_restarts.check()
         life_s, wall_s = self._wall_clock()

@@ -121,7 +121,7 @@ class EvalSchedule:
         self.redo = None
         self.ref = (ref, self.state.env_steps, scheduled, counters["updates"])
         self.state.last_eval_scheduled = scheduled
-        self.state.next_eval = scheduled + every
+        self.state.next_eval = (scheduled // every + 1) * every  # the grid's next point, after a final one off it too
         if wait:
             self.step(counters, wait=True)
 

@@ -243,13 +243,20 @@ class ActorFleet:
         _, pending = ray.wait(list(self.runs), num_returns=len(self.runs), timeout=10)
         for ref in pending:
             ray.kill(self.actors[self.runs[ref]], no_restart=True)
+        finished: list[float] = []  # episodes ended since the last poll: a poll hands them over once
         for i, actor in enumerate(self.actors):
             try:
-                self.last_seen[i] = ray.get(actor.poll.remote(), timeout=5)["counters"]
+                report = ray.get(actor.poll.remote(), timeout=5)
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                 continue
             except ray.exceptions.RayTaskError as exc:  # its last counters are lost; the replay's count below holds
                 log.error("actor %d's last poll failed (%s)", i, _cause(exc))
+                continue
+            self.last_seen[i] = report["counters"]
+            finished += [episode["return"] for episode in report["episodes"]]
+        self.state.episodes += len(finished)
+        if finished:
+            self.train_return = sum(finished) / len(finished)
         self._update_totals()
         # An actor killed mid-run took steps after its last poll; those it stored are in the replay's count.
         try:
