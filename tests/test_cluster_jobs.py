@@ -25,3 +25,26 @@ def test_a_cluster_jobs_run_directory_is_named_after_the_task_it_trains() -> Non
     assert run_task("paper", "hopper", []) == "hopper"
     assert run_task("paper", "", ["--run.seed", "1", "--run.task=walker_walk"]) == "walker_walk"
     assert run_task("paper", "", []) == "cheetah_run" and run_task("cpu", "", []) == "cartpole_swingup"
+
+
+def test_a_submission_asks_again_while_the_heads_job_agent_has_not_registered() -> None:
+    """Ray answers 500 "No available agent to submit job, please try again later" for a few seconds after a head
+    starts (a CI run's `make train` failed on it); other errors are not retried."""
+    from deploy.cluster.jobs import _submit
+
+    class Head:
+        def __init__(self, refusals: int, error: str) -> None:
+            self.refusals, self.error, self.calls = refusals, error, 0
+
+        def submit_job(self, entrypoint: str, runtime_env: dict) -> str:
+            self.calls += 1
+            if self.calls <= self.refusals:
+                raise RuntimeError(f"Request failed with status code 500: {self.error}.")
+            return "raysubmit_1"
+
+    waiting = Head(2, "No available agent to submit job, please try again later.")
+    assert _submit(waiting, "python -m deploy.train", {}, wait_s=30) == "raysubmit_1" and waiting.calls == 3
+    broken = Head(1, "runtime_env is invalid")
+    with pytest.raises(RuntimeError, match="runtime_env is invalid"):
+        _submit(broken, "python -m deploy.train", {}, wait_s=30)
+    assert broken.calls == 1

@@ -133,6 +133,23 @@ def entrypoint(preset: str, task: str, actors: str, extra: Sequence[str], run_di
     return command
 
 
+AGENT_WAIT_S = 120.0
+"""How long a submission waits for the head's job agent, which registers some seconds after the cluster answers."""
+
+
+def _submit(client: Any, command: str, runtime_env: dict[str, Any], wait_s: float = AGENT_WAIT_S) -> str:
+    """submit_job, asking again while Ray answers "No available agent to submit job, please try again later" (a
+    head whose dashboard agent has not registered yet: a CI run's `make train` came seconds after the cluster)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=command, runtime_env=runtime_env)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
+
+
 def run_task(preset: str, task: str, extra: Sequence[str]) -> str:
     """The task the job will train, for its run directory's name as on one box (`<task>-<time>`): TASK, else
     `--run.task` in ARGS, else the preset's own task."""
@@ -189,7 +206,7 @@ def submit(preset: str, task: str, actors: str, extra: Sequence[str]) -> dict[st
     with job_server() as url, tempfile.TemporaryDirectory() as scratch:
         if modules := task_modules(task or flag_value(extra, "run.task") or "", Path(scratch)):
             runtime_env["py_modules"] = modules
-        job_id = _client(url).submit_job(entrypoint=command, runtime_env=runtime_env)
+        job_id = _submit(_client(url), command, runtime_env)
     record = {"job_id": job_id, "address": os.environ.get("RAY_ADDRESS", ""), "cluster": os.environ.get("CLUSTER", ""),
               "wandb_run_id": run_id, "entrypoint": shown}
     JOB_FILE.write_text(json.dumps(record, indent=1) + "\n")
