@@ -107,11 +107,7 @@ class Chaos:
 
     def kill(self, component: str, note: str = "", wait_s: float = 20.0, not_pid: int | None = None) -> int | None:
         """SIGKILL one process of `component` (waiting up to `wait_s` for one, e.g. while Ray restarts it)."""
-        deadline = time.monotonic() + wait_s
-        pids = [p for p in self.pids(component) if p != not_pid]
-        while not pids and time.monotonic() < deadline and self.run.proc.poll() is None:
-            time.sleep(0.05)
-            pids = [p for p in self.pids(component) if p != not_pid]
+        pids = self._wait_for(component, time.monotonic() + wait_s, not_pid)
         if not pids:
             self.kills.append({"event": self.event, "component": component, "pid": None, "note": note or "not running"})
             return None
@@ -126,6 +122,14 @@ class Chaos:
         if client is not None:
             aof_written(client)
             client.close()
+
+    def _wait_for(self, component: str, deadline: float, not_pid: int | None = None) -> list[int]:
+        """The pids of `component` (but `not_pid`), waiting until `deadline` for one (e.g. while Ray restarts it)."""
+        pids = [p for p in self.pids(component) if p != not_pid]
+        while not pids and time.monotonic() < deadline and self.run.proc.poll() is None:
+            time.sleep(0.05)
+            pids = [p for p in self.pids(component) if p != not_pid]
+        return pids
 
     def _kill(self, component: str, pid: int, note: str) -> int | None:
         try:
@@ -157,10 +161,7 @@ class Chaos:
         found first (Ray may still be restarting it after an earlier event): looked for only after the Redis kills,
         a learner in its restart was killed seconds later, after the outage (a CI run)."""
         deadline = time.monotonic() + timeout_s
-        learners = self.pids("learner")
-        while not learners and time.monotonic() < deadline and self.run.proc.poll() is None:
-            time.sleep(0.05)
-            learners = self.pids("learner")
+        learners = self._wait_for("learner", deadline)
         old = self.kill("redis", "before the restart")
         while time.monotonic() < deadline and self.run.proc.poll() is None:
             # The driver's own children, read in a millisecond: a full /proc scan could miss the AOF load.
