@@ -131,7 +131,7 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _BUILTIN}
 """The built-in registry (the paper's tasks and two cartpole tasks); `register` adds to it."""
 _ALIASES: dict[str, str] = {alias: spec.name for spec in _BUILTIN for alias in (spec.name, *spec.aliases)}
 SHIPPED_MODULES = "slac_task_modules"
-"""A folder of single-file task modules that a Ray job ships (deploy/cluster/jobs.task_modules); searched on import."""
+"""A folder of single-file task modules that a Ray job ships (deploy/cluster/shipping.task_modules); searched on import."""
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _entry_points_loaded = False
 

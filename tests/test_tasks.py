@@ -15,7 +15,7 @@ from common import tasks
 from common.config import Config, parse_cli, resume_conflicts
 from common.envs import area_resize, checked_frame, make_env
 from common.tasks import TaskError, UnknownTaskError, parse_task, register, resolve_task, task_names
-from deploy.cluster.jobs import task_modules
+from deploy.cluster.shipping import task_modules
 
 pytestmark = pytest.mark.unit
 
