@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -142,6 +143,15 @@ def test_cheetah_end_to_end_then_resume(tmp_path: Path) -> None:
     scheduled = [int(r["scheduled_env_steps"]) for r in csv.DictReader((run_dir / "eval.csv").open())]
     assert scheduled == sorted(set(scheduled)) and scheduled[-1] == 5200, scheduled
     assert all(s % 1000 == 0 for s in scheduled[:-1]) and scheduled.count(4000) == 1, scheduled
+
+    # A resume of the finished run at its own length is refused in one paragraph, before anything starts.
+    kept = {p: p.read_bytes() for p in (run_dir / "config.json", run_dir / "eval.csv")}
+    checkpoints = sorted((run_dir / "checkpoints").iterdir())
+    again = subprocess.run([sys.executable, "-m", "deploy.train", *common, "--run.resume", str(run_dir)], cwd=REPO,
+                           env=dict(os.environ, WANDB_MODE="offline"), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    assert "this run is finished" in again.stderr and re.search(r"--run.env-steps \d{5}\b", again.stderr), again.stderr
+    assert {p: p.read_bytes() for p in kept} == kept and sorted((run_dir / "checkpoints").iterdir()) == checkpoints
 
 
 def test_resume_with_incompatible_config_is_a_clear_error(tmp_path: Path) -> None:

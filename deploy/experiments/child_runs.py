@@ -96,6 +96,11 @@ class SeedRun:
             log.info("seed %d already finished in %s; skipping it", self.seed, self.run_dir)
             self.summary = json.loads(done.read_text())
             return
+        if (summary := self._finished_unrecorded()) is not None:
+            log.info("seed %d finished in %s before its harness recorded it; taking its summary", self.seed, self.run_dir)
+            self.summary = summary
+            done.write_text(json.dumps(summary, indent=2, default=str))
+            return
         resume = RunFiles(self.run_dir).is_run()
         where = ["--run.resume", str(self.run_dir)] if resume else ["--run.dir", str(self.run_dir)]
         log.info("%s seed %d in %s", "resuming" if resume else "starting", self.seed, self.run_dir)
@@ -110,6 +115,16 @@ class SeedRun:
             self.process = subprocess.Popen([sys.executable, "-m", "deploy.train", *self.argv, *where],
                                             stdout=stdout, stderr=stderr, start_new_session=True,
                                             env=dict(os.environ, **{STOP_WITH_PARENT: str(os.getpid())}))
+
+    def _finished_unrecorded(self) -> dict[str, Any] | None:
+        """The summary a child printed for a finished run when its harness died before writing done.json (a resume
+        of a finished run is refused: deploy/run/run_dir.finished_at); None otherwise."""
+        try:
+            out = self.stdout_path.read_text()
+            summary = json.loads(out[out.index('{\n  "summary"'):])["summary"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return None if summary.get("interrupted", True) else summary
 
     def finish(self) -> dict[str, Any]:
         """Wait for the child; its summary (also written to done.json), or SeedFailed."""

@@ -126,8 +126,26 @@ def _reopen(cfg: Config) -> RunDir:
     try:
         # No checkpoint yet (stopped during the initial collection): a fresh learner on the kept replay.
         state = load_checkpoint(checkpoint, cfg) if checkpoint is not None else None
+        if state is not None and (done := finished_at(state, cfg)) is not None:
+            raise ConfigError(f"--run.resume {path}: this run is finished: it reached {done:,} environment steps "
+                              f"(--run.env-steps {cfg.run.env_steps}) and its final evaluation, so there is nothing "
+                              f"to train. To train it further, give it a longer length: --run.resume {path} "
+                              f"--run.env-steps {2 * max(done, cfg.run.env_steps)}. To evaluate or ship it: "
+                              f"make eval RUN={path}, make export RUN={path}.")
         files.write_config(cfg)
     except BaseException:
         os.close(fd)
         raise
     return RunDir(path, cfg, state, fd)
+
+
+def finished_at(state: dict[str, Any], cfg: Config) -> int | None:
+    """The environment steps of a checkpoint whose run is over at `cfg`'s length: it reached `run.env_steps` and
+    (when the run evaluates) made its final evaluation. None when a resume has work left: a longer length, or a
+    final evaluation that a stop cut off (the resume makes it)."""
+    run_state = state.get("extra", {}).get("run_state") or {}
+    steps = int(run_state.get("env_steps", 0))
+    if steps < cfg.run.env_steps:
+        return None
+    evaluated = cfg.run.eval_episodes == 0 or int(run_state.get("last_eval_scheduled", -1)) >= cfg.run.env_steps
+    return steps if evaluated else None
