@@ -160,7 +160,7 @@ bench: setup
 	$(PY) bench/learner.py --preset debug --updates 20 --profile --out bench/results/$(BENCH_TAG)-learner-debug.json
 	$(PY) bench/learner.py --preset paper --updates 3 --precisions fp32,bf16 --profile \
 	  --out bench/results/$(BENCH_TAG)-learner-paper.json
-	$(PY) bench/replay.py
+	$(PY) bench/replay.py --out bench/results/$(BENCH_TAG)-replay.json
 	$(PY) bench/envs.py
 	$(PY) bench/actor.py
 	$(PY) bench/system.py --out bench/results/$(BENCH_TAG)-system.json

@@ -1,6 +1,6 @@
 """Replay service benchmark: prints JSON with insert, sync and sample rates, compression and memory.
 
-    .venv/bin/python bench/replay.py [--device cuda] [--steps 6000]
+    .venv/bin/python bench/replay.py [--device cuda] [--steps 6000] [--out bench/results/<tag>-replay.json]
 
 Frames are real 64x64 renders (cheetah_run, hopper; random actions) so compression figures are
 honest; writers cycle through that pool. Each writer is its own process (spawn), as actors are.
@@ -9,8 +9,8 @@ honest; writers cycle through that pool. Each writer is its own process (spawn),
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import tempfile
@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import commit, cpu_name, dirty, write_report  # noqa: E402
 from common.config import ReplayConfig  # noqa: E402
 from replay_service import RedisServer, ReplayWriter, SequenceReplay, connect  # noqa: E402
 from replay_service.schema import FRAME_BYTES  # noqa: E402
@@ -124,10 +125,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where the learner's mirror lives: cpu or cuda")
     parser.add_argument("--steps", type=int, default=6_000, help="steps inserted per insert measurement")
     parser.add_argument("--reps", type=int, default=50, help="sample() calls timed")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
+    source = {"commit": commit(), "dirty": dirty()}  # before the run: the code that was measured
     torch.set_num_threads(1)  # like the learner sharing 2 cores with Redis and actors
     pools = {task: render_pool(task, 200) for task in TASKS}
-    report: dict[str, object] = {"frames": {task: frame_stats(pool) for task, pool in pools.items()}}
+    report: dict[str, object] = {"bench": "replay", "steps": args.steps, "reps": args.reps, "cpu": cpu_name(),
+                                 "cpus": os.cpu_count(), "torch_threads": 1, **source,
+                                 "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                 "frames": {task: frame_stats(pool) for task, pool in pools.items()}}
     base = ReplayConfig(capacity=max(args.steps, 1_000), min_size=1, spi_tolerance=1e12, flush_every=50)
     insert: dict[str, dict[str, object]] = {}
     memory: dict[str, dict[str, float]] = {}
@@ -162,7 +169,7 @@ def main() -> None:
                                                          args.steps)}}
     report["insert"] = insert
     report["memory"] = memory
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":
