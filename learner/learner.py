@@ -6,7 +6,7 @@ in learner/state.py), `figure` for the logs. All randomness of training comes fr
 
 `update(batch)` is one joint gradient step; the model batch is, as in the official implementation, the
 head of the SAC batch, so the head's encoder and posterior pass serves both eq. 9 and the SAC losses.
-The step never waits for the device: every standard-normal draw is made up front (`UpdateNoise`),
+The step never waits for the device: every standard-normal draw is made up front (`losses.UpdateNoise`),
 metrics come back as device tensors, and the finiteness of every loss is accumulated on the device
 and checked by `check_finite()` when the caller fetches metrics. The step function is eager or
 compiled (learner/execution.py) from the same code, so the two can be tested against each other.
@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from learner.losses import (
     LatentTransition,
     Metrics,
     SacNetworks,
+    UpdateNoise,
     actor_loss,
     alpha_loss,
     critic_loss,
@@ -57,22 +58,6 @@ def polyak_update(online: torch.nn.Module, target: torch.nn.Module, coef: float)
     """theta_bar <- theta_bar + coef (theta - theta_bar): the delayed critics of eq. 10 (one foreach kernel)."""
     with torch.no_grad():
         torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), coef)
-
-
-class UpdateNoise(NamedTuple):
-    """Every standard-normal draw of one update, made up front from the learner's generator: the eager
-    and the compiled step consume the same noise, and compiled code never handles a generator."""
-
-    z1: torch.Tensor
-    """[B, T, z1_dim] the posterior's z1 samples."""
-    z2: torch.Tensor
-    """[B, T, z2_dim] the posterior's z2 samples."""
-    next_action: torch.Tensor
-    """[B, A] a' ~ pi(. | x[2..tau+1]) of eq. 10's target."""
-    action: torch.Tensor
-    """[B, A] a ~ pi(. | x[1..tau]) of eq. 11."""
-    alpha_action: torch.Tensor
-    """[B, A] the temperature loss's sample of pi."""
 
 
 def _rows(rollout: Rollout, n: int) -> Rollout:

@@ -31,6 +31,22 @@ class SacNetworks(NamedTuple):
     log_alpha: torch.Tensor
 
 
+class UpdateNoise(NamedTuple):
+    """Every standard-normal draw of one update, made up front from the learner's generator: the eager
+    and the compiled step consume the same noise, and compiled code never handles a generator."""
+
+    z1: torch.Tensor
+    """[B, T, z1_dim] the posterior's z1 samples."""
+    z2: torch.Tensor
+    """[B, T, z2_dim] the posterior's z2 samples."""
+    next_action: torch.Tensor
+    """[B, A] a' ~ pi(. | x[2..tau+1]) of eq. 10's target."""
+    action: torch.Tensor
+    """[B, A] a ~ pi(. | x[1..tau]) of eq. 11."""
+    alpha_action: torch.Tensor
+    """[B, A] the temperature loss's sample of pi."""
+
+
 class LatentTransition(NamedTuple):
     """The SAC batch in latent form, every tensor without a path back to the model (see `latent_transition`)."""
 
