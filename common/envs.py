@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from common.frames import check_camera, checked_frame, set_render_quality
 from common.joint_state import JointState
 from common.rendering import process_renderer
 from common.tasks import TaskError, TaskSpec, import_factory, parse_task
@@ -44,26 +45,6 @@ class PixelEnv(Protocol):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]: ...
 
     def close(self) -> None: ...
-
-
-def area_resize(frame: np.ndarray, size: int) -> np.ndarray:
-    """An (H, W, C) uint8 frame resized to (size, size, C) by area averaging: each output pixel is the mean of
-    the input area it covers, weighted by overlap (OpenCV's INTER_AREA when shrinking), rounded to uint8."""
-    h, w = frame.shape[:2]
-    if (h, w) == (size, size):
-        return frame
-    rows, cols = _area_weights(h, size), _area_weights(w, size)
-    out = np.einsum("ih,hwc,jw->ijc", rows, frame.astype(np.float32), cols, optimize=True)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def _area_weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) matrix: row i averages the input cells that output cell i covers, by overlap length."""
-    edges = np.linspace(0.0, n_in, n_out + 1)
-    cells = np.arange(n_in + 1, dtype=np.float64)
-    start, end = edges[:-1, None], edges[1:, None]
-    overlap = np.clip(np.minimum(end, cells[None, 1:]) - np.maximum(start, cells[None, :-1]), 0.0, None)
-    return (overlap / overlap.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 class _RepeatedActionEnv:
@@ -186,7 +167,7 @@ class DmControlEnv(_RepeatedActionEnv):
         self._env = suite.load(domain, task, task_kwargs={"random": seed, "time_limit": float("inf")})
         action_spec = self._env.action_spec()
         self._set_bounds(action_spec.minimum, action_spec.maximum)
-        _check_camera(spec, self._env.physics.model)
+        check_camera(spec, self._env.physics.model)
         set_render_quality(self._env.physics.model, spec.render)
 
     def _raw_reset(self, seed: int | None) -> None:
@@ -230,7 +211,7 @@ class GymnasiumEnv(_RepeatedActionEnv):
     """A gymnasium env: a registered id (`gym:` and the registry's gym tasks) or what a user's factory returns.
 
     MuJoCo envs render offscreen at the model's size, with MuJoCo's fast settings; any other env renders through
-    its own `render()` and its frames are checked and resized (`area_resize`)."""
+    its own `render()` and its frames are checked and resized (`common.frames.checked_frame`)."""
 
     def __init__(self, spec: TaskSpec, seed: int, image_size: int = 64) -> None:
         super().__init__(spec, image_size)
@@ -254,7 +235,7 @@ class GymnasiumEnv(_RepeatedActionEnv):
         self._mujoco = hasattr(self._env.unwrapped, "mujoco_renderer")
         if self._mujoco:
             process_renderer()
-            _check_camera(spec, self._env.unwrapped.model)
+            check_camera(spec, self._env.unwrapped.model)
             if spec.suite == "custom":  # a factory's MuJoCo env draws at 64 x 64 too, not at its 480 x 480 default
                 renderer = self._env.unwrapped.mujoco_renderer
                 renderer.width = renderer.height = image_size
@@ -336,16 +317,6 @@ def _scalar_reward(reward: Any, task: str) -> float:
     return float(value.reshape(()))
 
 
-def checked_frame(frame: Any, task: str, size: int) -> np.ndarray:
-    """A rendered (H, W, 3) uint8 frame as the model's (3, size, size); anything else is a TaskError."""
-    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        shape = getattr(frame, "shape", None)
-        raise TaskError(f"task {task}: render() returned {type(frame).__name__} {shape} of "
-                        f"{getattr(frame, 'dtype', '?')}; slac-dist needs an RGB frame, a uint8 array of shape "
-                        "(height, width, 3) (convert floats with (frame * 255).astype(np.uint8), drop an alpha channel).")
-    return np.ascontiguousarray(area_resize(frame, size).transpose(2, 0, 1))
-
-
 def _make_registered(spec: TaskSpec, image_size: int) -> Any:
     """gym.make of a registered id, drawn at the model's size and camera when it is a MuJoCo env."""
     import gymnasium as gym
@@ -394,26 +365,6 @@ def _from_factory(spec: TaskSpec) -> Any:
         raise TaskError(f"task {spec.name}: the factory returned a {type(env).__name__}, which has no "
                         f"{', '.join(missing)}; it must return a gymnasium.Env")
     return env
-
-
-def _check_camera(spec: TaskSpec, model: Any) -> None:
-    """A camera id the MuJoCo model has (-1: the free camera), checked before the first render: MuJoCo aborts the
-    whole process on one outside the model's range."""
-    if spec.camera is not None and not -1 <= spec.camera < model.ncam:
-        raise TaskError(f"task {spec.name}: --task.camera {spec.camera} is not a camera of its model, which has "
-                        f"{model.ncam} (ids 0 to {model.ncam - 1}, or -1 for the free camera)")
-
-
-def set_render_quality(model: Any, render: str) -> dict[str, int]:
-    """Set a MuJoCo model's offscreen drawing to `render` (common/tasks.RENDER_QUALITIES); returns the
-    shadow-map size and multisample count it draws with, which `make export` records so that a user's loop
-    draws the same frames. Must run before the first render, which allocates the offscreen buffers."""
-    quality = model.vis.quality
-    if render == "fast":  # 5-10x cheaper software rendering at 64x64 than the model's own settings
-        quality.shadowsize, quality.offsamples = 0, 0
-    elif render == "antialiased":
-        quality.shadowsize, quality.offsamples = 0, 4
-    return {"shadowsize": int(quality.shadowsize), "offsamples": int(quality.offsamples)}
 
 
 def make_env(task: str | TaskSpec, seed: int, image_size: int = 64) -> DmControlEnv | GymnasiumEnv:

@@ -13,7 +13,8 @@ from actors.evaluator import Evaluator
 from actors.worker import ActorWorker
 from common import tasks
 from common.config import Config, parse_cli, resume_conflicts
-from common.envs import area_resize, checked_frame, make_env
+from common.envs import make_env
+from common.frames import area_resize, checked_frame
 from common.tasks import TaskError, UnknownTaskError, parse_task, register, resolve_task, task_names
 from deploy.cluster.shipping import task_modules
 

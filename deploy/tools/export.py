@@ -12,7 +12,7 @@ the extra file `slac_policy.json`; ONNX: the metadata property `slac_policy`), s
 - output action float32 [N, A] in [-1, 1]; the environment gets `low + (action + 1) / 2 * (high - low)`,
   repeated `action_repeat` times; episodes end after `episode_length` environment steps; MuJoCo tasks render
   at 64 x 64 from `camera` with MuJoCo's shadows and multisampling off, other envs render their own frames,
-  resized to 64 x 64 by area averaging (common/envs.py).
+  resized to 64 x 64 by area averaging (common/frames.py).
 `examples/play_exported.py` runs such a file on its task with dm_control, gymnasium or the task's own factory
 and nothing else.
 """
