@@ -20,10 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from common.config import Config
+from common.config import Config, parse_cli
 from common.run_files import RunFiles
 from deploy.run.ray_runtime import OVERHEAD_CPUS, learner_on_gpu, resolve_processes
+from deploy.run.run_dir import finished_at
 from deploy.run.signals import STOP_WITH_PARENT, StopSignals
+from learner.checkpoint import (
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    latest_checkpoint,
+    read_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +114,7 @@ class SeedRun:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         stderr = self.log_file = self.log_path.open("a") if quiet else None
         self.started, self.started_at = time.monotonic(), time.time()
+        self.record_path.write_text(json.dumps({"harness_commit": self.commit, "harness_started_at": round(self.started_at, 1)}))
         # stdout carries the run's JSON summary (a file, not a pipe nobody drains while the run lasts);
         # progress and logs go to stderr. The child has a session of its own: a terminal's Ctrl-C reaches
         # only the harness, which passes it on once (`run_seeds`), and it stops with the harness however
@@ -116,15 +124,43 @@ class SeedRun:
                                             stdout=stdout, stderr=stderr, start_new_session=True,
                                             env=dict(os.environ, **{STOP_WITH_PARENT: str(os.getpid())}))
 
-    def _finished_unrecorded(self) -> dict[str, Any] | None:
-        """The summary a child printed for a finished run when its harness died before writing done.json (a resume
-        of a finished run is refused: deploy/run/run_dir.finished_at); None otherwise."""
+    @property
+    def record_path(self) -> Path:
+        """The harness's commit and start time for the child it starts, kept in case it dies before done.json."""
+        return self.log_path.parent / "harness.json"
+
+    def _printed_summary(self) -> dict[str, Any] | None:
+        """The JSON summary the child printed last (train.stdout), None when it printed none."""
         try:
             out = self.stdout_path.read_text()
-            summary = json.loads(out[out.index('{\n  "summary"'):])["summary"]
+            return json.loads(out[out.index('{\n  "summary"'):])["summary"]
         except (OSError, ValueError, KeyError):
             return None
-        return None if summary.get("interrupted", True) else summary
+
+    def _finished_unrecorded(self) -> dict[str, Any] | None:
+        """The summary of a seed whose run finished while its harness died before writing done.json: a resume would
+        be refused (deploy/run/run_dir.finished_at). None when the run has work left. SeedFailed when it finished
+        but its summary was lost with it (a hard kill between its final checkpoint and its printed summary)."""
+        newest = latest_checkpoint(RunFiles(self.run_dir).checkpoints)
+        try:
+            if newest is None or finished_at(read_checkpoint(newest), parse_cli(self.argv)) is None:
+                return None
+        except (CheckpointMismatchError, UnsafeCheckpointError):
+            return None  # the resume refuses that checkpoint in its own paragraph
+        summary = self._printed_summary()
+        if summary is None or summary.get("interrupted", True) or Path(summary.get("checkpoint") or "") != newest:
+            raise SeedFailed(f"seed {self.seed}'s run in {self.run_dir} is finished (its newest checkpoint, {newest.name}, "
+                             "is its final one), but it was stopped before it printed its summary, so this harness "
+                             f"cannot collect it. Evaluate it with `make eval RUN={self.run_dir}`, or move the directory "
+                             f"away to train seed {self.seed} again.")
+        try:
+            record = json.loads(self.record_path.read_text())
+        except (OSError, ValueError):
+            record = {}
+        finished = round(self.stdout_path.stat().st_mtime, 1)
+        started = record.get("harness_started_at")
+        return {**summary, **record, "harness_finished_at": finished,
+                "harness_wall_clock_s": round(finished - started, 1) if started else None}
 
     def finish(self) -> dict[str, Any]:
         """Wait for the child; its summary (also written to done.json), or SeedFailed."""
@@ -134,12 +170,11 @@ class SeedRun:
         self.process.wait()
         if self.log_file:
             self.log_file.close()
-        out = self.stdout_path.read_text()
         where = f"its log is {self.log_path}" if self.log_file else "its messages are above"
-        if self.process.returncode != 0:
+        summary = self._printed_summary()
+        if self.process.returncode != 0 or summary is None:
             raise SeedFailed(f"seed {self.seed} stopped with exit code {self.process.returncode} ({where}; its run "
                              f"directory is {self.run_dir}); run the same command again to resume it")
-        summary = json.loads(out[out.index('{\n  "summary"'):])["summary"]
         if summary["interrupted"]:
             raise SeedFailed(f"seed {self.seed} was interrupted; run the same command again to resume it")
         summary["harness_wall_clock_s"] = round(time.monotonic() - self.started, 1)
@@ -198,7 +233,11 @@ def _schedule(runs: list[SeedRun], parallel: int, status_every_s: float,
         signals.check()  # a signal whose KeyboardInterrupt was swallowed (raised inside a __del__) still stops
         while pending and len(running) < parallel and not failures:
             run = pending.pop(0)
-            run.start(quiet)
+            try:
+                run.start(quiet)
+            except SeedFailed as exc:
+                failures.append(exc)
+                continue
             if run.summary is None:
                 running.append(run)
         if not running:

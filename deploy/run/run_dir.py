@@ -126,12 +126,8 @@ def _reopen(cfg: Config) -> RunDir:
     try:
         # No checkpoint yet (stopped during the initial collection): a fresh learner on the kept replay.
         state = load_checkpoint(checkpoint, cfg) if checkpoint is not None else None
-        if state is not None and (done := finished_at(state, cfg)) is not None:
-            raise ConfigError(f"--run.resume {path}: this run is finished: it reached {done:,} environment steps "
-                              f"(--run.env-steps {cfg.run.env_steps}) and its final evaluation, so there is nothing "
-                              f"to train. To train it further, give it a longer length: --run.resume {path} "
-                              f"--run.env-steps {2 * max(done, cfg.run.env_steps)}. To evaluate or ship it: "
-                              f"make eval RUN={path}, make export RUN={path}.")
+        if state is not None and (finished := finished_at(state, cfg)) is not None:
+            raise ConfigError(finished_message(path, finished, cfg))
         files.write_config(cfg)
     except BaseException:
         os.close(fd)
@@ -140,12 +136,21 @@ def _reopen(cfg: Config) -> RunDir:
 
 
 def finished_at(state: dict[str, Any], cfg: Config) -> int | None:
-    """The environment steps of a checkpoint whose run is over at `cfg`'s length: it reached `run.env_steps` and
-    (when the run evaluates) made its final evaluation. None when a resume has work left: a longer length, or a
-    final evaluation that a stop cut off (the resume makes it)."""
-    run_state = state.get("extra", {}).get("run_state") or {}
-    steps = int(run_state.get("env_steps", 0))
-    if steps < cfg.run.env_steps:
-        return None
-    evaluated = cfg.run.eval_episodes == 0 or int(run_state.get("last_eval_scheduled", -1)) >= cfg.run.env_steps
-    return steps if evaluated else None
+    """The length a checkpoint's run completed (its final evaluation included) when that leaves nothing to train at
+    `cfg`'s `run.env_steps`; None when a resume has work left: a longer length, or a life that ended before its final
+    checkpoint (a stop, a crash: that resume makes the final evaluation). Only a finished run's final checkpoint
+    holds `completed_length` (deploy/run/driver.Driver._finish); older checkpoints never count as finished."""
+    completed = int((state.get("extra", {}).get("run_state") or {}).get("completed_length", 0))
+    return completed if completed and completed >= cfg.run.env_steps else None
+
+
+def finished_message(path: Path, completed: int, cfg: Config) -> str:
+    """The paragraph refusing a resume of a run that completed `completed` environment steps."""
+    every = cfg.run.eval_every if cfg.run.eval_episodes > 0 and cfg.run.eval_every > 0 else 1
+    longer = -(-2 * completed // every) * every  # twice as long, on the evaluation grid
+    evaluated = ", its final evaluation included" if cfg.run.eval_episodes > 0 else ""
+    asked = "" if cfg.run.env_steps == completed else f" (you asked for {cfg.run.env_steps})"
+    return (f"--run.resume {path}: this run is finished: it ran its whole length, {completed} environment steps"
+            f"{evaluated}, so there is nothing to train{asked}. To train it further, give it a longer length: "
+            f"--run.resume {path} --run.env-steps {longer}. To evaluate or ship it: make eval RUN={path}, "
+            f"make export RUN={path}.")

@@ -36,6 +36,9 @@ class RunState:
     from it, so the summary's wall clock (and the harness's updates/s) covers every life. Not counted: each life's
     start before its driver exists (Ray, Redis, the AOF's load), and its time after its last checkpoint (a dead
     life's last minutes; a finished life's final evaluation). 0 in checkpoints written before this field existed."""
+    completed_length: int = 0
+    """The `run.env_steps` a life of this run completed, its final evaluation included (0 until one has): a resume at
+    that length or a shorter one is refused, one with a longer length trains on (deploy/run/run_dir.finished_at)."""
     actor_base: dict[int, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
