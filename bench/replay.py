@@ -161,7 +161,7 @@ def main() -> None:
                         if compress:
                             client.flushdb()
                             row["writers_4"] = insert_rate(server.url, cfg, task, pool, 4, args.steps)
-                        insert.setdefault(mode, {})[task] = row
+                    insert.setdefault(mode, {})[task] = row
         cfg = replace(base, appendfsync="always")  # strict durability: one fsync per flush
         with RedisServer(Path(tmp) / "always", cfg) as server:
             insert["lz4_appendfsync_always"] = {
