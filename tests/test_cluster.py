@@ -118,8 +118,11 @@ def job_server() -> Iterator[str]:
     temp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     dashboard = free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
+    # Its own agent port: the default (52365) is bound by whichever Ray the other lane runs (a debug run's private
+    # one), and a head whose agent cannot bind answers every submission "No available agent" (a clean-clone run).
     proc = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={free_port()}", "--include-dashboard=true",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=4",
+                             f"--dashboard-agent-listen-port={free_port()}",
                              '--resources={"learner": 1, "actor": 2}', f"--temp-dir={temp}", "--disable-usage-stats"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             # Jobs run `python` from PATH: the venv's, as deploy/cluster*.yaml arrange on the nodes.
