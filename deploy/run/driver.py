@@ -245,7 +245,7 @@ class Driver:
             if self.state.env_steps >= self.cfg.run.env_steps:
                 self.evals.step(self.learner_info["counters"], wait=True, final=True)  # the curve's last point, at the run's length
         if not interrupted and self.state.env_steps >= self.cfg.run.env_steps:
-            self.state.completed_length = self.cfg.run.env_steps  # in the final checkpoint only: see run_dir.finished_at
+            self.state.completed_length = self.cfg.run.env_steps  # set when a life finishes; a resume compares it with its length (run_dir.finished_at)
         # The final checkpoint after the final evaluations: its run state must count them, or a resume with a longer
         # run.env_steps evaluated the last grid point again (a newcomer's review saw two rows for it in eval.csv).
         checkpoint: str | None = None
